@@ -1,0 +1,81 @@
+"""Element-wise layers: ReLU and (inverted) Dropout. Layout-free, so any shape works."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import check_grad, take_cache
+from .module import FLOAT_DTYPES, Module
+
+
+def _check_float_array(layer, x):
+    name = type(layer).__name__
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: input must be a NumPy array, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: input must be float32 or float64, got dtype {x.dtype}")
+    return x
+
+
+class ReLU(Module):
+    """y = max(x, 0). Gradient: dy where x > 0, else 0 (so 0 at x == 0, as PyTorch).
+
+    Shapes: any -> same. Caches a boolean mask (1 byte per element) for backward.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._cache = None
+
+    def forward(self, x):
+        x = _check_float_array(self, x)
+        mask = x > 0
+        self._cache = (mask, x.dtype)
+        return x * mask                                                      # same dtype as x
+
+    def backward(self, dout):
+        mask, dtype = take_cache(self)
+        dout = check_grad(self, dout, mask.shape, dtype)
+        return dout * mask
+
+
+class Dropout(Module):
+    """Inverted dropout: in train mode zero each element with probability ``p`` and scale the rest by
+    1/(1-p); identity in eval mode.
+
+    The mask comes from ``self.generator`` (a ``numpy.random.Generator`` seeded by ``seed``), so runs are
+    reproducible; the gradient checker resets that generator before every forward to hold the mask fixed.
+
+    Shapes: any -> same.
+    """
+
+    def __init__(self, p=0.5, seed=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
+        self.p = float(p)
+        self.generator = np.random.default_rng(seed)
+        self._cache = None
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+    def forward(self, x):
+        x = _check_float_array(self, x)
+        if not self.training or self.p == 0.0:
+            self._cache = (None, x.shape, x.dtype)
+            return x.copy()
+        keep = self.generator.random(x.shape, dtype=x.dtype) >= self.p       # bool mask, same shape as x
+        scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
+        self._cache = (keep, x.shape, x.dtype)
+        y = x * keep
+        y *= x.dtype.type(scale)
+        return y
+
+    def backward(self, dout):
+        keep, shape, dtype = take_cache(self)
+        dout = check_grad(self, dout, shape, dtype)
+        if keep is None:
+            return dout.copy()
+        dx = dout * keep
+        dx *= dtype.type(0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p))
+        return dx

@@ -1,0 +1,357 @@
+"""The layer protocol shared by every module: Parameter, Module, Sequential.
+
+The protocol, in four lines:
+
+* ``y = module(x)`` runs ``forward`` and caches exactly what ``backward`` needs;
+* ``dx = module.backward(dy)`` takes the upstream gradient, returns the input gradient and frees the cache;
+* ``backward`` *adds* into each parameter's ``.grad`` (``+=``, never ``=``): in a DenseNet a feature map has
+  many consumers and its gradient is the sum of theirs, and the same holds for shared parameters;
+* child modules are attributes, named like PyTorch's, so names compose: ``block.layer.conv.weight``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_float_dtype(dtype, argument="dtype"):
+    """Return ``np.dtype(dtype)`` if it is float32 or float64, else raise a TypeError naming ``argument``."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{argument} must be float32 or float64, got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{argument} must be float32 or float64, got {dt}")
+    return dt
+
+
+class Parameter:
+    """A trainable array and the gradient accumulated into it.
+
+    Attributes
+    ----------
+    data : ndarray
+        The value.
+    grad : ndarray
+        Same shape and dtype as ``data``; ``backward`` adds into it, ``zero_grad`` sets it to 0.
+    """
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        self.data = np.ascontiguousarray(data)
+        self.grad = np.zeros_like(self.data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self):
+        return self.data.size
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class of every layer and model.
+
+    Subclasses implement ``forward(*inputs)`` and ``backward(dout)``. Assigning a :class:`Parameter` or a
+    :class:`Module` to an attribute registers it; buffers (running statistics) are registered with
+    :meth:`register_buffer`. Names follow PyTorch so that ``state_dict`` keys match torchvision's.
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # -- registration ---------------------------------------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() first")
+        for registry in (self._parameters, self._modules, self._buffers):
+            registry.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name, array):
+        """Register a non-trainable array (e.g. ``running_mean``) that ``state_dict`` saves."""
+        self._buffers[name] = name
+        object.__setattr__(self, name, array)
+
+    def __delattr__(self, name):
+        for registry in (self._parameters, self._modules, self._buffers):
+            registry.pop(name, None)
+        object.__delattr__(self, name)
+
+    # -- calling --------------------------------------------------------------------------------------
+    def __call__(self, *inputs):
+        return self.forward(*inputs)
+
+    def forward(self, *inputs):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} does not define forward")
+
+    def backward(self, dout):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} does not define backward")
+
+    # Channel-major entry points. Spatial layers compute internally in (C, N, H, W) layout, where a slice of
+    # channels is contiguous and a 1x1 convolution is a single GEMM; models built from them (the DenseNet)
+    # call these to skip the NCHW <-> CNHW axis swap at every layer. Layout-free modules (ReLU, Dropout)
+    # simply run forward/backward.
+    def forward_cnhw(self, *inputs):
+        return self.forward(*inputs)
+
+    def backward_cnhw(self, dout):
+        return self.backward(dout)
+
+    # -- traversal ------------------------------------------------------------------------------------
+    def named_children(self) -> Iterator[tuple[str, "Module"]]:
+        yield from self._modules.items()
+
+    def children(self):
+        for _, m in self.named_children():
+            yield m
+
+    def named_modules(self, prefix=""):
+        """Yield ``(name, module)`` for this module and every descendant, depth first."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(self, prefix="") -> Iterator[tuple[str, Parameter]]:
+        """Yield ``(name, Parameter)`` with PyTorch's dotted names, e.g. ``features.conv0.weight``."""
+        for mod_name, mod in self.named_modules(prefix):
+            for name, p in mod._parameters.items():
+                yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def parameters(self):
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self, prefix=""):
+        for mod_name, mod in self.named_modules(prefix):
+            for name in mod._buffers:
+                yield (f"{mod_name}.{name}" if mod_name else name), getattr(mod, name)
+
+    def num_parameters(self):
+        """Total number of trainable scalars."""
+        return int(sum(p.size for p in self.parameters()))
+
+    # -- modes and gradients --------------------------------------------------------------------------
+    def train(self, mode=True):
+        """Set training mode (batch statistics, dropout on) for this module and its children."""
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        """Set evaluation mode (running statistics, dropout off)."""
+        return self.train(False)
+
+    def zero_grad(self):
+        """Set every parameter's ``.grad`` to zero, in place."""
+        for p in self.parameters():
+            p.grad[...] = 0
+
+    def to(self, dtype):
+        """Convert every parameter and floating buffer to ``dtype`` (float32 or float64), in place.
+
+        Gradients are converted too. Integer buffers (``num_batches_tracked``) are left alone.
+        """
+        dt = check_float_dtype(dtype)
+        for m in self.modules():
+            for p in m._parameters.values():
+                p.data = p.data.astype(dt)
+                p.grad = p.grad.astype(dt)
+            for name in m._buffers:
+                b = getattr(m, name)
+                if isinstance(b, np.ndarray) and b.dtype.kind == "f":
+                    object.__setattr__(m, name, b.astype(dt))
+            m._clear_cache()
+        return self
+
+    def double(self):
+        return self.to(np.float64)
+
+    def float(self):
+        return self.to(np.float32)
+
+    def _clear_cache(self):
+        """Drop whatever forward cached (overridden by layers that cache)."""
+        if "_cache" in self.__dict__:
+            object.__setattr__(self, "_cache", None)
+
+    # -- state dict -----------------------------------------------------------------------------------
+    def state_dict(self):
+        """An ordered dict of name -> array copy: parameters and buffers, with PyTorch's key names."""
+        out = OrderedDict()
+        for mod_name, mod in self.named_modules():
+            prefix = f"{mod_name}." if mod_name else ""
+            for name, p in mod._parameters.items():
+                out[prefix + name] = p.data.copy()
+            for name in mod._buffers:
+                out[prefix + name] = np.array(getattr(mod, name), copy=True)
+        return out
+
+    def _state_slots(self):
+        """name -> (module, attribute, is_parameter), in state_dict order."""
+        slots = OrderedDict()
+        for mod_name, mod in self.named_modules():
+            prefix = f"{mod_name}." if mod_name else ""
+            for name in mod._parameters:
+                slots[prefix + name] = (mod, name, True)
+            for name in mod._buffers:
+                slots[prefix + name] = (mod, name, False)
+        return slots
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays from ``state_dict`` into parameters and buffers (values cast to their dtype).
+
+        With ``strict=True`` every missing key, unexpected key and shape mismatch is reported in one
+        ``KeyError``-free ``ValueError``. With ``strict=False`` missing and unexpected keys are returned
+        (shape mismatches still raise). Returns ``(missing_keys, unexpected_keys)``.
+        """
+        slots = self._state_slots()
+        given = OrderedDict((str(k), v) for k, v in state_dict.items())
+        missing = [k for k in slots if k not in given]
+        unexpected = [k for k in given if k not in slots]
+        mismatched = []
+        for key, value in given.items():
+            if key in slots:
+                mod, name, is_param = slots[key]
+                current = getattr(mod, name).data if is_param else getattr(mod, name)
+                shape = np.shape(value)
+                if tuple(shape) != tuple(np.shape(current)):
+                    mismatched.append(f"{key}: checkpoint has shape {tuple(shape)}, "
+                                      f"model expects {tuple(np.shape(current))}")
+        problems = []
+        if mismatched:
+            problems.append("size mismatch for " + "; ".join(mismatched))
+        if strict and missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if problems:
+            raise ValueError(f"Error(s) in loading state_dict for {type(self).__name__}: "
+                             + " | ".join(problems))
+        for key, value in given.items():
+            if key not in slots:
+                continue
+            mod, name, is_param = slots[key]
+            if is_param:
+                p = getattr(mod, name)
+                p.data[...] = np.asarray(value, dtype=p.data.dtype)
+            else:
+                buf = getattr(mod, name)
+                object.__setattr__(mod, name, np.array(value, dtype=buf.dtype).reshape(np.shape(buf)))
+        return missing, unexpected
+
+    # -- printing -------------------------------------------------------------------------------------
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if self._modules:
+            for name, child in self._modules.items():
+                child_repr = repr(child).replace("\n", "\n  ")
+                lines.append(f"  ({name}): {child_repr}")
+            return "\n".join(lines) + "\n)"
+        return lines[0] + ")"
+
+
+class SpatialModule(Module):
+    """A layer on images: public ``forward``/``backward`` take PyTorch's NCHW, the work is done channel-major.
+
+    Subclasses implement ``forward_cnhw(x)`` and ``backward_cnhw(dout)`` on arrays of shape (C, N, H, W).
+    ``forward(x)`` swaps the first two axes of an (N, C, H, W) input (a view, no copy), runs
+    ``forward_cnhw`` and swaps back, so the public API has PyTorch's layout and semantics.
+    """
+
+    def forward(self, x):
+        if isinstance(x, np.ndarray) and x.ndim != 4:
+            raise ValueError(f"{type(self).__name__}: expected a 4-D input of shape (N, C, H, W), "
+                             f"got shape {x.shape}")
+        return _swap01(self.forward_cnhw(_swap01(x)))
+
+    def backward(self, dout):
+        if isinstance(dout, np.ndarray) and dout.ndim != 4:
+            raise ValueError(f"{type(self).__name__}.backward: expected a 4-D gradient of shape "
+                             f"(N, C, H, W), got shape {dout.shape}")
+        return _swap01(self.backward_cnhw(_swap01(dout)))
+
+    def forward_cnhw(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward_cnhw(self, dout):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _swap01(x):
+    """(N, C, H, W) <-> (C, N, H, W): a transposed view, never a copy."""
+    if isinstance(x, np.ndarray) and x.ndim == 4:
+        return x.transpose(1, 0, 2, 3)
+    return x
+
+
+class Sequential(Module):
+    """Modules applied in order; children are named ``"0"``, ``"1"``, ... or by the keys of an OrderedDict.
+
+    ``backward`` runs the children's ``backward`` in reverse order.
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
+            for name, m in modules[0].items():
+                setattr(self, name, m)
+        else:
+            for i, m in enumerate(modules):
+                setattr(self, str(i), m)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def backward(self, dout):
+        for m in reversed(list(self._modules.values())):
+            dout = m.backward(dout)
+        return dout
+
+    def forward_cnhw(self, x):
+        for m in self._modules.values():
+            x = m.forward_cnhw(x)
+        return x
+
+    def backward_cnhw(self, dout):
+        for m in reversed(list(self._modules.values())):
+            dout = m.backward_cnhw(dout)
+        return dout

@@ -1,0 +1,123 @@
+"""Batch normalisation over (N, H, W) for each channel, PyTorch's ``nn.BatchNorm2d`` semantics."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import check_grad, check_input, take_cache
+from .module import Parameter, SpatialModule, check_float_dtype
+
+
+class BatchNorm2d(SpatialModule):
+    """Batch normalisation with learnable affine parameters and running statistics.
+
+    Train mode normalises with the batch mean and the *biased* batch variance, and updates
+    ``running = (1 - momentum) * running + momentum * batch`` using the *unbiased* variance for
+    ``running_var``; ``num_batches_tracked`` counts the updates (``momentum=None`` gives the cumulative
+    average, as in PyTorch). Eval mode normalises with the running statistics.
+
+    Parameters
+    ----------
+    num_features : int
+        C, the number of channels.
+    eps : float
+    momentum : float or None
+    dtype : float32 or float64
+
+    Shapes
+    ------
+    x : (N, C, H, W) -> y : (N, C, H, W); weight, bias, running_mean, running_var : (C,).
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
+        super().__init__()
+        if not isinstance(num_features, (int, np.integer)) or isinstance(num_features, bool) or num_features < 1:
+            raise ValueError(f"BatchNorm2d: num_features must be a positive int, got {num_features!r}")
+        if not eps > 0:
+            raise ValueError(f"BatchNorm2d: eps must be positive, got {eps!r}")
+        if momentum is not None and not 0 <= momentum <= 1:
+            raise ValueError(f"BatchNorm2d: momentum must be in [0, 1] or None, got {momentum!r}")
+        dt = check_float_dtype(dtype)
+        self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
+        self.weight = Parameter(np.ones(num_features, dtype=dt))
+        self.bias = Parameter(np.zeros(num_features, dtype=dt))
+        self.register_buffer("running_mean", np.zeros(num_features, dtype=dt))
+        self.register_buffer("running_var", np.ones(num_features, dtype=dt))
+        self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        self._cache = None
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+    def _check(self, x):
+        x = check_input(self, x, 4, "(C, N, H, W)", self.weight.dtype)
+        if x.shape[0] != self.num_features:
+            raise ValueError(f"BatchNorm2d: input has {x.shape[0]} channels, expected "
+                             f"num_features={self.num_features} (input shape {_nchw(x.shape)} as NCHW)")
+        return x
+
+    def batch_statistics(self, x):
+        """Per-channel mean and biased variance of x: (C, N, H, W) -> two (C,) arrays."""
+        x2 = x.reshape(x.shape[0], -1)                                       # (C, M), M = N*H*W
+        mean = x2.mean(axis=1)
+        var = x2.var(axis=1)
+        return mean, var
+
+    def update_running_stats(self, mean, var, count):
+        """running = (1 - m) running + m batch, with the unbiased variance var * M/(M-1)."""
+        self.num_batches_tracked += 1
+        m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        self.running_mean *= 1 - m
+        self.running_mean += m * mean
+        self.running_var *= 1 - m
+        self.running_var += m * var * (count / (count - 1))
+
+    def forward_cnhw(self, x):
+        """x: (C, N, H, W) -> y: (C, N, H, W)."""
+        x = self._check(x)
+        C = x.shape[0]
+        M = x.size // C                                                      # values per channel
+        if self.training:
+            if M <= 1:
+                raise ValueError(f"BatchNorm2d: expected more than 1 value per channel when training, got "
+                                 f"input of shape {_nchw(x.shape)} (NCHW)")
+            mean, var = self.batch_statistics(x)
+            self.update_running_stats(mean, var, M)
+        else:
+            mean, var = self.running_mean, self.running_var
+        invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)              # (C,)
+        xhat = x.reshape(C, M) - mean[:, None].astype(x.dtype)               # (C, M)
+        xhat *= invstd[:, None]
+        y = xhat * self.weight.data[:, None]
+        y += self.bias.data[:, None]
+        self._cache = (xhat, invstd, self.training, x.shape)
+        return y.reshape(x.shape)
+
+    def backward_cnhw(self, dout):
+        """dout: (C, N, H, W) -> dx: (C, N, H, W); adds into weight.grad and bias.grad.
+
+        Train mode: with xhat = (x - mean) * invstd, M values per channel,
+        dx = weight * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)).
+        The two sums are the gradient through the batch mean and the batch variance. Eval mode: the
+        statistics are constants, so dx = dy * weight * invstd.
+        """
+        xhat, invstd, training, shape = take_cache(self)
+        dout = check_grad(self, dout, shape, self.weight.dtype)
+        C, M = xhat.shape
+        dy = dout.reshape(C, M)
+        dbeta = dy.sum(axis=1)                                               # (C,)
+        dgamma = np.einsum("cm,cm->c", dy, xhat)                             # (C,)
+        self.weight.grad += dgamma
+        self.bias.grad += dbeta
+        scale = self.weight.data * invstd                                    # (C,)
+        if not training:
+            return (dy * scale[:, None]).reshape(shape)
+        dx = dy * M
+        dx -= dbeta[:, None]
+        dx -= xhat * dgamma[:, None]
+        dx *= (scale / M)[:, None]
+        return dx.reshape(shape)
+
+
+def _nchw(cnhw_shape):
+    C, N, H, W = cnhw_shape
+    return (N, C, H, W)

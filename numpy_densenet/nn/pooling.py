@@ -1,0 +1,178 @@
+"""Max, average and adaptive average pooling in channel-major (C, N, H, W) layout.
+
+Like im2col, each pool is a loop over the kh x kw window offsets, each reading one strided slice of the
+padded input; backward is the same loop adding into the padded gradient.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import check_grad, check_input, pair, take_cache
+from .conv import conv_output_size, pad_cnhw, window_slices
+from .module import SpatialModule
+
+
+class _Pool2d(SpatialModule):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        name = type(self).__name__
+        self.kernel_size = pair(kernel_size, f"{name}: kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else pair(stride, f"{name}: stride", 1)
+        self.padding = pair(padding, f"{name}: padding", 0)
+        for p, k in zip(self.padding, self.kernel_size):
+            if p > k // 2:
+                raise ValueError(f"{name}: padding should be at most half of kernel size, got "
+                                 f"padding={self.padding} for kernel_size={self.kernel_size}")
+        self._cache = None
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+    def _geometry(self, x):
+        x = check_input(self, x, 4, "(C, N, H, W)")
+        H, W = x.shape[2:]
+        Ho, Wo = (conv_output_size(s, k, st, p, 1)
+                  for s, k, st, p in zip((H, W), self.kernel_size, self.stride, self.padding))
+        if Ho < 1 or Wo < 1:
+            raise ValueError(f"{type(self).__name__}: kernel_size {self.kernel_size} is larger than the padded "
+                             f"input {(H + 2 * self.padding[0], W + 2 * self.padding[1])}")
+        return x, Ho, Wo
+
+    def _windows(self, Ho, Wo):
+        """Yield (k, rows, cols): window offset index k = i*kw + j and its strided slices."""
+        kh, kw = self.kernel_size
+        for i in range(kh):
+            for j in range(kw):
+                yield (i * kw + j,) + window_slices(i, j, (Ho, Wo), self.stride, (1, 1))
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling, PyTorch's ``nn.MaxPool2d`` (padding acts as -inf; stride defaults to kernel_size).
+
+    Ties: the gradient goes to the *first* maximal element of each window in row-major window order (the
+    same element PyTorch's CPU kernel picks), never split among tied elements.
+
+    Shapes: (N, C, H, W) -> (N, C, Ho, Wo), Ho = floor((H + 2p - kh)/s) + 1.
+    """
+
+    def forward_cnhw(self, x):
+        x, Ho, Wo = self._geometry(x)
+        xp = pad_cnhw(x, self.padding, value=-np.inf)
+        C, N = x.shape[:2]
+        out = np.full((C, N, Ho, Wo), -np.inf, dtype=x.dtype)
+        argmax = np.zeros((C, N, Ho, Wo), dtype=np.uint16)                   # window offset of the max
+        for k, rows, cols in self._windows(Ho, Wo):
+            window = xp[:, :, rows, cols]                                    # (C, N, Ho, Wo)
+            better = window > out                                            # strict: the first max wins
+            np.copyto(out, window, where=better)
+            np.copyto(argmax, np.uint16(k), where=better)
+        self._cache = (argmax, x.shape, x.dtype)
+        return out
+
+    def backward_cnhw(self, dout):
+        argmax, shape, dtype = take_cache(self)
+        dout = check_grad(self, dout, argmax.shape, dtype)
+        C, N, H, W = shape
+        ph, pw = self.padding
+        Ho, Wo = argmax.shape[2:]
+        dxp = np.zeros((C, N, H + 2 * ph, W + 2 * pw), dtype=dtype)
+        for k, rows, cols in self._windows(Ho, Wo):
+            dxp[:, :, rows, cols] += np.where(argmax == k, dout, 0)          # route to the chosen element
+        return np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W])
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling, PyTorch's ``nn.AvgPool2d`` (ceil_mode=False).
+
+    With ``count_include_pad=True`` (the default) every window is divided by kh*kw, padded zeros included;
+    with ``False`` by the number of real (unpadded) elements in the window.
+
+    Shapes: (N, C, H, W) -> (N, C, Ho, Wo).
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+        super().__init__(kernel_size, stride, padding)
+        self.count_include_pad = bool(count_include_pad)
+
+    def _divisor(self, H, W, Ho, Wo, dtype):
+        kh, kw = self.kernel_size
+        if self.count_include_pad or self.padding == (0, 0):
+            return dtype.type(kh * kw)
+        ones = pad_cnhw(np.ones((1, 1, H, W), dtype=dtype), self.padding)   # 1 inside, 0 in the padding
+        count = np.zeros((Ho, Wo), dtype=dtype)
+        for _, rows, cols in self._windows(Ho, Wo):
+            count += ones[0, 0, rows, cols]
+        return count                                                         # (Ho, Wo), broadcasts
+
+    def forward_cnhw(self, x):
+        x, Ho, Wo = self._geometry(x)
+        xp = pad_cnhw(x, self.padding)
+        C, N, H, W = x.shape
+        out = np.zeros((C, N, Ho, Wo), dtype=x.dtype)
+        for _, rows, cols in self._windows(Ho, Wo):
+            out += xp[:, :, rows, cols]
+        divisor = self._divisor(H, W, Ho, Wo, x.dtype)
+        out /= divisor
+        self._cache = (x.shape, (Ho, Wo), divisor, x.dtype)
+        return out
+
+    def backward_cnhw(self, dout):
+        shape, (Ho, Wo), divisor, dtype = take_cache(self)
+        C, N, H, W = shape
+        dout = check_grad(self, dout, (C, N, Ho, Wo), dtype)
+        ph, pw = self.padding
+        share = dout / divisor                                               # each element's share
+        dxp = np.zeros((C, N, H + 2 * ph, W + 2 * pw), dtype=dtype)
+        for _, rows, cols in self._windows(Ho, Wo):
+            dxp[:, :, rows, cols] += share
+        if ph == 0 and pw == 0:
+            return dxp
+        return np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W])
+
+
+class AdaptiveAvgPool2d(SpatialModule):
+    """Average pooling to a fixed output size, PyTorch's ``nn.AdaptiveAvgPool2d``.
+
+    Output cell (i, j) averages rows floor(i*H/oh) .. ceil((i+1)*H/oh) - 1 and likewise for columns.
+    ``AdaptiveAvgPool2d(1)`` is the global average pool of DenseNet's head.
+
+    Shapes: (N, C, H, W) -> (N, C, oh, ow).
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = pair(output_size, "AdaptiveAvgPool2d: output_size", 1)
+        self._cache = None
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+    def _cells(self, H, W):
+        oh, ow = self.output_size
+        for i in range(oh):
+            rows = slice((i * H) // oh, -(-((i + 1) * H) // oh))
+            for j in range(ow):
+                yield i, j, rows, slice((j * W) // ow, -(-((j + 1) * W) // ow))
+
+    def forward_cnhw(self, x):
+        x = check_input(self, x, 4, "(C, N, H, W)")
+        C, N, H, W = x.shape
+        oh, ow = self.output_size
+        if (oh, ow) == (1, 1):
+            out = x.mean(axis=(2, 3), keepdims=True)                         # global average pool
+        else:
+            out = np.empty((C, N, oh, ow), dtype=x.dtype)
+            for i, j, rows, cols in self._cells(H, W):
+                out[:, :, i, j] = x[:, :, rows, cols].mean(axis=(2, 3))
+        self._cache = (x.shape, x.dtype)
+        return out
+
+    def backward_cnhw(self, dout):
+        shape, dtype = take_cache(self)
+        C, N, H, W = shape
+        dout = check_grad(self, dout, (C, N) + self.output_size, dtype)
+        dx = np.zeros(shape, dtype=dtype)
+        for i, j, rows, cols in self._cells(H, W):
+            area = (rows.stop - rows.start) * (cols.stop - cols.start)
+            dx[:, :, rows, cols] += dout[:, :, i:i + 1, j:j + 1] / dtype.type(area)
+        return dx
