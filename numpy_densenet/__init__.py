@@ -1,7 +1,10 @@
 """numpy_densenet: a from-scratch DenseNet in pure NumPy whose every backward pass is hand-written and verified."""
 from . import nn
+from .densenet import (DenseNet, densenet, densenet121, densenet161, densenet169, densenet201,
+                       densenet_bc)
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
 
 __version__ = "0.1.0"
 
-__all__ = ["nn", "gradcheck", "GradcheckResult", "GradcheckError", "__version__"]
+__all__ = ["DenseNet", "densenet", "densenet121", "densenet161", "densenet169", "densenet201", "densenet_bc",
+           "nn", "gradcheck", "GradcheckResult", "GradcheckError", "__version__"]
