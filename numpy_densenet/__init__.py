@@ -1,6 +1,6 @@
 """numpy_densenet: a from-scratch DenseNet in pure NumPy whose every backward pass is hand-written and verified."""
 from . import nn
-from .densenet import (DenseNet, densenet, densenet121, densenet161, densenet169, densenet201,
+from .model import (DenseNet, densenet, densenet121, densenet161, densenet169, densenet201,
                        densenet_bc)
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
 
