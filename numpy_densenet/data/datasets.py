@@ -513,6 +513,8 @@ def _read_idx(path, magic, ndim):
         _fail(path, f"magic number is {found_magic} (0x{found_magic:08x}), expected {magic} (0x{magic:08x}) for "
                     f"an IDX file of {kind}; this is not the right file or it is corrupt")
     dims = tuple(int.from_bytes(raw[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
+    if dims[0] == 0:
+        _fail(path, "header announces 0 items; the file is empty or corrupt")
     if ndim == 3 and 0 in dims[1:]:
         _fail(path, f"header gives an image size of {dims[1]}x{dims[2]} pixels")
     expected = header_size + int(np.prod(dims, dtype=np.int64))
