@@ -299,6 +299,35 @@ class DenseNet(Module):
         dh = self.relu.backward(self.pool.backward_cnhw(dh))
         return self.features.backward_cnhw(dh).transpose(1, 0, 2, 3)
 
+    def forward_stages(self, x):
+        """Run forward one stage at a time, for inspection (summary tables, locating a NaN).
+
+        Parameters
+        ----------
+        x : ndarray, shape (N, C, H, W)
+
+        Yields
+        ------
+        (name, module, output) : output is channel-major (C, N, H, W) for the stem layers, every dense layer
+            (its block's buffer up to and including its new channels), transitions and norm5, then (N, K)
+            logits for ``"classifier"``. Caches are left as a normal forward leaves them.
+        """
+        h = check_input(self, x, 4, "(N, C, H, W)", self.dtype).transpose(1, 0, 2, 3)
+        for name, stage in self.features.named_children():
+            if isinstance(stage, DenseBlock):
+                buffer = np.empty((stage.num_output_features,) + h.shape[1:], dtype=h.dtype)
+                buffer[:stage.offsets[1]] = h
+                for i, layer in enumerate(stage.layers()):
+                    start, stop = stage.offsets[i + 1], stage.offsets[i + 2]
+                    buffer[start:stop] = layer.forward_cnhw(buffer[:start])
+                    yield f"features.{name}.denselayer{i + 1}", layer, buffer[:stop]
+                h = buffer
+            else:
+                h = stage.forward_cnhw(h)
+                yield f"features.{name}", stage, h
+        pooled = self.pool.forward_cnhw(self.relu(h))
+        yield "classifier", self.classifier, self.classifier(pooled.reshape(pooled.shape[0], -1).T)
+
     def load_state_dict(self, state_dict, strict=True):
         """torchvision-compatible loading: old ``norm.1``-style keys are renamed first."""
         return super().load_state_dict(rename_old_keys(state_dict), strict=strict)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model import DenseBlock, DenseNet
+from .model import DenseLayer, DenseNet
 
 
 def summary_rows(model: DenseNet, image_size=None):
@@ -18,35 +18,25 @@ def summary_rows(model: DenseNet, image_size=None):
         image_size = 224 if model.config["stem"] == "imagenet" else 32
     was_training = model.training
     model.eval()
-    h = np.zeros((model.in_channels, 1, image_size, image_size), dtype=model.dtype)     # (C, N, H, W)
+    x = np.zeros((1, model.in_channels, image_size, image_size), dtype=model.dtype)
     rows = []
-
-    def add(name, what, h, module):
-        params = sum(p.size for p in module.parameters())
-        rows.append(dict(name=name, what=what, output=(h.shape[1], h.shape[0]) + h.shape[2:],
-                         channels=h.shape[0], params=int(params)))
-
     try:
-        for name, stage in model.features.named_children():
-            if isinstance(stage, DenseBlock):
-                buffer = np.empty((stage.num_output_features,) + h.shape[1:], dtype=h.dtype)
-                buffer[:stage.offsets[1]] = h
-                for i, layer in enumerate(stage.layers()):
-                    start, stop = stage.offsets[i + 1], stage.offsets[i + 2]
-                    buffer[start:stop] = layer.forward_cnhw(buffer[:start])
-                    add(f"features.{name}.denselayer{i + 1}",
-                        f"reads {start} = {stage.offsets[1]} + {i}*{stage.growth_rate} ch, adds {stop - start}",
-                        buffer[:stop], layer)
-                h = buffer
-            else:
-                h = stage.forward_cnhw(h)
-                add(f"features.{name}", type(stage).__name__, h, stage)
-        pooled = model.pool.forward_cnhw(model.relu(h))
-        logits = model.classifier(pooled.reshape(pooled.shape[0], -1).T)
-        rows.append(dict(name="relu + pool", what="ReLU, global average pool", output=(1, h.shape[0], 1, 1),
-                         channels=h.shape[0], params=0))
-        rows.append(dict(name="classifier", what="Linear", output=logits.shape, channels=logits.shape[1],
-                         params=model.classifier.weight.size + model.classifier.bias.size))
+        for name, module, out in model.forward_stages(x):
+            params = int(sum(p.size for p in module.parameters()))
+            if name == "classifier":
+                rows.append(dict(name="relu + pool", what="ReLU, global average pool",
+                                 output=(1, out_channels, 1, 1), channels=out_channels, params=0))
+                rows.append(dict(name=name, what="Linear", output=out.shape, channels=out.shape[1], params=params))
+                continue
+            out_channels = out.shape[0]
+            what = type(module).__name__
+            if isinstance(module, DenseLayer):
+                block = model.features._modules[name.split(".")[1]]
+                i = int(name.rsplit("denselayer", 1)[1]) - 1
+                k0, k = block.offsets[1], block.growth_rate
+                what = f"reads {k0 + i * k} = {k0} + {i}*{k} ch, adds {k}"
+            rows.append(dict(name=name, what=what, output=(out.shape[1], out.shape[0]) + out.shape[2:],
+                             channels=out_channels, params=params))
     finally:
         model.train(was_training)
         for m in model.modules():
