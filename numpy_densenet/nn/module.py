@@ -80,12 +80,17 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() first")
-        for registry in (self._parameters, self._modules, self._buffers):
-            registry.pop(name, None)
         if isinstance(value, Parameter):
+            self._modules.pop(name, None)
+            self._buffers.pop(name, None)
             self._parameters[name] = value
         elif isinstance(value, Module):
+            self._parameters.pop(name, None)
+            self._buffers.pop(name, None)
             self._modules[name] = value
+        elif name not in self._buffers:     # a buffer stays registered when reassigned (e.g. `self.buf += x`)
+            self._parameters.pop(name, None)
+            self._modules.pop(name, None)
         object.__setattr__(self, name, value)
 
     def register_buffer(self, name, array):

@@ -1,0 +1,179 @@
+"""``numpy-densenet train``, ``evaluate`` and ``predict``."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+DATASETS = ["digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "npz"]
+
+
+def register(sub):
+    from .cli import add_model_args
+    p = sub.add_parser("train", help="train a DenseNet (default: a small DenseNet-BC on the bundled digits)",
+                       description="Train a DenseNet. With no options: DenseNet-BC (depth 16, k 12) on the bundled "
+                                   "UCI digits for 30 epochs, about a minute on 2 cores.")
+    _add_data_args(p)
+    add_model_args(p)
+    p.add_argument("--epochs", type=int, default=None, help="default 30 on digits, 300 otherwise")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (0 disables)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--schedule", choices=["step", "cosine"], default="step",
+                   help="step: lr / 10 at 50%% and 75%% of the epochs (the paper); cosine: cosine annealing")
+    p.add_argument("--drop-rate", type=float, default=0.0, help="dropout after each dense layer")
+    aug = p.add_mutually_exclusive_group()
+    aug.add_argument("--augment", dest="augment", action="store_true", default=None,
+                     help="4-pixel zero-pad random crop + horizontal flip (default on for CIFAR and npz)")
+    aug.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--out", default=None, help="output folder (default runs/DATASET)")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a checkpoint.npz")
+    p.set_defaults(func=cmd_train, model=None)
+
+    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of saved weights")
+    p.add_argument("--weights", required=True, help="best.npz / checkpoint.npz from train, or converted weights")
+    _add_data_args(p)
+    p.add_argument("--model", default=None, help="architecture, only for weights files without a model description")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify images (.npy arrays, or PNG files when Pillow is installed)")
+    p.add_argument("--weights", required=True, help="best.npz / checkpoint.npz from train")
+    p.add_argument("inputs", nargs="+", help=".npy files (N,C,H,W / N,H,W,C / H,W / C,H,W) or .png images")
+    p.add_argument("--top", type=int, default=1, help="show the top K classes")
+    p.set_defaults(func=cmd_predict)
+
+
+def _add_data_args(p):
+    p.add_argument("--dataset", choices=DATASETS, default="digits", help="default: the bundled UCI digits")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset's official files (an .npz path for npz)")
+
+
+def cmd_train(args):
+    from .cli import UserError
+    from .io import WeightsFileError
+    from .train import TrainConfig, TrainingError, train
+    cfg = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model or "densenet_bc",
+                      depth=args.depth, growth_rate=args.growth_rate, drop_rate=args.drop_rate, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                      schedule=args.schedule, augment=args.augment, seed=args.seed, dtype=args.dtype,
+                      out=args.out or os.path.join("runs", args.dataset))
+    try:
+        train(cfg, resume=args.resume, log=lambda line: print(line, flush=True))
+    except (TrainingError, WeightsFileError) as e:
+        raise UserError(str(e)) from None
+    return 0
+
+
+def _load_for_eval(args, dataset):
+    from .cli import UserError, build_model
+    from .data import channel_stats
+    from .io import load_npz
+    from .train import load_model_file
+    arrays_have_config = "_model_config" in load_npz(args.weights)
+    if arrays_have_config:
+        model, meta = load_model_file(args.weights)
+        return model, meta["mean"], meta["std"]
+    if not args.model:
+        raise UserError(f"{args.weights} has no model description: give --model (e.g. densenet121)")
+    model = build_model(args.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    from .io import load_weights
+    load_weights(model, args.weights)
+    mean, std = channel_stats(dataset.x_train)
+    return model, mean, std
+
+
+def cmd_evaluate(args):
+    from .cli import UserError
+    from .data import DatasetError, load_dataset
+    from .train import evaluate
+    try:
+        data = load_dataset(args.dataset, args.data_dir)
+    except DatasetError as e:
+        raise UserError(str(e)) from None
+    model, mean, std = _load_for_eval(args, data)
+    if model.config["num_classes"] != data.num_classes or model.in_channels != data.in_channels:
+        raise UserError(f"{args.weights} is a model for {model.config['num_classes']} classes of "
+                        f"{model.in_channels}-channel images; {data.name} has {data.num_classes} classes of "
+                        f"{data.in_channels}-channel images")
+    r = evaluate(model, data.x_test, data.y_test, batch_size=args.batch_size, mean=mean, std=std)
+    print(f"{data.name} test set: {len(data.y_test)} images, accuracy {r['acc']:.4f}, loss {r['loss']:.4f}")
+    names = data.classes
+    width = max(len(n) for n in names)
+    print("\nper-class accuracy:")
+    for name, acc, count in zip(names, r["per_class_acc"], r["confusion"].sum(axis=1)):
+        print(f"  {name.ljust(width)}  {acc:.4f}  ({count} images)")
+    print("\nconfusion matrix (rows: true class, columns: predicted):")
+    cm = r["confusion"]
+    cw = max(len(str(cm.max())), 3)
+    short = [n[:cw] for n in names]
+    print(" " * (width + 2) + " ".join(s.rjust(cw) for s in short))
+    for name, row in zip(names, cm):
+        print(f"  {name.ljust(width)}" + " ".join(str(v).rjust(cw) for v in row))
+    return 0
+
+
+def _read_inputs(paths, in_channels):
+    """Images from .npy / .png files as float (N, C, H, W) in [0, 1] units, with a label per image."""
+    from .cli import UserError
+    images, labels = [], []
+    for path in paths:
+        if path.lower().endswith(".npy"):
+            try:
+                a = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot read {path} as a .npy array: {e}") from None
+            if a.dtype.kind not in "uif":
+                raise UserError(f"{path}: expected a numeric image array, got dtype {a.dtype}")
+            a = a / 255.0 if a.dtype.kind in "ui" and a.max(initial=0) > 1 else a.astype(np.float64)
+            if a.ndim == 2:                                   # (H, W)
+                a = a[None, None]
+            elif a.ndim == 3:                                 # (C, H, W) or (H, W, C)
+                a = (a if a.shape[0] == in_channels else a.transpose(2, 0, 1))[None]
+            elif a.ndim == 4 and a.shape[1] != in_channels and a.shape[3] == in_channels:
+                a = a.transpose(0, 3, 1, 2)
+            if a.ndim != 4 or a.shape[1] != in_channels:
+                raise UserError(f"{path}: expected images with {in_channels} channel(s) as (N, C, H, W), "
+                                f"(N, H, W, C), (C, H, W), (H, W, C) or (H, W); got shape {np.shape(a)}")
+            images.append(a)
+            labels += [f"{path}[{i}]" for i in range(len(a))] if len(a) > 1 else [path]
+        elif path.lower().endswith(".png"):
+            try:
+                from PIL import Image
+            except ImportError:
+                raise UserError('reading PNG images needs Pillow: pip install "numpy_densenet[images]"') from None
+            try:
+                img = Image.open(path).convert("L" if in_channels == 1 else "RGB")
+            except OSError as e:
+                raise UserError(f"cannot read {path} as an image: {e}") from None
+            a = np.asarray(img, dtype=np.float64) / 255.0
+            images.append(a[None, None] if a.ndim == 2 else a.transpose(2, 0, 1)[None])
+            labels.append(path)
+        else:
+            raise UserError(f"{path}: inputs must be .npy arrays or .png images")
+    shapes = {im.shape[2:] for im in images}
+    if len(shapes) > 1:
+        raise UserError(f"all inputs must have the same image size, got {sorted(shapes)}")
+    return np.concatenate(images), labels
+
+
+def cmd_predict(args):
+    from .train import load_model_file
+    model, meta = load_model_file(args.weights)
+    x, labels = _read_inputs(args.inputs, model.in_channels)
+    mean = meta["mean"] if meta["mean"] is not None else np.zeros(model.in_channels)
+    std = meta["std"] if meta["std"] is not None else np.ones(model.in_channels)
+    x = ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(model.dtype)
+    model.eval()
+    logits = model(x).astype(np.float64)
+    z = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    classes = meta["classes"] or [str(k) for k in range(probs.shape[1])]
+    top = max(1, min(args.top, probs.shape[1]))
+    for label, p in zip(labels, probs):
+        best = np.argsort(p)[::-1][:top]
+        print(f"{label}: " + ", ".join(f"{classes[k]} ({p[k]:.3f})" for k in best))
+    return 0
