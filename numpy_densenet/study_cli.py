@@ -1,0 +1,211 @@
+"""The study commands of ``numpy-densenet``: ``inspect`` (gradient flow and feature reuse of a model on a batch)
+and ``explain`` (one small dense block's forward and backward pass, step by step).
+
+:func:`register` is called by :func:`numpy_densenet.cli.make_parser`; the helpers of :mod:`numpy_densenet.cli`
+are imported inside the functions, as that module imports this one.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+DIGITS_DEPTH = 16   # the default depth of densenet_bc / densenet on the digits, as in `numpy-densenet train`
+PLOT_NOTE = 'no PNG heatmaps: matplotlib is not installed; pip install "numpy_densenet[plot]" to get them'
+
+
+def register(subparsers):
+    """Add the ``inspect`` and ``explain`` subcommands to the ``numpy-densenet`` parser."""
+    from .cli import add_model_args
+
+    p = subparsers.add_parser(
+        "inspect", help="gradient-flow and feature-reuse matrices of every dense block, on one batch",
+        description="Run one forward and backward pass of a model (random, or --weights FILE) on a batch and "
+                    "print, per dense block, the gradient each feature map x_i receives through each consumer "
+                    "(later layer H_j or the block output) and the mean |weight| each layer puts on each x_i.")
+    add_model_args(p)      # as train: the default depth is 16 on the digits, 100 (densenet_bc) / 40 otherwise
+    p.add_argument("--weights", metavar="FILE", default=None,
+                   help="a .npz of weights: best.npz from train (which also describes the model), or a file "
+                        "from convert / save_weights matching --model/--depth/--growth-rate")
+    p.add_argument("--dataset", default="digits", help="data set of the batch (default: the bundled digits)")
+    p.add_argument("--data-dir", default=None, help="folder (or .npz file) of a data set that is not bundled")
+    p.add_argument("--split", choices=["train", "test"], default="train", help="where the batch comes from")
+    p.add_argument("--batch-size", type=int, default=64, help="the first N images of the split (default 64)")
+    p.add_argument("--eval", action="store_true",
+                   help="BatchNorm with running statistics (default: batch statistics, as in a training step)")
+    p.add_argument("--block", type=int, default=None, metavar="B", help="only dense block B (1-based)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed of a random model (default 0)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="write PNG heatmaps (with matplotlib) and the matrices (matrices.npz) to DIR")
+    p.set_defaults(func=cmd_inspect)
+
+    p = subparsers.add_parser(
+        "explain", help="one small dense block's forward and backward pass through the concatenation",
+        description="Build one dense block (float64) and print every step of its forward and backward pass: "
+                    "shapes, the channel slice each layer reads and writes, how the gradient is split and summed.")
+    p.add_argument("--layers", type=int, default=5, metavar="L", help="dense layers in the block (default 5)")
+    p.add_argument("--growth-rate", type=int, default=4, metavar="K", help="k, channels per layer (default 4)")
+    p.add_argument("--in-channels", "--k0", dest="in_channels", type=int, default=8, metavar="K0",
+                   help="k0, channels of the block input (default 8)")
+    p.add_argument("--bn-size", type=int, default=4, help="bottleneck width factor: 1x1 conv to bn_size*k (default 4)")
+    p.add_argument("--plain", action="store_true", help="plain layers BN-ReLU-3x3 conv, no bottleneck")
+    p.add_argument("--batch", type=int, default=2, metavar="N", help="batch size (default 2)")
+    p.add_argument("--size", type=int, default=4, metavar="HW", help="height = width of the input (default 4)")
+    p.add_argument("--compression", type=float, default=0.5, help="theta of the transition arithmetic (default 0.5)")
+    p.add_argument("--eval", action="store_true", help="BatchNorm with running statistics")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_explain)
+
+
+# -- explain -------------------------------------------------------------------------------------------------
+def cmd_explain(args):
+    from .cli import UserError
+    from .flow import explain_block
+    for name, value, low in (("--layers", args.layers, 1), ("--growth-rate", args.growth_rate, 1),
+                             ("--in-channels", args.in_channels, 1), ("--bn-size", args.bn_size, 1),
+                             ("--batch", args.batch, 1), ("--size", args.size, 1)):
+        if value < low:
+            raise UserError(f"{name} must be at least {low}, got {value}")
+    if not 0 < args.compression <= 1:
+        raise UserError(f"--compression must be in (0, 1], got {args.compression}")
+    if not args.eval and args.batch * args.size * args.size < 2:
+        raise UserError("BatchNorm in train mode needs more than one value per channel: raise --batch or "
+                        "--size, or use --eval")
+    lines = explain_block(args.layers, args.growth_rate, args.in_channels, None if args.plain else args.bn_size,
+                          args.batch, args.size, train=not args.eval, compression=args.compression, seed=args.seed)
+    print("\n".join(lines))
+    return 0
+
+
+# -- inspect -------------------------------------------------------------------------------------------------
+def _load_dataset(args):
+    from .cli import UserError
+    from .data import DatasetError, load_dataset
+    try:
+        return load_dataset(args.dataset, args.data_dir)
+    except DatasetError as e:
+        raise UserError(str(e)) from None
+
+
+def _batch(args, dataset, mean=None, std=None):
+    """The first ``--batch-size`` images of the split, normalised per channel: (x, y)."""
+    from .cli import UserError
+    from .data import channel_stats, normalize
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    x = dataset.x_train if args.split == "train" else dataset.x_test
+    y = dataset.y_train if args.split == "train" else dataset.y_test
+    if mean is None or std is None:
+        mean, std = channel_stats(dataset.x_train)                  # training-set statistics, as train uses
+    n = min(args.batch_size, x.shape[0])
+    return normalize(x[:n], np.asarray(mean), np.asarray(std)), y[:n]
+
+
+def _make_model(args, dataset):
+    """A model from the options, or from a weights file's own description: (model, description, mean, std).
+
+    ``mean`` and ``std`` are the normalisation statistics stored in a file written by ``train`` (else None).
+    """
+    from .cli import UserError, build_model
+    from .io import load_npz, load_weights
+    from .model import DenseNet
+    if args.weights is not None:
+        arrays = load_npz(args.weights)
+        if any(key.startswith("optim.") for key in arrays):
+            raise UserError(f"{args.weights!r} is a training checkpoint (model and optimizer state); give the "
+                            f"weights file that train writes next to it, best.npz")
+        if "_model_config" in arrays:                               # written by `numpy-densenet train`
+            config = json.loads(str(arrays["_model_config"][()]))
+            config["block_config"] = tuple(config["block_config"])
+            try:
+                model = DenseNet(**config)
+            except (TypeError, ValueError) as e:
+                raise UserError(f"weights file {args.weights!r}: its model description does not build: {e}") \
+                    from None
+            load_weights(model, args.weights)
+            return (model, f"DenseNet: {model.extra_repr()} (weights {args.weights}, model from the file)",
+                    arrays.get("_mean"), arrays.get("_std"))
+    depth = args.depth
+    if depth is None and dataset.name == "digits" and args.model in ("densenet_bc", "densenet"):
+        depth = DIGITS_DEPTH                                        # train's default on the small digits
+    model = build_model(args.model, depth, args.growth_rate, dataset.num_classes,
+                        in_channels=dataset.in_channels, seed=args.seed)
+    if args.weights is not None:
+        load_weights(model, args.weights)
+        return model, f"{args.model}: {model.extra_repr()} (weights {args.weights})", None, None
+    return model, f"{args.model}: {model.extra_repr()} (random initialisation, seed {args.seed})", None, None
+
+
+def _block_header(model, index, name, block):
+    """One line of channel arithmetic: where k0 comes from, and k0 + L*k."""
+    k0, L, k = block.num_input_features, block.num_layers, block.growth_rate
+    if index == 0:
+        source = "from the stem"
+    else:
+        previous = model.blocks()[index - 1].num_output_features
+        theta = model.config["compression"]
+        source = f"from transition{index}: floor({theta:g}*{previous}) = {k0}"
+    return f"{name}: k0 = {k0} ({source}), L = {L}, k = {k} -> k0 + L*k = {k0} + {L}*{k} = {k0 + L * k} channels"
+
+
+def cmd_inspect(args):
+    from .cli import UserError
+    from .flow import block_gradient_flow, feature_reuse, have_matplotlib, save_heatmap
+
+    dataset = _load_dataset(args)
+    model, description, mean, std = _make_model(args, dataset)
+    x, y = _batch(args, dataset, mean, std)
+    if x.shape[1] != model.in_channels:
+        raise UserError(f"the model takes {model.in_channels}-channel images, {dataset.name} has {x.shape[1]}")
+    if y.max() >= model.config["num_classes"]:
+        raise UserError(f"the model has {model.config['num_classes']} classes, {dataset.name} has "
+                        f"{dataset.num_classes}")
+    blocks = model.blocks()
+    if args.block is not None and not 1 <= args.block <= len(blocks):
+        raise UserError(f"--block must be between 1 and {len(blocks)}, got {args.block}")
+    try:
+        flows = block_gradient_flow(model, x.astype(model.dtype), y, train=not args.eval)
+    except ValueError as e:
+        raise UserError(f"the model cannot run on the {x.shape[2]}x{x.shape[3]} images of {dataset.name}: {e}") \
+            from None
+    reuse = feature_reuse(model)
+
+    print(description)
+    print(f"batch: the first {x.shape[0]} images of {dataset.name} ({args.split} split), shape {x.shape}; "
+          f"BatchNorm in {flows[0].mode} mode; loss {flows[0].loss:.4f}")
+    print("rows: feature map x_i (channels); columns: consumer, H_j = dense layer j, out = the block output")
+    print("per channel = norm / sqrt(channels of x_i); total = norm of the sum over consumers, dL/dx_i")
+    chosen = range(len(blocks)) if args.block is None else [args.block - 1]
+    for b in chosen:
+        print()
+        print(_block_header(model, b, flows[b].name, blocks[b]))
+        print(flows[b].table())
+        print(flows[b].table(normalised=True))
+        print(reuse[b].table())
+
+    print()
+    if args.out is None:
+        print("(add --out DIR to write the matrices and PNG heatmaps)")
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    arrays = {}
+    for b in chosen:
+        name = flows[b].name
+        arrays[f"gradient_flow_{name}"] = flows[b].norms
+        arrays[f"gradient_flow_per_channel_{name}"] = flows[b].normalised
+        arrays[f"feature_reuse_{name}"] = reuse[b].values
+    matrices = os.path.join(args.out, "matrices.npz")
+    np.savez(matrices, **arrays)
+    print(f"wrote {matrices} ({len(arrays)} matrices; NaN where a consumer does not read x_i)")
+    if not have_matplotlib():
+        print(PLOT_NOTE)
+        return 0
+    written = []
+    for b in chosen:
+        name = flows[b].name
+        written.append(save_heatmap(flows[b].matrix(normalised=True),
+                                    os.path.join(args.out, f"gradient_flow_{name}.png"), log=True))
+        written.append(save_heatmap(reuse[b], os.path.join(args.out, f"feature_reuse_{name}.png")))
+    print(f"wrote {len(written)} PNG heatmaps to {args.out}: " + ", ".join(os.path.basename(p) for p in written))
+    return 0
