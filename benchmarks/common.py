@@ -13,11 +13,15 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+PAUSE = 0.2  # seconds of idling before each measurement: lets the other framework's spinning threads go to sleep
+
+
 def time_fn(fn, repeats, warmup, setup=None):
     """Median and min wall time (seconds) of ``fn()`` over ``repeats`` runs after ``warmup`` runs.
 
     ``setup()`` (untimed) runs before every call, e.g. the forward pass whose cache a backward needs.
     """
+    time.sleep(PAUSE)
     times = []
     for i in range(warmup + repeats):
         if setup is not None:

@@ -258,6 +258,7 @@ class Run:
         self.sums = [0.0, 0, 0]         # loss * batch, correct, seen: this epoch so far
         self.history = []
         self.best_acc = -1.0
+        self.stop = False               # a stop (Ctrl-C, on_step) was requested
 
     # -- state as plain arrays --------------------------------------------------------------------------------
     def state_arrays(self):
@@ -282,7 +283,7 @@ class Run:
         state = _from_json_array(arrays["run.state"])
         saved = _from_json_array(arrays["_train_config"])
         mine = asdict(self.config)
-        differ = [k for k in mine if k not in ("out", "epochs", "extra") and saved.get(k) != mine[k]]
+        differ = [k for k in mine if k not in ("out", "extra") and saved.get(k) != mine[k]]
         if differ:
             raise TrainingError(f"checkpoint {os.fspath(path)!r} was made with different options: "
                                 + ", ".join(f"{k}={saved.get(k)!r} (now {mine[k]!r})" for k in differ))
@@ -324,8 +325,10 @@ class Run:
             self.sums[2] += len(yb)
             self.step = i + 1
             progress.update(self, i + 1, total, time.perf_counter() - start)
-            if stop_requested() and self.step < total:
-                return False
+            if stop_requested():
+                self.stop = True
+                if self.step < total:
+                    return False
         return True
 
     def finish_epoch(self, seconds):
@@ -438,6 +441,10 @@ def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=No
             log(f"epoch {row['epoch']:3d}/{cfg.epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f} "
                 f"acc {row['train_acc']:.4f}  test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
                 f"{row['seconds']:.1f}s")
+            if run.stop and run.epoch < cfg.epochs:     # requested during the epoch's last step
+                path = os.path.join(cfg.out, "checkpoint.npz")
+                log(f"stopped after epoch {run.epoch}: checkpoint saved to {path}; continue with --resume {path}")
+                return run.history
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

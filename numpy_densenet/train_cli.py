@@ -31,7 +31,7 @@ def register(sub):
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--out", default=None, help="output folder (default runs/DATASET)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a checkpoint.npz")
-    p.set_defaults(func=cmd_train, model=None)
+    p.set_defaults(func=lambda args, parser=p: cmd_train(args, parser), model=None)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of saved weights")
     p.add_argument("--weights", required=True, help="best.npz / checkpoint.npz from train, or converted weights")
@@ -52,16 +52,36 @@ def _add_data_args(p):
     p.add_argument("--data-dir", default=None, help="folder with the dataset's official files (an .npz path for npz)")
 
 
-def cmd_train(args):
+_OPTION_FIELDS = {"dataset": "dataset", "data_dir": "data_dir", "model": "model", "depth": "depth",
+                  "growth_rate": "growth_rate", "drop_rate": "drop_rate", "epochs": "epochs",
+                  "batch_size": "batch_size", "lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay",
+                  "schedule": "schedule", "augment": "augment", "seed": "seed", "dtype": "dtype", "out": "out"}
+
+
+def cmd_train(args, parser):
+    """Train; with --resume the run's options come from the checkpoint (options given again must match)."""
+    import json
+
     from .cli import UserError
-    from .io import WeightsFileError
+    from .io import WeightsFileError, load_npz
     from .train import TrainConfig, TrainingError, train
-    cfg = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model or "densenet_bc",
-                      depth=args.depth, growth_rate=args.growth_rate, drop_rate=args.drop_rate, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                      schedule=args.schedule, augment=args.augment, seed=args.seed, dtype=args.dtype,
-                      out=args.out or os.path.join("runs", args.dataset))
     try:
+        if args.resume:
+            arrays = load_npz(args.resume, what="checkpoint")
+            if "_train_config" not in arrays:
+                raise WeightsFileError(f"checkpoint {args.resume!r} is not a training checkpoint")
+            cfg = TrainConfig(**json.loads(str(arrays["_train_config"][()])))
+            cfg.out = os.path.dirname(os.path.abspath(args.resume))
+            for option, field in _OPTION_FIELDS.items():          # options given on this command line
+                value = getattr(args, option)
+                if value != parser.get_default(option):
+                    setattr(cfg, field, value)
+        else:
+            cfg = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model or "densenet_bc",
+                              depth=args.depth, growth_rate=args.growth_rate, drop_rate=args.drop_rate,
+                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                              weight_decay=args.weight_decay, schedule=args.schedule, augment=args.augment,
+                              seed=args.seed, dtype=args.dtype, out=args.out or os.path.join("runs", args.dataset))
         train(cfg, resume=args.resume, log=lambda line: print(line, flush=True))
     except (TrainingError, WeightsFileError) as e:
         raise UserError(str(e)) from None

@@ -184,9 +184,6 @@ def test_maxpool2d_tie_test_catches_last_max_routing():
     assert not np.allclose(last_max, ref.maxpool2d_backward_loop(x, dout, 2))
 
 
-@pytest.mark.xfail(strict=True, reason="layer bug: MaxPool2d drops NaN (uses `window > out`, which is False "
-                                       "for NaN); torch.nn.MaxPool2d propagates it, and an all-NaN window "
-                                       "gives -inf, a value not in the window")
 def test_maxpool2d_propagates_nan_like_torch():
     x = np.arange(16.0).reshape(1, 1, 4, 4)
     x[0, 0, 0, 1] = np.nan                                 # in the top-left window
@@ -652,15 +649,10 @@ def test_upstream_gradient_of_wrong_shape_raises(case):
     out = layer(*inputs(np.random.default_rng(0), np.float64))
     bad = out.shape[:-1] + (out.shape[-1] + 1,)
     pattern = _wrong_shape_message(bad, out.shape)
-    if isinstance(layer, nn.SpatialModule):      # see the xfail below: these name the channel-major shapes
-        pattern += "|" + _wrong_shape_message(_swap01(bad), _swap01(out.shape))
     with pytest.raises(ValueError, match=pattern):
         layer.backward(np.ones(bad))
 
 
-@pytest.mark.xfail(strict=True, reason="layer bug (message only): spatial layers check the upstream gradient "
-                                       "after the NCHW -> CNHW swap, so the ValueError names (C, N, H, W) shapes "
-                                       "the caller never passed")
 def test_spatial_wrong_gradient_shape_message_names_the_nchw_shapes():
     pool = nn.MaxPool2d(2)
     pool(np.ones((2, 3, 4, 4)))                                       # output (2, 3, 2, 2)

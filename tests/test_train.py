@@ -378,8 +378,6 @@ def test_resume_identity_depends_on_the_restored_rng_states(npz_data, reference_
         assert_same_final_state(reference_run["out"], out)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: Run.run_epoch ignores a stop request (on_step returning True) "
-                                       "made at the last step of an epoch; the run goes on to the end")
 def test_on_step_stop_at_the_last_step_of_an_epoch_stops_the_run(npz_data, reference_run, tmp_path):
     out = tmp_path / "run"
     calls = []
@@ -394,8 +392,6 @@ def test_on_step_stop_at_the_last_step_of_an_epoch_stops_the_run(npz_data, refer
     assert_same_final_state(reference_run["out"], out)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: on --resume with another --epochs (allowed by load_checkpoint) "
-                                       "the schedule's milestones / T_max come from the checkpoint, not the config")
 @pytest.mark.parametrize("schedule", ["step", "cosine"])
 def test_resume_with_more_epochs_follows_the_new_schedule_or_is_refused(npz_data, tmp_path, schedule):
     out = tmp_path / "run"

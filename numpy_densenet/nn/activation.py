@@ -17,9 +17,10 @@ def _check_float_array(layer, x):
 
 
 class ReLU(Module):
-    """y = max(x, 0). Gradient: dy where x > 0, else 0 (so 0 at x == 0, as PyTorch).
+    """y = max(x, 0). Gradient: dy where y > 0, else 0 (so 0 at x == 0, as PyTorch).
 
-    Shapes: any -> same. Caches a boolean mask (1 byte per element) for backward.
+    Shapes: any -> same. Caches its output, which the next layer (a convolution) keeps anyway, so ReLU
+    adds no memory of its own.
     """
 
     def __init__(self):
@@ -28,14 +29,14 @@ class ReLU(Module):
 
     def forward(self, x):
         x = _check_float_array(self, x)
-        mask = x > 0
-        self._cache = (mask, x.dtype)
-        return x * mask                                                      # same dtype as x
+        y = np.maximum(x, 0)                                                 # same dtype as x
+        self._cache = y
+        return y
 
     def backward(self, dout):
-        mask, dtype = take_cache(self)
-        dout = check_grad(self, dout, mask.shape, dtype)
-        return dout * mask
+        y = take_cache(self)
+        dout = check_grad(self, dout, y.shape, y.dtype)
+        return np.where(y > 0, dout, y.dtype.type(0))
 
 
 class Dropout(Module):

@@ -38,12 +38,17 @@ class Concat(SpatialModule):
         for i, x in enumerate(xs):
             if isinstance(x, np.ndarray) and x.ndim != 4:
                 raise ValueError(f"Concat: input {i} must be 4-D (N, C, H, W), got shape {x.shape}")
-        y = self.forward_cnhw(*[x.transpose(1, 0, 2, 3) for x in xs])
-        return y.transpose(1, 0, 2, 3)
+        y = self.forward_cnhw(*[x.transpose(1, 0, 2, 3) for x in xs]).transpose(1, 0, 2, 3)
+        object.__setattr__(self, "_output_shape", y.shape)
+        return y
 
     def backward(self, dout):
         if isinstance(dout, np.ndarray) and dout.ndim != 4:
             raise ValueError(f"Concat.backward: expected a 4-D gradient (N, C, H, W), got shape {dout.shape}")
+        expected = self.__dict__.get("_output_shape")
+        if self._cache is not None and expected is not None and dout.shape != expected:
+            raise ValueError(f"Concat.backward: upstream gradient has shape {dout.shape}, expected the forward "
+                             f"output's shape {expected}")
         return tuple(d.transpose(1, 0, 2, 3) for d in self.backward_cnhw(dout.transpose(1, 0, 2, 3)))
 
     def forward_cnhw(self, *xs):

@@ -182,7 +182,8 @@ class Conv2d(SpatialModule):
         d2 = dout.reshape(O, -1)                                             # (O, N*Ho*Wo)
         if cols is None:
             cols = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)
-        self.weight.grad += (d2 @ cols.T).reshape(self.weight.shape)        # (O, C*kh*kw)
+        # dW = d2 @ cols.T, computed as (cols @ d2.T).T: OpenBLAS runs this long-K product ~3x faster that way.
+        self.weight.grad += (cols @ d2.T).T.reshape(self.weight.shape)      # (O, C*kh*kw)
         if self.bias is not None:
             self.bias.grad += d2.sum(axis=1)                                 # sum over N, Ho, Wo
         dcols = self.weight.data.reshape(O, -1).T @ d2                      # (C*kh*kw, N*Ho*Wo)

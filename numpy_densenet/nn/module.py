@@ -295,12 +295,19 @@ class SpatialModule(Module):
         if isinstance(x, np.ndarray) and x.ndim != 4:
             raise ValueError(f"{type(self).__name__}: expected a 4-D input of shape (N, C, H, W), "
                              f"got shape {x.shape}")
-        return _swap01(self.forward_cnhw(_swap01(x)))
+        y = _swap01(self.forward_cnhw(_swap01(x)))
+        object.__setattr__(self, "_output_shape", y.shape)
+        return y
 
     def backward(self, dout):
         if isinstance(dout, np.ndarray) and dout.ndim != 4:
             raise ValueError(f"{type(self).__name__}.backward: expected a 4-D gradient of shape "
                              f"(N, C, H, W), got shape {dout.shape}")
+        expected = self.__dict__.get("_output_shape")
+        if isinstance(dout, np.ndarray) and expected is not None and self.__dict__.get("_cache") is not None \
+                and dout.shape != expected:
+            raise ValueError(f"{type(self).__name__}.backward: upstream gradient has shape {dout.shape}, expected "
+                             f"the forward output's shape {expected}")
         return _swap01(self.backward_cnhw(_swap01(dout)))
 
     def forward_cnhw(self, x):  # pragma: no cover - abstract

@@ -55,11 +55,15 @@ class BatchNorm2d(SpatialModule):
                              f"num_features={self.num_features} (input shape {_nchw(x.shape)} as NCHW)")
         return x
 
-    def batch_statistics(self, x):
-        """Per-channel mean and biased variance of x: (C, N, H, W) -> two (C,) arrays."""
+    @staticmethod
+    def batch_statistics(x):
+        """Per-channel mean and biased variance of x: (C, N, H, W) -> two (C,) arrays (two-pass, pairwise sums)."""
         x2 = x.reshape(x.shape[0], -1)                                       # (C, M), M = N*H*W
-        mean = x2.mean(axis=1)
-        var = x2.var(axis=1)
+        M = x2.shape[1]
+        mean = x2.sum(axis=1) / M
+        centred = x2 - mean[:, None]                                         # transient (C, M)
+        centred *= centred
+        var = centred.sum(axis=1) / M
         return mean, var
 
     def update_running_stats(self, mean, var, count):
@@ -71,8 +75,18 @@ class BatchNorm2d(SpatialModule):
         self.running_var *= 1 - m
         self.running_var += m * var * (count / (count - 1))
 
-    def forward_cnhw(self, x):
-        """x: (C, N, H, W) -> y: (C, N, H, W)."""
+    def forward_cnhw(self, x, stats=None, update_stats=True):
+        """x: (C, N, H, W) -> y: (C, N, H, W).
+
+        Parameters
+        ----------
+        stats : (mean, var) of shape (C,), optional
+            Train mode only: the batch statistics of ``x`` if the caller already has them (a dense block
+            computes each feature map's once and shares them with all its consumers).
+        update_stats : bool
+            Train mode only: False when recomputing a forward whose running statistics were already updated
+            (the memory-efficient dense layer recomputes BN in backward).
+        """
         x = self._check(x)
         C = x.shape[0]
         M = x.size // C                                                      # values per channel
@@ -80,42 +94,47 @@ class BatchNorm2d(SpatialModule):
             if M <= 1:
                 raise ValueError(f"BatchNorm2d: expected more than 1 value per channel when training, got "
                                  f"input of shape {_nchw(x.shape)} (NCHW)")
-            mean, var = self.batch_statistics(x)
-            self.update_running_stats(mean, var, M)
+            mean, var = stats if stats is not None else self.batch_statistics(x)
+            if update_stats:
+                self.update_running_stats(mean, var, M)
         else:
             mean, var = self.running_mean, self.running_var
         invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)              # (C,)
-        xhat = x.reshape(C, M) - mean[:, None].astype(x.dtype)               # (C, M)
-        xhat *= invstd[:, None]
-        y = xhat * self.weight.data[:, None]
-        y += self.bias.data[:, None]
-        self._cache = (xhat, invstd, self.training, x.shape)
+        scale = self.weight.data * invstd                                    # y = x * scale + shift
+        shift = self.bias.data - mean.astype(x.dtype) * scale
+        y = x.reshape(C, M) * scale[:, None]                                 # (C, M)
+        y += shift[:, None]
+        # Cache the input (usually alive anyway: in a dense block it is a view of the block buffer), not xhat.
+        self._cache = (x, mean.astype(x.dtype), invstd, self.training)
         return y.reshape(x.shape)
 
     def backward_cnhw(self, dout):
         """dout: (C, N, H, W) -> dx: (C, N, H, W); adds into weight.grad and bias.grad.
 
-        Train mode: with xhat = (x - mean) * invstd, M values per channel,
+        Train mode: with xhat = (x - mean) * invstd and M values per channel,
         dx = weight * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)).
         The two sums are the gradient through the batch mean and the batch variance. Eval mode: the
-        statistics are constants, so dx = dy * weight * invstd.
+        statistics are constants, so dx = dy * weight * invstd. Both are evaluated as dx = a*dy + b*x + c
+        with per-channel a, b, c, so xhat is never stored.
         """
-        xhat, invstd, training, shape = take_cache(self)
-        dout = check_grad(self, dout, shape, self.weight.dtype)
-        C, M = xhat.shape
+        x, mean, invstd, training = take_cache(self)
+        dout = check_grad(self, dout, x.shape, self.weight.dtype)
+        C = x.shape[0]
+        M = x.size // C
         dy = dout.reshape(C, M)
-        dbeta = dy.sum(axis=1)                                               # (C,)
-        dgamma = np.einsum("cm,cm->c", dy, xhat)                             # (C,)
+        x2 = x.reshape(C, M)
+        dbeta = dy.sum(axis=1)                                               # (C,)  sum(dy)
+        dgamma = invstd * (np.einsum("cm,cm->c", dy, x2) - mean * dbeta)     # (C,)  sum(dy * xhat)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
-        scale = self.weight.data * invstd                                    # (C,)
-        if not training:
-            return (dy * scale[:, None]).reshape(shape)
-        dx = dy * M
-        dx -= dbeta[:, None]
-        dx -= xhat * dgamma[:, None]
-        dx *= (scale / M)[:, None]
-        return dx.reshape(shape)
+        a = self.weight.data * invstd                                        # (C,)
+        dx = dy * a[:, None]
+        if training:
+            b = -a * invstd * dgamma / M                                     # the variance path
+            c = -a * dbeta / M - b * mean                                    # the mean path
+            dx += x2 * b[:, None]
+            dx += c[:, None]
+        return dx.reshape(x.shape)
 
 
 def _nchw(cnhw_shape):

@@ -63,7 +63,8 @@ class MaxPool2d(_Pool2d):
         argmax = np.zeros((C, N, Ho, Wo), dtype=np.uint16)                   # window offset of the max
         for k, rows, cols in self._windows(Ho, Wo):
             window = xp[:, :, rows, cols]                                    # (C, N, Ho, Wo)
-            better = window > out                                            # strict: the first max wins
+            better = (window > out) | np.isnan(window)                      # strict: the first max wins;
+            #                                                                    NaN propagates, as in PyTorch
             np.copyto(out, window, where=better)
             np.copyto(argmax, np.uint16(k), where=better)
         self._cache = (argmax, x.shape, x.dtype)
