@@ -43,13 +43,20 @@ class DenseLayer(Module):
     With ``bn_size=None`` it is the plain (non-bottleneck) layer BN -> ReLU -> 3x3 conv to k. It returns only
     its k new channels; the block places them after its input.
 
+    With ``memory_efficient=True`` (Pleiss et al. 2017) the output of the first BN -> ReLU, a tensor as large
+    as the layer's whole input, is not kept for backward: backward recomputes it from the input (a view of the
+    block buffer, alive anyway) and the batch statistics, without updating the running statistics again.
+    Memory then grows linearly with depth instead of quadratically, for one extra BN -> ReLU per layer.
+
     Shapes (channel-major): x (C_in, N, H, W) -> new features (k, N, H, W).
     """
 
-    def __init__(self, num_input_features, growth_rate, bn_size=4, drop_rate=0.0, dtype=np.float32, rng=None):
+    def __init__(self, num_input_features, growth_rate, bn_size=4, drop_rate=0.0, dtype=np.float32, rng=None,
+                 memory_efficient=False):
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng()
         self.bottleneck = bn_size is not None
+        self.memory_efficient = bool(memory_efficient)
         self.norm1 = BatchNorm2d(num_input_features, dtype=dtype)
         self.relu1 = ReLU()
         if self.bottleneck:
@@ -64,9 +71,18 @@ class DenseLayer(Module):
         self.drop_rate = float(drop_rate)
         if self.drop_rate > 0:
             self.dropout = Dropout(self.drop_rate, seed=rng.integers(2**63))
+        self._recompute = None
 
-    def forward_cnhw(self, x):
-        h = self.conv1.forward_cnhw(self.relu1(self.norm1.forward_cnhw(x)))          # (4k or k, N, H, W)
+    def forward_cnhw(self, x, stats=None):
+        """x: (C_in, N, H, W), [x0, ..., x(l-1)] as a view of the block buffer -> (k, N, H, W).
+
+        ``stats``: the batch (mean, var) of x's channels, if the block already has them (train mode).
+        """
+        t = self.relu1(self.norm1.forward_cnhw(x, stats))                      # (C_in, N, H, W)
+        h = self.conv1.forward_cnhw(t, keep_input=not self.memory_efficient)  # (4k or k, N, H, W)
+        if self.memory_efficient:
+            self.relu1._clear_cache()                                        # drop t; keep what recomputes it
+            self._recompute = (x, stats)
         if self.bottleneck:
             h = self.conv2.forward_cnhw(self.relu2(self.norm2.forward_cnhw(h)))      # (k, N, H, W)
         if self.drop_rate > 0:
@@ -78,7 +94,14 @@ class DenseLayer(Module):
         d = self.dropout.backward(dnew) if self.drop_rate > 0 else dnew
         if self.bottleneck:
             d = self.norm2.backward_cnhw(self.relu2.backward(self.conv2.backward_cnhw(d)))
-        return self.norm1.backward_cnhw(self.relu1.backward(self.conv1.backward_cnhw(d)))
+        if self.memory_efficient:
+            x, stats = self._recompute
+            self._recompute = None
+            t = self.relu1(self.norm1.forward_cnhw(x, stats, update_stats=False))  # recomputed, same values
+            d = self.conv1.backward_cnhw(d, x=t)
+        else:
+            d = self.conv1.backward_cnhw(d)
+        return self.norm1.backward_cnhw(self.relu1.backward(d))
 
     def forward(self, x):
         """x: (N, C_in, H, W) -> (N, k, H, W)."""
@@ -103,12 +126,13 @@ class DenseBlock(Module):
     """
 
     def __init__(self, num_layers, num_input_features, growth_rate, bn_size=4, drop_rate=0.0, dtype=np.float32,
-                 rng=None):
+                 rng=None, memory_efficient=False):
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng()
         self.num_layers, self.num_input_features, self.growth_rate = num_layers, num_input_features, growth_rate
         for i in range(num_layers):
-            layer = DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size, drop_rate, dtype, rng)
+            layer = DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size, drop_rate, dtype, rng,
+                               memory_efficient)
             setattr(self, f"denselayer{i + 1}", layer)
         self.offsets = [0] + [num_input_features + i * growth_rate for i in range(num_layers + 1)]
         self.record_flow = False
@@ -129,8 +153,18 @@ class DenseBlock(Module):
             raise ValueError(f"DenseBlock: input has {k0} channels, expected {self.num_input_features}")
         buffer = np.empty((self.num_output_features, N, H, W), dtype=x0.dtype)  # [x0 | x1 | ... | xL]
         buffer[:k0] = x0
+        # Each feature map's batch statistics are computed once, when it is written, and shared by all of
+        # its consumers' first BatchNorm: O(L) statistics instead of O(L^2).
+        share = self.training and N * H * W > 1
+        mean = np.empty(self.num_output_features)
+        var = np.empty(self.num_output_features)
+        if share:
+            mean[:k0], var[:k0] = BatchNorm2d.batch_statistics(x0)
         for layer, start, stop in zip(self.layers(), self.offsets[1:-1], self.offsets[2:]):
-            buffer[start:stop] = layer.forward_cnhw(buffer[:start])  # reads [x0..x(l-1)], writes x_l
+            stats = (mean[:start], var[:start]) if share else None
+            buffer[start:stop] = layer.forward_cnhw(buffer[:start], stats)  # reads [x0..x(l-1)], writes x_l
+            if share:
+                mean[start:stop], var[start:stop] = BatchNorm2d.batch_statistics(buffer[start:stop])
         self._cache = (buffer.shape, buffer.dtype)
         return buffer
 
@@ -206,6 +240,9 @@ class DenseNet(Module):
     dtype : float32 or float64
     seed : int or None
         Seeds the initialisation (and dropout masks).
+    memory_efficient : bool
+        Recompute each dense layer's first BN -> ReLU in backward instead of storing it (Pleiss et al. 2017):
+        memory linear in depth. Same results; see :class:`DenseLayer`.
 
     Shapes
     ------
@@ -214,7 +251,7 @@ class DenseNet(Module):
 
     def __init__(self, growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64, bn_size=4,
                  drop_rate=0.0, num_classes=1000, compression=0.5, stem="imagenet", in_channels=3,
-                 dtype=np.float32, seed=None):
+                 dtype=np.float32, seed=None, memory_efficient=False):
         super().__init__()
         for arg, v in (("growth_rate", growth_rate), ("num_init_features", num_init_features),
                        ("num_classes", num_classes), ("in_channels", in_channels)):
@@ -251,7 +288,7 @@ class DenseNet(Module):
                                      generator=rng)
         num_features = num_init_features
         for i, num_layers in enumerate(block_config):
-            block = DenseBlock(num_layers, num_features, growth_rate, bn_size, drop_rate, dt, rng)
+            block = DenseBlock(num_layers, num_features, growth_rate, bn_size, drop_rate, dt, rng, memory_efficient)
             stages[f"denseblock{i + 1}"] = block
             num_features = block.num_output_features
             if i != len(block_config) - 1:

@@ -1,9 +1,15 @@
-"""2-D convolution by im2col + one GEMM, in channel-major (C, N, H, W) layout.
+"""2-D convolution in channel-major (C, N, H, W) layout, by one of three GEMM-based algorithms.
 
-im2col is a loop over the kh x kw kernel offsets; each offset copies one strided slice of the padded input,
-so the whole patch matrix is built by kh*kw large memcpy-like copies (no fancy indexing). Its adjoint,
-col2im, is the same loop with ``+=``. A 1x1 convolution with stride 1 and no padding needs no patch matrix
-at all: in channel-major layout the input already *is* the (C, N*H*W) matrix.
+* pointwise (1x1, stride 1, no padding): in channel-major layout the input already *is* the (C, N*H*W)
+  matrix, so the convolution is one GEMM with no copy at all.
+* im2col: a loop over the kh x kw kernel offsets copies one strided slice of the padded input each, building
+  the (C*kh*kw, N*Ho*Wo) patch matrix with kh*kw memcpy-like copies (no fancy indexing); then one GEMM. Its
+  adjoint, col2im, is the same loop with ``+=``.
+* shift (stride 1 and fewer output than input channels, like DenseNet's 3x3 convs from 4k to k channels):
+  the GEMM comes first, on the padded input itself, giving every kernel offset's contribution at every
+  padded position, (kh*kw*O, N*Hp*Wp); the output is the sum of kh*kw shifted windows of it. Backward builds
+  the shifted copies of the *output* gradient instead of the input. Both copy O*kh*kw rows instead of
+  C*kh*kw, so for O < C far less memory is moved than by im2col.
 """
 from __future__ import annotations
 
@@ -140,16 +146,25 @@ class Conv2d(SpatialModule):
         return s + ("" if self.bias is not None else ", bias=False")
 
     @property
-    def _is_pointwise(self):
-        return self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
+    def algorithm(self):
+        """"pointwise", "shift" or "im2col" (see the module docstring)."""
+        if self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0):
+            return "pointwise"
+        if self.stride == (1, 1) and self.out_channels < self.in_channels:
+            return "shift"
+        return "im2col"
 
     def output_shape(self, H, W):
         """(Ho, Wo) for an H x W input."""
         return tuple(conv_output_size(s, k, st, p, d) for s, k, st, p, d in
                      zip((H, W), self.kernel_size, self.stride, self.padding, self.dilation))
 
-    def forward_cnhw(self, x):
-        """x: (C_in, N, H, W) -> y: (C_out, N, Ho, Wo)."""
+    def forward_cnhw(self, x, keep_input=True):
+        """x: (C_in, N, H, W) -> y: (C_out, N, Ho, Wo).
+
+        With ``keep_input=False`` the input is not cached and ``backward_cnhw`` must be handed it again
+        (the memory-efficient dense layer recomputes it instead of storing it).
+        """
         x = check_input(self, x, 4, "(C, N, H, W)", self.weight.dtype)
         C, N, H, W = x.shape
         if C != self.in_channels:
@@ -161,32 +176,87 @@ class Conv2d(SpatialModule):
             raise ValueError(f"Conv2d: kernel size {eff} (with dilation) is larger than the padded input "
                              f"{(H + 2 * self.padding[0], W + 2 * self.padding[1])}")
         O = self.out_channels
-        w2 = self.weight.data.reshape(O, -1)                                 # (O, C*kh*kw)
-        if self._is_pointwise:
-            cols = x.reshape(C, N * H * W)                                   # the input is the matrix
+        algorithm = self.algorithm
+        if algorithm == "shift":
+            y = self._shift_forward(x, Ho, Wo)                               # (O, N, Ho, Wo)
         else:
-            cols = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)  # (C*kh*kw, N*Ho*Wo)
-        y = w2 @ cols                                                        # (O, N*Ho*Wo)
+            w2 = self.weight.data.reshape(O, -1)                             # (O, C*kh*kw)
+            if algorithm == "pointwise":
+                cols = x.reshape(C, N * H * W)                               # the input is the matrix
+            else:
+                cols = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)  # (C*kh*kw, N*Ho*Wo)
+            y = (w2 @ cols).reshape(O, N, Ho, Wo)
         if self.bias is not None:
-            y += self.bias.data[:, None]
+            y += self.bias.data[:, None, None, None]
         # Cache the input, not the patch matrix: cols is kh*kw times larger; backward rebuilds it.
-        self._cache = (x, cols if self._is_pointwise else None)
-        return y.reshape(O, N, Ho, Wo)
+        self._cache = (x.shape, x if keep_input else None)
+        return y
 
-    def backward_cnhw(self, dout):
-        """dout: (C_out, N, Ho, Wo) -> dx: (C_in, N, H, W); adds into weight.grad and bias.grad."""
-        x, cols = take_cache(self)
+    def backward_cnhw(self, dout, x=None):
+        """dout: (C_out, N, Ho, Wo) -> dx: (C_in, N, H, W); adds into weight.grad and bias.grad.
+
+        ``x`` is the forward input, needed only if forward ran with ``keep_input=False``.
+        """
+        shape, cached = take_cache(self)
+        if cached is None:
+            if x is None or x.shape != shape:
+                raise RuntimeError(f"Conv2d.backward: forward ran with keep_input=False, so backward needs the "
+                                   f"input of shape {shape} again, got {None if x is None else x.shape}")
+        else:
+            x = cached
         C, N, H, W = x.shape
         O = self.out_channels
         dout = check_grad(self, dout, (O, N) + self.output_shape(H, W), self.weight.dtype)
+        if self.bias is not None:
+            self.bias.grad += dout.reshape(O, -1).sum(axis=1)                # sum over N, Ho, Wo
+        algorithm = self.algorithm
+        if algorithm == "shift":
+            return self._shift_backward(x, dout)
         d2 = dout.reshape(O, -1)                                             # (O, N*Ho*Wo)
-        if cols is None:
-            cols = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)
+        cols = x.reshape(C, N * H * W) if algorithm == "pointwise" else \
+            im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)    # (C*kh*kw, N*Ho*Wo)
         # dW = d2 @ cols.T, computed as (cols @ d2.T).T: OpenBLAS runs this long-K product ~3x faster that way.
         self.weight.grad += (cols @ d2.T).T.reshape(self.weight.shape)      # (O, C*kh*kw)
-        if self.bias is not None:
-            self.bias.grad += d2.sum(axis=1)                                 # sum over N, Ho, Wo
         dcols = self.weight.data.reshape(O, -1).T @ d2                      # (C*kh*kw, N*Ho*Wo)
-        if self._is_pointwise:
+        if algorithm == "pointwise":
             return dcols.reshape(C, N, H, W)
         return col2im(dcols, x.shape, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    # -- the shift algorithm (stride 1) ------------------------------------------------------------------------
+    def _offset_weights(self):
+        """The weight as (kh*kw*O, C): row (i, j, o) holds weight[o, :, i, j]."""
+        O, C, kh, kw = self.weight.shape
+        return self.weight.data.transpose(2, 3, 0, 1).reshape(kh * kw * O, C)
+
+    def _shift_forward(self, x, Ho, Wo):
+        """y[o, p] = sum over (i, j) of Y[(i, j, o), p + (i, j)*dilation], with Y = W_offsets @ padded x."""
+        C, N = x.shape[:2]
+        O, kh, kw = self.out_channels, *self.kernel_size
+        xp = pad_cnhw(x, self.padding)                                       # (C, N, Hp, Wp)
+        Y = self._offset_weights() @ xp.reshape(C, -1)                       # (kh*kw*O, N*Hp*Wp)
+        Y = Y.reshape((kh, kw, O) + xp.shape[1:])
+        y = np.zeros((O, N, Ho, Wo), dtype=x.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                rows, cols = window_slices(i, j, (Ho, Wo), (1, 1), self.dilation)
+                y += Y[i, j][:, :, rows, cols]                               # offset (i, j)'s contribution
+        return y
+
+    def _shift_backward(self, x, dout):
+        """G[(i, j, o), p] = dout[o, p - (i, j)*dilation]; then dW = G @ padded x^T and dx = W_offsets^T @ G."""
+        C, N, H, W = x.shape
+        O, kh, kw = self.out_channels, *self.kernel_size
+        (ph, pw), (Ho, Wo) = self.padding, dout.shape[2:]
+        xp = pad_cnhw(x, self.padding)                                       # (C, N, Hp, Wp), rebuilt
+        G = np.zeros((kh, kw, O) + xp.shape[1:], dtype=x.dtype)              # (kh, kw, O, N, Hp, Wp)
+        for i in range(kh):
+            for j in range(kw):
+                rows, cols = window_slices(i, j, (Ho, Wo), (1, 1), self.dilation)
+                G[i, j][:, :, rows, cols] = dout                             # dout shifted by offset (i, j)
+        G = G.reshape(kh * kw * O, -1)                                       # (kh*kw*O, N*Hp*Wp)
+        dW = G @ xp.reshape(C, -1).T                                         # (kh*kw*O, C)
+        self.weight.grad += dW.reshape(kh, kw, O, C).transpose(2, 3, 0, 1)
+        dxp = (self._offset_weights().T @ G).reshape(xp.shape)              # (C, N, Hp, Wp)
+        if ph == 0 and pw == 0:
+            return dxp
+        return np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W])
