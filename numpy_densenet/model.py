@@ -58,11 +58,11 @@ class DenseLayer(Module):
         self.bottleneck = bn_size is not None
         self.memory_efficient = bool(memory_efficient)
         self.norm1 = BatchNorm2d(num_input_features, dtype=dtype)
-        self.relu1 = ReLU()
+        self.relu1 = ReLU(inplace=True)
         if self.bottleneck:
             self.conv1 = Conv2d(num_input_features, bn_size * growth_rate, 1, bias=False, dtype=dtype, generator=rng)
             self.norm2 = BatchNorm2d(bn_size * growth_rate, dtype=dtype)
-            self.relu2 = ReLU()
+            self.relu2 = ReLU(inplace=True)
             self.conv2 = Conv2d(bn_size * growth_rate, growth_rate, 3, padding=1, bias=False, dtype=dtype,
                                 generator=rng)
         else:
@@ -73,16 +73,18 @@ class DenseLayer(Module):
             self.dropout = Dropout(self.drop_rate, seed=rng.integers(2**63))
         self._recompute = None
 
-    def forward_cnhw(self, x, stats=None):
+    def forward_cnhw(self, x, stats=None, workspace=None):
         """x: (C_in, N, H, W), [x0, ..., x(l-1)] as a view of the block buffer -> (k, N, H, W).
 
         ``stats``: the batch (mean, var) of x's channels, if the block already has them (train mode).
+        ``workspace``: with ``memory_efficient``, an array of x's shape shared by the block's layers, where the
+        first BN -> ReLU output is written (forward) and recomputed (backward) instead of a new array each.
         """
-        t = self.relu1(self.norm1.forward_cnhw(x, stats))                      # (C_in, N, H, W)
+        t = self.relu1(self.norm1.forward_cnhw(x, stats, out=workspace))       # (C_in, N, H, W)
         h = self.conv1.forward_cnhw(t, keep_input=not self.memory_efficient)  # (4k or k, N, H, W)
         if self.memory_efficient:
             self.relu1._clear_cache()                                        # drop t; keep what recomputes it
-            self._recompute = (x, stats)
+            self._recompute = (x, stats, workspace)
         if self.bottleneck:
             h = self.conv2.forward_cnhw(self.relu2(self.norm2.forward_cnhw(h)))      # (k, N, H, W)
         if self.drop_rate > 0:
@@ -95,9 +97,9 @@ class DenseLayer(Module):
         if self.bottleneck:
             d = self.norm2.backward_cnhw(self.relu2.backward(self.conv2.backward_cnhw(d)))
         if self.memory_efficient:
-            x, stats = self._recompute
+            x, stats, workspace = self._recompute
             self._recompute = None
-            t = self.relu1(self.norm1.forward_cnhw(x, stats, update_stats=False))  # recomputed, same values
+            t = self.relu1(self.norm1.forward_cnhw(x, stats, update_stats=False, out=workspace))  # recomputed
             d = self.conv1.backward_cnhw(d, x=t)
         else:
             d = self.conv1.backward_cnhw(d)
@@ -135,6 +137,7 @@ class DenseBlock(Module):
                                memory_efficient)
             setattr(self, f"denselayer{i + 1}", layer)
         self.offsets = [0] + [num_input_features + i * growth_rate for i in range(num_layers + 1)]
+        self.memory_efficient = bool(memory_efficient)
         self.record_flow = False
         self.flow = None
         self._cache = None
@@ -160,9 +163,12 @@ class DenseBlock(Module):
         var = np.empty(self.num_output_features)
         if share:
             mean[:k0], var[:k0] = BatchNorm2d.batch_statistics(x0)
+        # Memory-efficient layers write their first BN -> ReLU output into one workspace shared by all.
+        shared = np.empty((self.offsets[-2], N, H, W), dtype=x0.dtype) if self.memory_efficient else None
         for layer, start, stop in zip(self.layers(), self.offsets[1:-1], self.offsets[2:]):
             stats = (mean[:start], var[:start]) if share else None
-            buffer[start:stop] = layer.forward_cnhw(buffer[:start], stats)  # reads [x0..x(l-1)], writes x_l
+            workspace = shared[:start] if shared is not None else None
+            buffer[start:stop] = layer.forward_cnhw(buffer[:start], stats, workspace)  # reads [x0..x(l-1)], writes x_l
             if share:
                 mean[start:stop], var[start:stop] = BatchNorm2d.batch_statistics(buffer[start:stop])
         self._cache = (buffer.shape, buffer.dtype)
@@ -196,7 +202,7 @@ class Transition(Sequential):
     def __init__(self, num_input_features, num_output_features, dtype=np.float32, rng=None):
         super().__init__(OrderedDict([
             ("norm", BatchNorm2d(num_input_features, dtype=dtype)),
-            ("relu", ReLU()),
+            ("relu", ReLU(inplace=True)),
             ("conv", Conv2d(num_input_features, num_output_features, 1, bias=False, dtype=dtype, generator=rng)),
             ("pool", AvgPool2d(2, stride=2)),
         ]))
@@ -281,7 +287,7 @@ class DenseNet(Module):
             stages["conv0"] = Conv2d(in_channels, num_init_features, 7, stride=2, padding=3, bias=False, dtype=dt,
                                      generator=rng)
             stages["norm0"] = BatchNorm2d(num_init_features, dtype=dt)
-            stages["relu0"] = ReLU()
+            stages["relu0"] = ReLU(inplace=True)
             stages["pool0"] = MaxPool2d(3, stride=2, padding=1)
         else:
             stages["conv0"] = Conv2d(in_channels, num_init_features, 3, padding=1, bias=False, dtype=dt,
@@ -297,7 +303,7 @@ class DenseNet(Module):
                 num_features = out_features
         stages["norm5"] = BatchNorm2d(num_features, dtype=dt)
         self.features = Sequential(stages)
-        self.relu = ReLU()
+        self.relu = ReLU(inplace=True)
         self.pool = AdaptiveAvgPool2d(1)
         self.classifier = Linear(num_features, num_classes, dtype=dt, generator=rng)
         self.num_features = num_features

@@ -96,7 +96,7 @@ def test_sum_over_consumers_matches_finite_differences(train):
         layers = block.layers()
         if i is not None and i >= 1:
             original = layers[i - 1].forward_cnhw
-            object.__setattr__(layers[i - 1], "forward_cnhw", lambda h: original(h) + v)
+            object.__setattr__(layers[i - 1], "forward_cnhw", lambda h, *args: original(h, *args) + v)
         try:
             out = block.forward_cnhw(x0 + v if i == 0 else x0)
         finally:

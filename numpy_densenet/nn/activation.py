@@ -19,17 +19,24 @@ def _check_float_array(layer, x):
 class ReLU(Module):
     """y = max(x, 0). Gradient: dy where y > 0, else 0 (so 0 at x == 0, as PyTorch).
 
+    With ``inplace=True`` (as in torchvision's DenseNet) the input array is overwritten and returned, saving
+    an allocation; only use it on an array nothing else needs, such as a BatchNorm output.
+
     Shapes: any -> same. Caches its output, which the next layer (a convolution) keeps anyway, so ReLU
     adds no memory of its own.
     """
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = bool(inplace)
         self._cache = None
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
     def forward(self, x):
         x = _check_float_array(self, x)
-        y = np.maximum(x, 0)                                                 # same dtype as x
+        y = np.maximum(x, 0, out=x if self.inplace else None)               # same dtype as x
         self._cache = y
         return y
 

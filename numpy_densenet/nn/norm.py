@@ -75,7 +75,7 @@ class BatchNorm2d(SpatialModule):
         self.running_var *= 1 - m
         self.running_var += m * var * (count / (count - 1))
 
-    def forward_cnhw(self, x, stats=None, update_stats=True):
+    def forward_cnhw(self, x, stats=None, update_stats=True, out=None):
         """x: (C, N, H, W) -> y: (C, N, H, W).
 
         Parameters
@@ -86,6 +86,8 @@ class BatchNorm2d(SpatialModule):
         update_stats : bool
             Train mode only: False when recomputing a forward whose running statistics were already updated
             (the memory-efficient dense layer recomputes BN in backward).
+        out : ndarray of x's shape and dtype, optional
+            Where to write y (a shared workspace); never x itself, which backward needs.
         """
         x = self._check(x)
         C = x.shape[0]
@@ -102,8 +104,11 @@ class BatchNorm2d(SpatialModule):
         invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)              # (C,)
         scale = self.weight.data * invstd                                    # y = x * scale + shift
         shift = self.bias.data - mean.astype(x.dtype) * scale
-        y = x.reshape(C, M) * scale[:, None]                                 # (C, M)
-        y += shift[:, None]
+        if out is not None and (out.shape != x.shape or out.dtype != x.dtype):
+            raise ValueError(f"BatchNorm2d: out must have the input's shape {x.shape} and dtype {x.dtype}, got "
+                             f"{out.shape} {out.dtype}")
+        y = np.multiply(x.reshape(C, M), scale[:, None], out=None if out is None else out.reshape(C, M))
+        y += shift[:, None]                                                  # (C, M)
         # Cache the input (usually alive anyway: in a dense block it is a view of the block buffer), not xhat.
         self._cache = (x, mean.astype(x.dtype), invstd, self.training)
         return y.reshape(x.shape)
