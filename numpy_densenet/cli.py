@@ -106,10 +106,11 @@ def build_model(name, depth=None, growth_rate=None, num_classes=None, **kwargs):
         if name in ("densenet_bc", "densenet"):
             depth = depth if depth is not None else (100 if name == "densenet_bc" else 40)
             growth_rate = growth_rate if growth_rate is not None else 12
-            return dn.MODELS[name](depth, growth_rate, num_classes=num_classes or 10, **kwargs)
+            return dn.MODELS[name](depth, growth_rate, num_classes=10 if num_classes is None else num_classes,
+                                   **kwargs)
         if depth is not None or growth_rate is not None:
             raise UserError(f"--depth and --growth-rate apply to densenet_bc and densenet, not {name}")
-        return dn.MODELS[name](num_classes=num_classes or 1000, **kwargs)
+        return dn.MODELS[name](num_classes=1000 if num_classes is None else num_classes, **kwargs)
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -118,8 +119,14 @@ def cmd_summary(args):
     from .summary import format_summary
     model = build_model(args.model, args.depth, args.growth_rate, args.num_classes, in_channels=args.in_channels)
     size = args.image_size
+    if size is not None and size < 1:
+        raise UserError(f"--image-size must be a positive number of pixels, got {size}")
+    try:
+        table = format_summary(model, size)
+    except ValueError as e:
+        raise UserError(f"{args.model} cannot take {size}x{size} images: {e}") from None
     print(f"{args.model}: {model.extra_repr()}, num_classes={model.config['num_classes']}")
-    print(format_summary(model, size))
+    print(table)
     return 0
 
 

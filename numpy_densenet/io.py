@@ -41,7 +41,10 @@ def load_npz(path, what="weights file"):
     if not os.path.isfile(path):
         raise WeightsFileError(f"{what} {path!r} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise WeightsFileError(f"{what} {path!r} holds a single .npy array, not a .npz archive of named arrays")
+        with data:
             return OrderedDict((k, data[k]) for k in data.files)
     except ValueError as e:
         if "allow_pickle" in str(e):

@@ -27,7 +27,7 @@ import numpy as np
 
 from .nn import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d, ReLU
 from .nn._checks import check_grad, check_input, take_cache
-from .nn.module import Module, Sequential, check_float_dtype
+from .nn.module import Module, Sequential, check_float_dtype, saved
 
 
 def _kaiming_normal_(conv, rng):
@@ -84,7 +84,7 @@ class DenseLayer(Module):
         h = self.conv1.forward_cnhw(t, keep_input=not self.memory_efficient)  # (4k or k, N, H, W)
         if self.memory_efficient:
             self.relu1._clear_cache()                                        # drop t; keep what recomputes it
-            self._recompute = (x, stats, workspace)
+            self._recompute = saved((x, stats, workspace))
         if self.bottleneck:
             h = self.conv2.forward_cnhw(self.relu2(self.norm2.forward_cnhw(h)))      # (k, N, H, W)
         if self.drop_rate > 0:
@@ -97,6 +97,8 @@ class DenseLayer(Module):
         if self.bottleneck:
             d = self.norm2.backward_cnhw(self.relu2.backward(self.conv2.backward_cnhw(d)))
         if self.memory_efficient:
+            if not isinstance(self._recompute, tuple):
+                raise RuntimeError("DenseLayer.backward called before forward, or after a forward inside no_grad()")
             x, stats, workspace = self._recompute
             self._recompute = None
             t = self.relu1(self.norm1.forward_cnhw(x, stats, update_stats=False, out=workspace))  # recomputed
@@ -171,7 +173,7 @@ class DenseBlock(Module):
             buffer[start:stop] = layer.forward_cnhw(buffer[:start], stats, workspace)  # reads [x0..x(l-1)], writes x_l
             if share:
                 mean[start:stop], var[start:stop] = BatchNorm2d.batch_statistics(buffer[start:stop])
-        self._cache = (buffer.shape, buffer.dtype)
+        self._cache = saved((buffer.shape, buffer.dtype))
         return buffer
 
     def backward_cnhw(self, dout):
@@ -331,7 +333,7 @@ class DenseNet(Module):
         h = self.features.forward_cnhw(x.transpose(1, 0, 2, 3))  # (C, N, h, w), channel-major inside
         h = self.pool.forward_cnhw(self.relu(h))                 # (C, N, 1, 1)
         C, N = h.shape[:2]
-        self._cache = (C, N)
+        self._cache = saved((C, N))
         return self.classifier(h.reshape(C, N).T)                 # (N, num_classes)
 
     def backward(self, dlogits):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .model import DenseLayer, DenseNet
+from .nn import no_grad
 
 
 def summary_rows(model: DenseNet, image_size=None):
@@ -21,27 +22,29 @@ def summary_rows(model: DenseNet, image_size=None):
     x = np.zeros((1, model.in_channels, image_size, image_size), dtype=model.dtype)
     rows = []
     try:
-        for name, module, out in model.forward_stages(x):
-            params = int(sum(p.size for p in module.parameters()))
-            if name == "classifier":
-                rows.append(dict(name="relu + pool", what="ReLU, global average pool",
-                                 output=(1, out_channels, 1, 1), channels=out_channels, params=0))
-                rows.append(dict(name=name, what="Linear", output=out.shape, channels=out.shape[1], params=params))
-                continue
-            out_channels = out.shape[0]
-            what = type(module).__name__
-            if isinstance(module, DenseLayer):
-                block = model.features._modules[name.split(".")[1]]
-                i = int(name.rsplit("denselayer", 1)[1]) - 1
-                k0, k = block.offsets[1], block.growth_rate
-                what = f"reads {k0 + i * k} = {k0} + {i}*{k} ch, adds {k}"
-            rows.append(dict(name=name, what=what, output=(out.shape[1], out.shape[0]) + out.shape[2:],
-                             channels=out_channels, params=params))
+        with no_grad():
+            for name, module, out in model.forward_stages(x):
+                rows += _describe_stage(model, name, module, out, rows)
     finally:
         model.train(was_training)
-        for m in model.modules():
-            m._clear_cache()
     return rows
+
+
+def _describe_stage(model, name, module, out, previous_rows):
+    params = int(sum(p.size for p in module.parameters()))
+    if name == "classifier":
+        channels = previous_rows[-1]["channels"]
+        return [dict(name="relu + pool", what="ReLU, global average pool", output=(1, channels, 1, 1),
+                     channels=channels, params=0),
+                dict(name=name, what="Linear", output=out.shape, channels=out.shape[1], params=params)]
+    what = type(module).__name__
+    if isinstance(module, DenseLayer):
+        block = model.features._modules[name.split(".")[1]]
+        i = int(name.rsplit("denselayer", 1)[1]) - 1
+        k0, k = block.offsets[1], block.growth_rate
+        what = f"reads {k0 + i * k} = {k0} + {i}*{k} ch, adds {k}"
+    return [dict(name=name, what=what, output=(out.shape[1], out.shape[0]) + out.shape[2:], channels=out.shape[0],
+                 params=params)]
 
 
 def format_summary(model, image_size=None):

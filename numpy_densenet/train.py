@@ -26,7 +26,7 @@ import numpy as np
 from .data import BatchIterator, DatasetError, channel_stats, load_dataset
 from .io import WeightsFileError, load_npz, save_npz
 from .model import MODELS, DenseNet
-from .nn import CrossEntropyLoss
+from .nn import CrossEntropyLoss, no_grad
 from .optim import SGD, CosineAnnealingLR, paper_schedule
 
 CHECKPOINT_VERSION = 1
@@ -95,7 +95,8 @@ def _check_fits(model, image_shape):
     """Fail early, with a clear message, when the images are too small for the architecture."""
     model.eval()
     try:
-        model(np.zeros((1,) + tuple(image_shape), dtype=model.dtype))
+        with no_grad():
+            model(np.zeros((1,) + tuple(image_shape), dtype=model.dtype))
     except ValueError as e:
         raise TrainingError(f"the model cannot take {image_shape[1]}x{image_shape[2]} images: {e}. Use a model "
                             f"with fewer downsampling stages (e.g. --model densenet_bc) or larger images") from None
@@ -129,9 +130,10 @@ def first_nonfinite_output(model, x):
     """Name the first stage of a forward pass whose output is not finite (BN buffers restored afterwards)."""
     buffers = {name: np.array(b, copy=True) for name, b in model.named_buffers()}
     try:
-        for name, _, out in model.forward_stages(x):
-            if not np.isfinite(out).all():
-                return name
+        with no_grad():
+            for name, _, out in model.forward_stages(x):
+                if not np.isfinite(out).all():
+                    return name
         return "none (the logits are finite; the loss overflowed)"
     finally:
         model.load_state_dict({**model.state_dict(), **buffers})
@@ -160,7 +162,8 @@ def evaluate(model, x, y, batch_size=256, mean=None, std=None, num_classes=None)
     it = BatchIterator(x, y, batch_size, shuffle=False, mean=mean, std=std, dtype=model.dtype)
     try:
         for xb, yb in it:
-            logits = model(xb)
+            with no_grad():
+                logits = model(xb)
             total_loss += float(criterion(logits, yb))
             pairs = yb * K + logits.argmax(axis=1)                        # (true, predicted) as one index
             confusion += np.bincount(pairs, minlength=K * K).reshape(K, K)

@@ -187,8 +187,10 @@ def cmd_predict(args):
     mean = meta["mean"] if meta["mean"] is not None else np.zeros(model.in_channels)
     std = meta["std"] if meta["std"] is not None else np.ones(model.in_channels)
     x = ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(model.dtype)
+    from .nn import no_grad
     model.eval()
-    logits = model(x).astype(np.float64)
+    with no_grad():
+        logits = model(x).astype(np.float64)
     z = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     classes = meta["classes"] or [str(k) for k in range(probs.shape[1])]

@@ -8,10 +8,10 @@ from .concat import Concat, channel_offsets, split_channels
 from .conv import Conv2d, col2im, im2col
 from .linear import Flatten, Linear
 from .loss import CrossEntropyLoss
-from .module import Module, Parameter, Sequential, SpatialModule
+from .module import Module, Parameter, Sequential, SpatialModule, is_grad_enabled, no_grad
 from .norm import BatchNorm2d
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm2d", "Concat", "Conv2d", "CrossEntropyLoss", "Dropout",
            "Flatten", "Linear", "MaxPool2d", "Module", "Parameter", "ReLU", "Sequential", "SpatialModule",
-           "channel_offsets", "col2im", "im2col", "split_channels"]
+           "channel_offsets", "col2im", "im2col", "is_grad_enabled", "no_grad", "split_channels"]

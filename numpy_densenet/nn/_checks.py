@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .module import FLOAT_DTYPES
+from .module import FLOAT_DTYPES, NO_GRAD
 
 
 def pair(value, argument, minimum):
@@ -59,6 +59,9 @@ def check_grad(layer, dout, expected_shape, dtype):
 def take_cache(layer):
     """Return and clear the layer's forward cache; a clear error if there is none."""
     cache = layer.__dict__.get("_cache")
+    if cache is NO_GRAD:
+        raise RuntimeError(f"{type(layer).__name__}.backward: the forward pass ran inside no_grad(), so nothing "
+                           f"was kept for backward; run forward again outside no_grad()")
     if cache is None:
         raise RuntimeError(f"{type(layer).__name__}.backward called before forward (or twice after one "
                            f"forward): run forward first; backward frees what forward cached")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import check_grad, take_cache
-from .module import FLOAT_DTYPES, Module
+from .module import FLOAT_DTYPES, Module, saved
 
 
 def _check_float_array(layer, x):
@@ -37,7 +37,7 @@ class ReLU(Module):
     def forward(self, x):
         x = _check_float_array(self, x)
         y = np.maximum(x, 0, out=x if self.inplace else None)               # same dtype as x
-        self._cache = y
+        self._cache = saved(y)
         return y
 
     def backward(self, dout):
@@ -70,11 +70,11 @@ class Dropout(Module):
     def forward(self, x):
         x = _check_float_array(self, x)
         if not self.training or self.p == 0.0:
-            self._cache = (None, x.shape, x.dtype)
+            self._cache = saved((None, x.shape, x.dtype))
             return x.copy()
         keep = self.generator.random(x.shape, dtype=x.dtype) >= self.p       # bool mask, same shape as x
         scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
-        self._cache = (keep, x.shape, x.dtype)
+        self._cache = saved((keep, x.shape, x.dtype))
         y = x * keep
         y *= x.dtype.type(scale)
         return y

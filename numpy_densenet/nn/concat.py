@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import check_grad, take_cache
-from .module import FLOAT_DTYPES, SpatialModule
+from .module import FLOAT_DTYPES, SpatialModule, saved
 
 
 def channel_offsets(channel_counts):
@@ -65,7 +65,7 @@ class Concat(SpatialModule):
             if x.dtype != xs[0].dtype:
                 raise TypeError(f"Concat: input {i} has dtype {x.dtype}, input 0 has {xs[0].dtype}")
         offsets = channel_offsets([x.shape[0] for x in xs])
-        self._cache = (offsets, (offsets[-1],) + xs[0].shape[1:], xs[0].dtype)
+        self._cache = saved((offsets, (offsets[-1],) + xs[0].shape[1:], xs[0].dtype))
         return np.concatenate(xs, axis=0)
 
     def backward_cnhw(self, dout):

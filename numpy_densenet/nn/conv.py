@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from ._checks import check_grad, check_input, pair, take_cache
-from .module import Parameter, SpatialModule, check_float_dtype
+from .module import Parameter, SpatialModule, check_float_dtype, saved
 
 
 def conv_output_size(size, kernel, stride, padding, dilation):
@@ -189,7 +189,7 @@ class Conv2d(SpatialModule):
         if self.bias is not None:
             y += self.bias.data[:, None, None, None]
         # Cache the input, not the patch matrix: cols is kh*kw times larger; backward rebuilds it.
-        self._cache = (x.shape, x if keep_input else None)
+        self._cache = saved((x.shape, x if keep_input else None))
         return y
 
     def backward_cnhw(self, dout, x=None):

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from ._checks import check_grad, check_input, take_cache
-from .module import Module, Parameter, check_float_dtype
+from .module import Module, Parameter, check_float_dtype, saved
 
 
 class Linear(Module):
@@ -42,7 +42,7 @@ class Linear(Module):
         y = x @ self.weight.data.T                                           # (N, out)
         if self.bias is not None:
             y += self.bias.data
-        self._cache = x
+        self._cache = saved(x)
         return y
 
     def backward(self, dout):
@@ -66,7 +66,7 @@ class Flatten(Module):
         if not isinstance(x, np.ndarray) or x.ndim <= self.start_dim:
             raise ValueError(f"Flatten: expected an array with more than {self.start_dim} axes, got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
-        self._cache = (x.shape, x.dtype)
+        self._cache = saved((x.shape, x.dtype))
         return x.reshape(x.shape[:self.start_dim] + (-1,))
 
     def backward(self, dout):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import check_input, take_cache
-from .module import Module
+from .module import Module, saved
 
 
 class CrossEntropyLoss(Module):
@@ -54,7 +54,7 @@ class CrossEntropyLoss(Module):
             per_sample -= e * logp.mean(axis=1)
         total = per_sample.sum()
         loss = total / N if self.reduction == "mean" else total
-        self._cache = (logp, labels)
+        self._cache = saved((logp, labels))
         return np.asarray(loss, dtype=logits.dtype)
 
     def backward(self, dout=1.0):

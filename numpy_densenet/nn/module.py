@@ -17,6 +17,36 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+_GRAD_ENABLED = [True]
+NO_GRAD = "forward ran inside no_grad()"          # what a layer caches when nothing is kept for backward
+
+
+class no_grad:
+    """Context manager: forward passes inside keep nothing for backward (inference: less memory).
+
+    >>> with no_grad():
+    ...     logits = model(x)
+    """
+
+    def __enter__(self):
+        self._previous = _GRAD_ENABLED[0]
+        _GRAD_ENABLED[0] = False
+        return self
+
+    def __exit__(self, *exc):
+        _GRAD_ENABLED[0] = self._previous
+        return False
+
+
+def is_grad_enabled():
+    """False inside :class:`no_grad`."""
+    return _GRAD_ENABLED[0]
+
+
+def saved(cache):
+    """What a layer's forward stores for backward: ``cache``, or a marker inside :class:`no_grad`."""
+    return cache if _GRAD_ENABLED[0] else NO_GRAD
+
 
 def check_float_dtype(dtype, argument="dtype"):
     """Return ``np.dtype(dtype)`` if it is float32 or float64, else raise a TypeError naming ``argument``."""
@@ -231,11 +261,14 @@ class Module:
         """Copy arrays from ``state_dict`` into parameters and buffers (values cast to their dtype).
 
         With ``strict=True`` every missing key, unexpected key and shape mismatch is reported in one
-        ``KeyError``-free ``ValueError``. With ``strict=False`` missing and unexpected keys are returned
+        ``ValueError``. A missing ``num_batches_tracked`` is set to 0, as PyTorch does for old checkpoints. With ``strict=False`` missing and unexpected keys are returned
         (shape mismatches still raise). Returns ``(missing_keys, unexpected_keys)``.
         """
         slots = self._state_slots()
         given = OrderedDict((str(k), v) for k, v in state_dict.items())
+        for key in slots:           # state dicts from before PyTorch 0.4.1 (torchvision's published weights)
+            if key.endswith(".num_batches_tracked") and key not in given:     # have no counter: PyTorch
+                given[key] = np.array(0, dtype=np.int64)                       # starts it at 0, and so do we
         missing = [k for k in slots if k not in given]
         unexpected = [k for k in given if k not in slots]
         mismatched = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import check_grad, check_input, take_cache
-from .module import Parameter, SpatialModule, check_float_dtype
+from .module import Parameter, SpatialModule, check_float_dtype, saved
 
 
 class BatchNorm2d(SpatialModule):
@@ -110,7 +110,7 @@ class BatchNorm2d(SpatialModule):
         y = np.multiply(x.reshape(C, M), scale[:, None], out=None if out is None else out.reshape(C, M))
         y += shift[:, None]                                                  # (C, M)
         # Cache the input (usually alive anyway: in a dense block it is a view of the block buffer), not xhat.
-        self._cache = (x, mean.astype(x.dtype), invstd, self.training)
+        self._cache = saved((x, mean.astype(x.dtype), invstd, self.training))
         return y.reshape(x.shape)
 
     def backward_cnhw(self, dout):

@@ -9,7 +9,7 @@ import numpy as np
 
 from ._checks import check_grad, check_input, pair, take_cache
 from .conv import conv_output_size, pad_cnhw, window_slices
-from .module import SpatialModule
+from .module import SpatialModule, saved
 
 
 class _Pool2d(SpatialModule):
@@ -67,7 +67,7 @@ class MaxPool2d(_Pool2d):
             #                                                                    NaN propagates, as in PyTorch
             np.copyto(out, window, where=better)
             np.copyto(argmax, np.uint16(k), where=better)
-        self._cache = (argmax, x.shape, x.dtype)
+        self._cache = saved((argmax, x.shape, x.dtype))
         return out
 
     def backward_cnhw(self, dout):
@@ -114,7 +114,7 @@ class AvgPool2d(_Pool2d):
             out += xp[:, :, rows, cols]
         divisor = self._divisor(H, W, Ho, Wo, x.dtype)
         out /= divisor
-        self._cache = (x.shape, (Ho, Wo), divisor, x.dtype)
+        self._cache = saved((x.shape, (Ho, Wo), divisor, x.dtype))
         return out
 
     def backward_cnhw(self, dout):
@@ -165,7 +165,7 @@ class AdaptiveAvgPool2d(SpatialModule):
             out = np.empty((C, N, oh, ow), dtype=x.dtype)
             for i, j, rows, cols in self._cells(H, W):
                 out[:, :, i, j] = x[:, :, rows, cols].mean(axis=(2, 3))
-        self._cache = (x.shape, x.dtype)
+        self._cache = saved((x.shape, x.dtype))
         return out
 
     def backward_cnhw(self, dout):
