@@ -40,6 +40,11 @@ def load_npz(path, what="weights file"):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightsFileError(f"{what} {path!r} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic[:2] != b"PK":                                   # every .npz is a zip archive
+        kind = "a single .npy array" if magic == b"\x93NUMPY" else "not a zip archive"
+        raise WeightsFileError(f"{what} {path!r} is not a .npz file: it is {kind} (it starts with {magic!r})")
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
@@ -87,8 +92,9 @@ def convert_torch_checkpoint(src, dst):
     try:
         state = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a bad file
-        raise WeightsFileError(f"checkpoint {os.fspath(src)!r} could not be read by torch.load(weights_only=True): "
-                               f"{str(e).splitlines()[0]}") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise WeightsFileError(f"checkpoint {os.fspath(src)!r} is not a PyTorch state dict that "
+                               f"torch.load(weights_only=True) can read ({type(e).__name__}: {first})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

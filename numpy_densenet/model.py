@@ -301,6 +301,9 @@ class DenseNet(Module):
             num_features = block.num_output_features
             if i != len(block_config) - 1:
                 out_features = int(math.floor(compression * num_features))
+                if out_features < 1:
+                    raise ValueError(f"DenseNet: compression {compression} leaves transition {i + 1} with "
+                                     f"floor({compression} * {num_features}) = 0 channels")
                 stages[f"transition{i + 1}"] = Transition(num_features, out_features, dt, rng)
                 num_features = out_features
         stages["norm5"] = BatchNorm2d(num_features, dtype=dt)
