@@ -319,61 +319,61 @@ def _kink(probe, perturb, eps, values, analytic, tol):
 
 
 def _check_coordinates(probe, name, array, analytic, eps, rtol, atol, flat_indices):
-    noise = probe.noise_floor(eps)
-    atol_eff = atol + noise
-    errs, rels, nums, anas, fails, kinks = [], [], [], [], 0, 0
-    worst = (-1.0, None, 0.0, 0.0)
-    for flat in flat_indices:
-        idx = np.unravel_index(int(flat), array.shape)
-        original = array[idx]
+    """Probe single coordinates: perturb array[idx] by +-eps; compare with analytic[idx]."""
+    def probes():
+        for flat in flat_indices:
+            idx = np.unravel_index(int(flat), array.shape)
+            original = array[idx]
 
-        def perturb(delta, idx=idx, original=original):
-            array[idx] = original + delta
-            value = probe.loss()
-            array[idx] = original
-            return value
+            def perturb(delta, idx=idx, original=original):
+                array[idx] = original + delta
+                value = probe.loss()
+                array[idx] = original
+                return value
 
-        lp, lm = perturb(eps), perturb(-eps)
-        num = (lp - lm) / (2 * eps)
-        ana = float(analytic[idx])
-        err = abs(ana - num)
-        tol = atol_eff + rtol * abs(num)
-        if err > tol:
-            nonsmooth, one_sided = _kink(probe, perturb, eps, (lm, probe.L0, lp), ana, tol)
-            if nonsmooth and one_sided:
-                kinks += 1
-                continue
-            fails += 1
-        rel = err / max(abs(ana), abs(num)) if max(abs(ana), abs(num)) > atol_eff else 0.0
-        if err - tol > worst[0] or worst[1] is None:
-            worst = (err - tol, idx, ana, num)
-        errs.append(err)
-        rels.append(rel)
-    status = "FAIL" if fails else ("kink" if kinks and not errs else "pass")
-    _, idx, ana, num = worst
-    return TensorReport(name, array.shape, len(flat_indices), max(errs, default=0.0), max(rels, default=0.0),
-                        idx if idx is not None else "-", ana, num, rtol, atol_eff, status, kinks)
+            yield idx, perturb, float(analytic[idx])
+
+    row, _, _ = _judge(probe, name, array.shape, len(flat_indices), probes(), eps, rtol, atol)
+    return row
 
 
 def _check_directional(probe, name, array, analytic, eps, rtol, atol, directions, rng):
-    noise = probe.noise_floor(eps)
-    atol_eff = atol + noise
+    """Probe random unit directions u: perturb the array by +-eps*u; compare with <analytic, u> = v^T J u."""
     original = array.copy()
+
+    def probes():
+        for k in range(directions):
+            u = rng.standard_normal(array.shape)
+            u /= np.linalg.norm(u) or 1.0
+
+            def perturb(delta, u=u):
+                np.add(original, delta * u, out=array)
+                value = probe.loss()
+                array[...] = original
+                return value
+
+            yield f"dir {k}", perturb, float(np.vdot(analytic, u))
+
+    row, fails, smooth_fails = _judge(probe, name, array.shape, directions, probes(), eps, rtol, atol)
+    if fails and not smooth_fails:
+        row.kinks += fails      # every failing direction crossed a kink (several at once defeat the one-sided test)
+    elif fails:
+        row.kinks = 0
+    return row
+
+
+def _judge(probe, name, shape, count, probes, eps, rtol, atol):
+    """Central differences for each (where, perturb, analytic) probe; kinks told apart from wrong gradients.
+
+    Returns the report row, the number of failing probes, and how many of those failed at smooth points
+    (certainly wrong gradients).
+    """
+    atol_eff = atol + probe.noise_floor(eps)
     errs, rels, fails, kinks, smooth_fails = [], [], 0, 0, 0
     worst = (-np.inf, "-", 0.0, 0.0)
-    for k in range(directions):
-        u = rng.standard_normal(array.shape)
-        u /= np.linalg.norm(u) or 1.0
-
-        def perturb(delta, u=u):
-            np.add(original, delta * u, out=array)
-            value = probe.loss()
-            array[...] = original
-            return value
-
+    for where, perturb, ana in probes:
         lp, lm = perturb(eps), perturb(-eps)
         num = (lp - lm) / (2 * eps)
-        ana = float(np.vdot(analytic, u))                    # v^T J u with v = g: the directional derivative
         err = abs(ana - num)
         tol = atol_eff + rtol * abs(num)
         if err > tol:
@@ -384,14 +384,11 @@ def _check_directional(probe, name, array, analytic, eps, rtol, atol, directions
             fails += 1
             smooth_fails += not nonsmooth
         if err - tol > worst[0]:
-            worst = (err - tol, f"dir {k}", ana, num)
+            worst = (err - tol, where, ana, num)
         errs.append(err)
         rels.append(err / max(abs(ana), abs(num)) if max(abs(ana), abs(num)) > atol_eff else 0.0)
     status = "FAIL" if fails else ("kink" if kinks and not errs else "pass")
-    if fails and not smooth_fails:
-        kinks += fails   # failing directions all cross a kink (several at once can defeat the one-sided test)
-    else:
-        kinks = 0 if fails else kinks
     _, where, ana, num = worst
-    return TensorReport(name, array.shape, directions, max(errs, default=0.0), max(rels, default=0.0),
-                        where, ana, num, rtol, atol_eff, status, kinks)
+    row = TensorReport(name, shape, count, max(errs, default=0.0), max(rels, default=0.0), where, ana, num, rtol,
+                       atol_eff, status, kinks)
+    return row, fails, smooth_fails
