@@ -391,6 +391,7 @@ def parse_args(argv=None):
     ap.add_argument("--layout", dest="layout", action="store_true", default=layout)
     ap.add_argument("--no-layout", dest="layout", action="store_false")
     ap.add_argument("--json", dest="json_out", default=json_out)
+    ap.add_argument("--src", default="", help="import numpy_densenet from this directory (a snapshot), see common.py")
     return ap.parse_args(argv)
 
 

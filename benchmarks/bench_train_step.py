@@ -115,7 +115,9 @@ def numpy_worker(spec):
             t0 = time.perf_counter()
             model.forward(x)
             times.append(time.perf_counter() - t0)
-    out = dict(times=times[spec["warmup"]:], baseline_mb=baseline, peak_mb=maxrss_mb())
+    import numpy_densenet
+    out = dict(times=times[spec["warmup"]:], baseline_mb=baseline, peak_mb=maxrss_mb(),
+               library=numpy_densenet.__file__)
     if prof is not None:
         out["profile"] = prof.table()
     return out
@@ -402,6 +404,7 @@ def parse_args(argv=None):
     ap.add_argument("--depth-batch", type=int, default=depth_batch)
     ap.add_argument("--profile", action="store_true", default=profile)
     ap.add_argument("--json", dest="json_out", default=json_out)
+    ap.add_argument("--src", default="", help="import numpy_densenet from this directory (a snapshot), see common.py")
     ap.add_argument("--timeout", type=int, default=timeout)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)

@@ -13,6 +13,28 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+def use_src(argv=None):
+    """Honour ``--src DIR`` (or NUMPY_DENSENET_SRC=DIR): import numpy_densenet from DIR instead of this checkout.
+
+    Lets a fixed snapshot be measured while the library in the working tree changes, e.g.
+    ``mkdir /tmp/base && git archive COMMIT numpy_densenet | tar -x -C /tmp/base``. Subprocesses inherit it
+    through the environment variable. Call before numpy_densenet is imported.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    for i, arg in enumerate(argv):
+        if arg == "--src" and i + 1 < len(argv):
+            os.environ["NUMPY_DENSENET_SRC"] = os.path.abspath(argv[i + 1])
+        elif arg.startswith("--src="):
+            os.environ["NUMPY_DENSENET_SRC"] = os.path.abspath(arg.split("=", 1)[1])
+    src = os.environ.get("NUMPY_DENSENET_SRC")
+    if src and src not in sys.path:
+        sys.path.insert(0, src)
+    return src
+
+
+use_src()
+
+
 PAUSE = 0.2  # seconds of idling before each measurement: lets the other framework's spinning threads go to sleep
 
 
@@ -65,7 +87,16 @@ def blas_info():
 
 
 def git_state():
-    """HEAD commit and whether the library (numpy_densenet/) has uncommitted changes: numbers depend on it."""
+    """Which library is measured: HEAD commit and whether numpy_densenet/ has uncommitted changes, or the
+    snapshot given with --src (its COMMIT file names the commit it was archived from)."""
+    src = os.environ.get("NUMPY_DENSENET_SRC")
+    if src:
+        try:
+            with open(os.path.join(src, "COMMIT")) as f:
+                commit = f.read().strip()
+        except OSError:
+            commit = "?"
+        return {"commit": commit, "src": src, "library_dirty": False, "library_changes": []}
     def run(*args):
         try:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20).stdout.strip()
@@ -93,6 +124,8 @@ def environment(threads=None):
         "git": git_state(),
         "loadavg": os.getloadavg(),
     }
+    import numpy_densenet
+    env["numpy_densenet_file"] = numpy_densenet.__file__
     try:
         import torch
         env["torch"] = torch.__version__
@@ -108,7 +141,8 @@ def print_environment(env):
     print(f"# numpy BLAS: {b.get('internal_api')} {b.get('version')}, kernel {b.get('architecture')}, "
           f"{b.get('num_threads')} threads ({b.get('threading_layer')}) | benchmark threads: {env['threads']}")
     print(f"# OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']!r} OPENBLAS_L2_SIZE={env['OPENBLAS_L2_SIZE']!r} "
-          f"(None = unset) | git {env['git']['commit']}, library dirty: {env['git']['library_dirty']} | "
+          f"(None = unset) | library {env['numpy_densenet_file']} @ {env['git']['commit']}, "
+          f"dirty: {env['git']['library_dirty']} | "
           f"load average {' '.join(f'{v:.1f}' for v in env['loadavg'])}")
 
 
