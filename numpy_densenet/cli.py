@@ -14,6 +14,25 @@ class UserError(Exception):
     """An error caused by the command line or the files it names: printed as one paragraph, exit code 2."""
 
 
+def nonneg_int(text):
+    """argparse type for seeds and counts that may be 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def positive_int(text):
+    """argparse type for sizes that must be at least 1."""
+    value = nonneg_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 # -- gradcheck ----------------------------------------------------------------------------------------------
 def layer_cases(rng):
     """(label, module, input) for every layer type at a few small default shapes."""
@@ -131,7 +150,11 @@ def cmd_summary(args):
 
 
 def cmd_convert(args):
+    import importlib.util
+
     from .io import convert_torch_checkpoint
+    if importlib.util.find_spec("torch") is None:
+        raise UserError("converting a .pth file needs PyTorch (only for this step): pip install torch")
     n = convert_torch_checkpoint(args.src, args.dst)
     print(f"wrote {n} arrays to {args.dst}")
     return 0
@@ -148,7 +171,7 @@ def make_parser():
     p.add_argument("--model", action="store_true", help="check whole tiny DenseNets instead of single layers")
     p.add_argument("--mode", choices=["full", "sampled", "directional"], default=None,
                    help="full (every coordinate; default for layers), sampled, directional (default for --model)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.set_defaults(func=cmd_gradcheck)
 
     p = sub.add_parser("summary", help="per-layer output shapes, channel growth and parameter counts")
@@ -185,7 +208,10 @@ def _add_more_commands(sub):
 def main(argv=None):
     from .io import WeightsFileError
     parser = make_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:                  # --help, --version, or a usage error already printed by argparse
+        return e.code
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

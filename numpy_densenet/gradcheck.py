@@ -235,7 +235,8 @@ class _Probe:
 
     def _forward(self):
         self._reset()
-        out = self.module(*self.inputs)
+        # fresh copies: an in-place module (ReLU(inplace=True)) must not overwrite the probe point
+        out = self.module(*[a.copy() if a.dtype.kind == "f" else a for a in self.inputs])
         return np.asarray(out, dtype=np.float64)
 
     def loss(self):

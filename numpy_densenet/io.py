@@ -23,7 +23,10 @@ def save_npz(path, arrays):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)                                   # mkstemp makes 0600; use the usual mode
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
             f.flush()
@@ -104,6 +107,9 @@ def convert_torch_checkpoint(src, dst):
         key = key[len("module."):] if key.startswith("module.") else key      # DataParallel prefix
         if not hasattr(value, "detach"):
             raise WeightsFileError(f"checkpoint {os.fspath(src)!r}: entry {key!r} is not a tensor")
-        arrays[key] = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if value.is_floating_point() and value.dtype not in (torch.float32, torch.float64):
+            value = value.float()                                       # bfloat16 / float16 have no NumPy twin
+        arrays[key] = value.numpy()
     save_npz(dst, arrays)
     return len(arrays)

@@ -391,7 +391,9 @@ class CosineAnnealingLR(_EpochScheduler):
 def paper_schedule(optimizer, epochs):
     """The DenseNet paper's schedule: divide the rate by 10 at 50% and 75% of ``epochs``.
 
-    Returns ``MultiStepLR(optimizer, [int(0.5 * epochs), int(0.75 * epochs)], gamma=0.1)``.
+    Returns ``MultiStepLR(optimizer, [int(0.5 * epochs), int(0.75 * epochs)], gamma=0.1)``, leaving out
+    milestones at epoch 0 (a run of one epoch trains at the initial rate, not at a hundredth of it).
     """
     epochs = _integer("epochs", epochs, minimum=1)
-    return MultiStepLR(optimizer, [int(0.5 * epochs), int(0.75 * epochs)], gamma=0.1)
+    milestones = [m for m in (int(0.5 * epochs), int(0.75 * epochs)) if m >= 1]
+    return MultiStepLR(optimizer, milestones, gamma=0.1)

@@ -6,7 +6,6 @@ are imported inside the functions, as that module imports this one.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -17,7 +16,7 @@ PLOT_NOTE = 'no PNG heatmaps: matplotlib is not installed; pip install "numpy_de
 
 def register(subparsers):
     """Add the ``inspect`` and ``explain`` subcommands to the ``numpy-densenet`` parser."""
-    from .cli import add_model_args
+    from .cli import add_model_args, nonneg_int, positive_int
 
     p = subparsers.add_parser(
         "inspect", help="gradient-flow and feature-reuse matrices of every dense block, on one batch",
@@ -31,11 +30,11 @@ def register(subparsers):
     p.add_argument("--dataset", default="digits", help="data set of the batch (default: the bundled digits)")
     p.add_argument("--data-dir", default=None, help="folder (or .npz file) of a data set that is not bundled")
     p.add_argument("--split", choices=["train", "test"], default="train", help="where the batch comes from")
-    p.add_argument("--batch-size", type=int, default=64, help="the first N images of the split (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="the first N images of the split (default 64)")
     p.add_argument("--eval", action="store_true",
                    help="BatchNorm with running statistics (default: batch statistics, as in a training step)")
     p.add_argument("--block", type=int, default=None, metavar="B", help="only dense block B (1-based)")
-    p.add_argument("--seed", type=int, default=0, help="initialisation seed of a random model (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="initialisation seed of a random model (default 0)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="write PNG heatmaps (with matplotlib) and the matrices (matrices.npz) to DIR")
     p.set_defaults(func=cmd_inspect)
@@ -54,7 +53,7 @@ def register(subparsers):
     p.add_argument("--size", type=int, default=4, metavar="HW", help="height = width of the input (default 4)")
     p.add_argument("--compression", type=float, default=0.5, help="theta of the transition arithmetic (default 0.5)")
     p.add_argument("--eval", action="store_true", help="BatchNorm with running statistics")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.set_defaults(func=cmd_explain)
 
 
@@ -107,25 +106,13 @@ def _make_model(args, dataset):
 
     ``mean`` and ``std`` are the normalisation statistics stored in a file written by ``train`` (else None).
     """
-    from .cli import UserError, build_model
+    from .cli import build_model
     from .io import load_npz, load_weights
-    from .model import DenseNet
-    if args.weights is not None:
-        arrays = load_npz(args.weights)
-        if any(key.startswith("optim.") for key in arrays):
-            raise UserError(f"{args.weights!r} is a training checkpoint (model and optimizer state); give the "
-                            f"weights file that train writes next to it, best.npz")
-        if "_model_config" in arrays:                               # written by `numpy-densenet train`
-            config = json.loads(str(arrays["_model_config"][()]))
-            config["block_config"] = tuple(config["block_config"])
-            try:
-                model = DenseNet(**config)
-            except (TypeError, ValueError) as e:
-                raise UserError(f"weights file {args.weights!r}: its model description does not build: {e}") \
-                    from None
-            load_weights(model, args.weights)
-            return (model, f"DenseNet: {model.extra_repr()} (weights {args.weights}, model from the file)",
-                    arrays.get("_mean"), arrays.get("_std"))
+    from .train import load_model_file
+    if args.weights is not None and "_model_config" in load_npz(args.weights):   # written by `train`
+        model, meta = load_model_file(args.weights)                 # best.npz or checkpoint.npz
+        return (model, f"DenseNet: {model.extra_repr()} (weights {args.weights}, model from the file)",
+                meta["mean"], meta["std"])
     depth = args.depth
     if depth is None and dataset.name == "digits" and args.model in ("densenet_bc", "densenet"):
         depth = DIGITS_DEPTH                                        # train's default on the small digits

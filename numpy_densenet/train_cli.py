@@ -9,7 +9,7 @@ DATASETS = ["digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "npz"]
 
 
 def register(sub):
-    from .cli import add_model_args
+    from .cli import add_model_args, nonneg_int, positive_int
     p = sub.add_parser("train", help="train a DenseNet (default: a small DenseNet-BC on the bundled digits)",
                        description="Train a DenseNet. With no options: DenseNet-BC (depth 16, k 12) on the bundled "
                                    "UCI digits for 30 epochs, about a minute on 2 cores.")
@@ -27,7 +27,7 @@ def register(sub):
     aug.add_argument("--augment", dest="augment", action="store_true", default=None,
                      help="4-pixel zero-pad random crop + horizontal flip (default on for CIFAR and npz)")
     aug.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--out", default=None, help="output folder (default runs/DATASET)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a checkpoint.npz")
@@ -37,7 +37,7 @@ def register(sub):
     p.add_argument("--weights", required=True, help="best.npz / checkpoint.npz from train, or converted weights")
     _add_data_args(p)
     p.add_argument("--model", default=None, help="architecture, only for weights files without a model description")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify images (.npy arrays, or PNG files when Pillow is installed)")

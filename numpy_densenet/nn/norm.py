@@ -119,26 +119,25 @@ class BatchNorm2d(SpatialModule):
         Train mode: with xhat = (x - mean) * invstd and M values per channel,
         dx = weight * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)).
         The two sums are the gradient through the batch mean and the batch variance. Eval mode: the
-        statistics are constants, so dx = dy * weight * invstd. Both are evaluated as dx = a*dy + b*x + c
-        with per-channel a, b, c, so xhat is never stored.
+        statistics are constants, so dx = dy * weight * invstd. Both are evaluated as
+        dx = a*dy + b*(x - mean) + c with per-channel a, b, c, so xhat is never stored.
         """
         x, mean, invstd, training = take_cache(self)
         dout = check_grad(self, dout, x.shape, self.weight.dtype)
         C = x.shape[0]
         M = x.size // C
         dy = dout.reshape(C, M)
-        x2 = x.reshape(C, M)
+        centred = x.reshape(C, M) - mean[:, None]                            # (C, M), transient: x - mean
         dbeta = dy.sum(axis=1)                                               # (C,)  sum(dy)
-        dgamma = invstd * (np.einsum("cm,cm->c", dy, x2) - mean * dbeta)     # (C,)  sum(dy * xhat)
+        dgamma = invstd * np.einsum("cm,cm->c", dy, centred)                 # (C,)  sum(dy * xhat)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         a = self.weight.data * invstd                                        # (C,)
         dx = dy * a[:, None]
         if training:
-            b = -a * invstd * dgamma / M                                     # the variance path
-            c = -a * dbeta / M - b * mean                                    # the mean path
-            dx += x2 * b[:, None]
-            dx += c[:, None]
+            centred *= (-a * invstd * dgamma / M)[:, None]                   # the variance path
+            dx += centred
+            dx -= (a * dbeta / M)[:, None]                                   # the mean path
         return dx.reshape(x.shape)
 
 
