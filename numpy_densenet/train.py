@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -59,7 +59,6 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     out: str = "runs/digits"
-    extra: dict = field(default_factory=dict)
 
     def resolved(self):
         """A copy with every default that depends on the dataset filled in."""
@@ -136,7 +135,7 @@ def first_nonfinite_output(model, x):
                     return name
         return "none (the logits are finite; the loss overflowed)"
     finally:
-        model.load_state_dict({**model.state_dict(), **buffers})
+        model.load_state_dict(buffers, strict=False)
         for m in model.modules():
             m._clear_cache()
 
@@ -186,14 +185,15 @@ def _from_json_array(a):
     return json.loads(str(a[()]))
 
 
+def metadata_arrays(model, config, mean, std, classes):
+    """What, besides the weights, a file needs to rebuild and use the model (keys start with "_")."""
+    return {"_model_config": _json_array(model.config), "_train_config": _json_array(asdict(config)),
+            "_mean": np.asarray(mean), "_std": np.asarray(std), "_classes": _json_array(list(classes))}
+
+
 def weights_arrays(model, config, mean, std, classes):
-    """The arrays of a weights file: state_dict plus the metadata needed to rebuild and use the model."""
-    arrays = dict(model.state_dict())
-    arrays["_model_config"] = _json_array(model.config)
-    arrays["_train_config"] = _json_array(asdict(config))
-    arrays["_mean"], arrays["_std"] = np.asarray(mean), np.asarray(std)
-    arrays["_classes"] = _json_array(list(classes))
-    return arrays
+    """The arrays of a weights file (best.npz): state_dict plus the metadata."""
+    return {**model.state_dict(), **metadata_arrays(model, config, mean, std, classes)}
 
 
 def load_model_file(path, dtype=None):
@@ -203,8 +203,9 @@ def load_model_file(path, dtype=None):
     """
     arrays = load_npz(path)
     if "_model_config" not in arrays:
-        raise WeightsFileError(f"weights file {os.fspath(path)!r} has no model description (_model_config); "
-                               f"files converted from torchvision need the matching --model option")
+        raise WeightsFileError(f"weights file {os.fspath(path)!r} has no model description (_model_config): it was "
+                               f"not written by `numpy-densenet train`. Converted torchvision weights can be "
+                               f"evaluated with --model, or loaded from Python with numpy_densenet.io.load_weights")
     cfg = _from_json_array(arrays["_model_config"])
     cfg["block_config"] = tuple(cfg["block_config"])
     dt = np.dtype(dtype) if dtype else arrays["classifier.weight"].dtype if "classifier.weight" in arrays \
@@ -245,16 +246,26 @@ class Run:
             raise TrainingError(str(e)) from None
         d = self.data
         self.mean, self.std = channel_stats(d.x_train)                   # per channel, training set only
+        if (self.std == 0).any():                                        # a constant channel carries nothing:
+            log(f"note: channel(s) {np.flatnonzero(self.std == 0).tolist()} of the training images are constant; "
+                f"they are centred but not scaled")
+            self.std = np.where(self.std == 0, 1.0, self.std)            # centre it, do not divide by 0
         self.model = make_model(config, d.in_channels, d.num_classes)
         _check_fits(self.model, d.x_train.shape[1:])
         self.criterion = CrossEntropyLoss()
-        self.optimizer = SGD(self.model.named_parameters(), lr=config.lr, momentum=config.momentum,
-                             weight_decay=config.weight_decay, nesterov=config.momentum > 0)
-        self.scheduler = (paper_schedule(self.optimizer, config.epochs) if config.schedule == "step"
-                          else CosineAnnealingLR(self.optimizer, config.epochs))
-        self.batches = BatchIterator(d.x_train, d.y_train, config.batch_size, shuffle=True, augment=config.augment,
-                                     mean=self.mean, std=self.std, dtype=np.dtype(config.dtype),
-                                     seed=np.random.default_rng([config.seed, 1]))
+        # BatchNorm cannot train on a batch of one image: drop a last batch that would hold just one.
+        drop_last = len(d.y_train) % config.batch_size == 1 and len(d.y_train) > 1
+        try:
+            self.optimizer = SGD(self.model.named_parameters(), lr=config.lr, momentum=config.momentum,
+                                 weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+            self.scheduler = (paper_schedule(self.optimizer, config.epochs) if config.schedule == "step"
+                              else CosineAnnealingLR(self.optimizer, config.epochs))
+            self.batches = BatchIterator(d.x_train, d.y_train, config.batch_size, shuffle=True,
+                                         augment=config.augment, mean=self.mean, std=self.std,
+                                         dtype=np.dtype(config.dtype), seed=np.random.default_rng([config.seed, 1]),
+                                         drop_last=drop_last)
+        except ValueError as e:
+            raise TrainingError(f"{e} (check --lr, --momentum, --weight-decay, --batch-size)") from None
         self.epoch = 0                  # epochs completed
         self.step = 0                   # steps completed within the current epoch
         self.epoch_rng_state = self.batches.rng.bit_generator.state
@@ -272,7 +283,7 @@ class Run:
         arrays["run.state"] = _json_array(dict(
             version=CHECKPOINT_VERSION, epoch=self.epoch, step=self.step, sums=self.sums, history=self.history,
             best_acc=self.best_acc, epoch_rng_state=self.epoch_rng_state, dropout_rng_states=dropout_states))
-        arrays.update(weights_arrays(self.model, self.config, self.mean, self.std, self.data.classes))
+        arrays.update(metadata_arrays(self.model, self.config, self.mean, self.std, self.data.classes))
         return arrays
 
     def save_checkpoint(self, path):
@@ -286,7 +297,7 @@ class Run:
         state = _from_json_array(arrays["run.state"])
         saved = _from_json_array(arrays["_train_config"])
         mine = asdict(self.config)
-        differ = [k for k in mine if k not in ("out", "extra") and saved.get(k) != mine[k]]
+        differ = [k for k in mine if k != "out" and saved.get(k) != mine[k]]
         if differ:
             raise TrainingError(f"checkpoint {os.fspath(path)!r} was made with different options: "
                                 + ", ".join(f"{k}={saved.get(k)!r} (now {mine[k]!r})" for k in differ))
@@ -315,6 +326,7 @@ class Run:
         self.model.train()
         start = time.perf_counter()
         total = len(self.batches)
+        first_step, first_seen = self.step, self.sums[2]                 # after a resume: what this run did
         for i, (xb, yb) in enumerate(self.batches):
             if i < self.step:
                 continue                                                # already done before the interruption
@@ -327,7 +339,8 @@ class Run:
             self.sums[1] += correct
             self.sums[2] += len(yb)
             self.step = i + 1
-            progress.update(self, i + 1, total, time.perf_counter() - start)
+            progress.update(self, i + 1, total, time.perf_counter() - start, i + 1 - first_step,
+                            self.sums[2] - first_seen)
             if stop_requested():
                 self.stop = True
                 if self.step < total:
@@ -373,14 +386,18 @@ class Progress:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
 
-    def update(self, run, step, total, seconds):
+    def update(self, run, step, total, seconds, steps_timed=None, images_timed=None):
+        """Redraw the bar after ``step`` of ``total``; ``seconds`` covers the last ``steps_timed`` steps and
+        ``images_timed`` images (fewer than ``step`` after a mid-epoch resume)."""
         if not self.enabled:
             return
         loss_sum, correct, seen = run.sums
+        steps_timed = step if steps_timed is None else steps_timed
+        images_timed = seen if images_timed is None else images_timed
         width = 24
         filled = int(width * step / total)
-        rate = seen / seconds if seconds > 0 else 0.0
-        eta = (total - step) * seconds / max(step, 1)
+        rate = images_timed / seconds if seconds > 0 else 0.0
+        eta = (total - step) * seconds / max(steps_timed, 1)
         self.stream.write(f"\repoch {run.epoch + 1}/{run.config.epochs} [{'#' * filled}{'.' * (width - filled)}] "
                           f"{step}/{total} loss {loss_sum / max(seen, 1):.4f} acc {correct / max(seen, 1):.3f} "
                           f"{rate:.0f} img/s ETA {eta:.0f}s ")
@@ -410,7 +427,10 @@ def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=No
     """
     run = Run(config, log)
     cfg = run.config
-    os.makedirs(cfg.out, exist_ok=True)
+    try:
+        os.makedirs(cfg.out, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f"--out {cfg.out!r} cannot be used as an output folder: {e.strerror}") from None
     if resume:
         run.load_checkpoint(resume)
         log(f"resumed from {resume} at epoch {run.epoch + 1}, step {run.step}")

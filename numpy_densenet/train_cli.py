@@ -36,14 +36,18 @@ def register(sub):
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of saved weights")
     p.add_argument("--weights", required=True, help="best.npz / checkpoint.npz from train, or converted weights")
     _add_data_args(p)
-    p.add_argument("--model", default=None, help="architecture, only for weights files without a model description")
+    add_model_args(p, default=None)
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify images (.npy arrays, or PNG files when Pillow is installed)")
-    p.add_argument("--weights", required=True, help="best.npz / checkpoint.npz from train")
-    p.add_argument("inputs", nargs="+", help=".npy files (N,C,H,W / N,H,W,C / H,W / C,H,W) or .png images")
-    p.add_argument("--top", type=int, default=1, help="show the top K classes")
+    p.add_argument("--weights", required=True, help="best.npz / checkpoint.npz from train (they describe the model "
+                                                     "and the normalisation)")
+    p.add_argument("inputs", nargs="+",
+                   help=".npy files: (N, C, H, W), (N, H, W, C), (C, H, W), (H, W, C), (H, W), or (N, H, W) for "
+                        "grey models; integer arrays are 8-bit pixels 0..255, float arrays are in [0, 1]. "
+                        "Or .png images (needs Pillow)")
+    p.add_argument("--top", type=positive_int, default=1, help="show the top K classes")
     p.set_defaults(func=cmd_predict)
 
 
@@ -98,12 +102,27 @@ def _load_for_eval(args, dataset):
         model, meta = load_model_file(args.weights)
         return model, meta["mean"], meta["std"]
     if not args.model:
-        raise UserError(f"{args.weights} has no model description: give --model (e.g. densenet121)")
-    model = build_model(args.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+        raise UserError(f"{args.weights} has no model description: give --model (and --depth / --growth-rate)")
+    depth = args.depth
+    if depth is None and dataset.name == "digits" and args.model in ("densenet_bc", "densenet"):
+        depth = 16                                              # train's default on the small digits
+    model = build_model(args.model, depth, args.growth_rate, num_classes=dataset.num_classes,
+                        in_channels=dataset.in_channels)
     from .io import load_weights
     load_weights(model, args.weights)
     mean, std = channel_stats(dataset.x_train)
     return model, mean, std
+
+
+def _trained_on(path):
+    """The dataset a weights file written by ``train`` was trained on, or None."""
+    import json
+
+    from .io import load_npz
+    arrays = load_npz(path)
+    if "_train_config" not in arrays:
+        return None
+    return json.loads(str(arrays["_train_config"][()])).get("dataset")
 
 
 def cmd_evaluate(args):
@@ -115,6 +134,9 @@ def cmd_evaluate(args):
     except DatasetError as e:
         raise UserError(str(e)) from None
     model, mean, std = _load_for_eval(args, data)
+    trained_on = _trained_on(args.weights)
+    if trained_on and trained_on != data.name:
+        print(f"note: {args.weights} was trained on {trained_on}; evaluating it on {data.name}")
     if model.config["num_classes"] != data.num_classes or model.in_channels != data.in_channels:
         raise UserError(f"{args.weights} is a model for {model.config['num_classes']} classes of "
                         f"{model.in_channels}-channel images; {data.name} has {data.num_classes} classes of "
@@ -148,16 +170,24 @@ def _read_inputs(paths, in_channels):
                 raise UserError(f"cannot read {path} as a .npy array: {e}") from None
             if a.dtype.kind not in "uif":
                 raise UserError(f"{path}: expected a numeric image array, got dtype {a.dtype}")
-            a = a / 255.0 if a.dtype.kind in "ui" and a.max(initial=0) > 1 else a.astype(np.float64)
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise UserError(f"{path}: the array holds NaN or infinite values")
+            shape = a.shape
+            a = a / 255.0 if a.dtype.kind in "ui" else a.astype(np.float64)     # 8-bit pixels, or [0, 1]
             if a.ndim == 2:                                   # (H, W)
                 a = a[None, None]
-            elif a.ndim == 3:                                 # (C, H, W) or (H, W, C)
-                a = (a if a.shape[0] == in_channels else a.transpose(2, 0, 1))[None]
+            elif a.ndim == 3 and a.shape[0] == in_channels:   # (C, H, W)
+                a = a[None]
+            elif a.ndim == 3 and a.shape[2] == in_channels:   # (H, W, C)
+                a = a.transpose(2, 0, 1)[None]
+            elif a.ndim == 3 and in_channels == 1:            # (N, H, W): a stack of grey images
+                a = a[:, None]
             elif a.ndim == 4 and a.shape[1] != in_channels and a.shape[3] == in_channels:
-                a = a.transpose(0, 3, 1, 2)
+                a = a.transpose(0, 3, 1, 2)                   # (N, H, W, C)
             if a.ndim != 4 or a.shape[1] != in_channels:
                 raise UserError(f"{path}: expected images with {in_channels} channel(s) as (N, C, H, W), "
-                                f"(N, H, W, C), (C, H, W), (H, W, C) or (H, W); got shape {np.shape(a)}")
+                                f"(N, H, W, C), (C, H, W), (H, W, C), (H, W)"
+                                f"{' or (N, H, W)' if in_channels == 1 else ''}; the file holds shape {shape}")
             images.append(a)
             labels += [f"{path}[{i}]" for i in range(len(a))] if len(a) > 1 else [path]
         elif path.lower().endswith(".png"):
@@ -187,10 +217,14 @@ def cmd_predict(args):
     mean = meta["mean"] if meta["mean"] is not None else np.zeros(model.in_channels)
     std = meta["std"] if meta["std"] is not None else np.ones(model.in_channels)
     x = ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(model.dtype)
+    from .cli import UserError
     from .nn import no_grad
     model.eval()
-    with no_grad():
-        logits = model(x).astype(np.float64)
+    try:
+        with no_grad():
+            logits = model(x).astype(np.float64)
+    except ValueError as e:
+        raise UserError(f"the model cannot classify {x.shape[2]}x{x.shape[3]} images: {e}") from None
     z = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     classes = meta["classes"] or [str(k) for k in range(probs.shape[1])]

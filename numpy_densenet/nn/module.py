@@ -282,11 +282,11 @@ class Module:
                                       f"model expects {tuple(np.shape(current))}")
         problems = []
         if mismatched:
-            problems.append("size mismatch for " + "; ".join(mismatched))
+            problems.append("size mismatch for " + _some(mismatched, "; "))
         if strict and missing:
-            problems.append("missing keys: " + ", ".join(missing))
+            problems.append("missing keys: " + _some(missing))
         if strict and unexpected:
-            problems.append("unexpected keys: " + ", ".join(unexpected))
+            problems.append("unexpected keys: " + _some(unexpected))
         if problems:
             raise ValueError(f"Error(s) in loading state_dict for {type(self).__name__}: "
                              + " | ".join(problems))
@@ -314,6 +314,12 @@ class Module:
                 lines.append(f"  ({name}): {child_repr}")
             return "\n".join(lines) + "\n)"
         return lines[0] + ")"
+
+
+def _some(items, sep=", ", shown=12):
+    """The first ``shown`` items joined, and how many more there are."""
+    more = f"{sep}... and {len(items) - shown} more ({len(items)} in all)" if len(items) > shown else ""
+    return sep.join(items[:shown]) + more
 
 
 class SpatialModule(Module):
