@@ -105,9 +105,11 @@ class GradcheckResult:
 
 
 def _fmt_index(index):
-    if isinstance(index, tuple):
-        return "(" + ", ".join(str(int(i)) for i in index) + ")" if len(index) != 1 else f"({int(index[0])},)"
-    return str(index)
+    if not isinstance(index, tuple):
+        return str(index)                   # "dir k" or "-"
+    if len(index) == 1:
+        return f"({int(index[0])},)"
+    return "(" + ", ".join(str(int(i)) for i in index) + ")"
 
 
 def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8, samples=16, directions=3,

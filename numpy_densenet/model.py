@@ -4,7 +4,7 @@ Four small pieces, as in torchvision: the dense layer, the dense block, the tran
 
 Inside the network every feature map is channel-major, (C, N, H, W): a slice of channels is then one
 contiguous block of memory. A dense block allocates one buffer for all its k0 + L*k output channels; layer l
-*reads* the first k0 + l*k channels as a view (that view is the concatenation [x0, x1, ..., x(l-1)], built
+*reads* the first k0 + (l-1)*k channels as a view (that view is the concatenation [x0, x1, ..., x(l-1)], built
 without copying anything) and *writes* its k new channels right after them::
 
     buffer channels:  [ x0 (k0) | x1 (k) | x2 (k) | ... | xL (k) ]
@@ -116,7 +116,8 @@ class DenseLayer(Module):
 
 
 class DenseBlock(Module):
-    """L dense layers; layer l sees [x0, x1, ..., x(l-1)] (k0 + l*k channels), the block outputs all k0 + L*k.
+    """L dense layers; layer l (1-based) sees [x0, ..., x(l-1)] (k0 + (l-1)*k channels); the block outputs
+    all k0 + L*k.
 
     Shapes (channel-major): x0 (k0, N, H, W) -> (k0 + L*k, N, H, W).
 
@@ -161,7 +162,7 @@ class DenseBlock(Module):
         # Each feature map's batch statistics are computed once, when it is written, and shared by all of
         # its consumers' first BatchNorm: O(L) statistics instead of O(L^2).
         share = self.training and N * H * W > 1
-        mean = np.empty(self.num_output_features)
+        mean = np.empty(self.num_output_features)                     # float64, as BatchNorm2d.batch_statistics
         var = np.empty(self.num_output_features)
         if share:
             mean[:k0], var[:k0] = BatchNorm2d.batch_statistics(x0)
@@ -300,7 +301,7 @@ class DenseNet(Module):
             stages[f"denseblock{i + 1}"] = block
             num_features = block.num_output_features
             if i != len(block_config) - 1:
-                out_features = int(math.floor(compression * num_features))
+                out_features = int(math.floor(compression * num_features + 1e-9))   # 0.29 * 100 -> 29
                 if out_features < 1:
                     raise ValueError(f"DenseNet: compression {compression} leaves transition {i + 1} with "
                                      f"floor({compression} * {num_features}) = 0 channels")
@@ -358,7 +359,8 @@ class DenseNet(Module):
         ------
         (name, module, output) : output is channel-major (C, N, H, W) for the stem layers, every dense layer
             (its block's buffer up to and including its new channels), transitions and norm5, then (N, K)
-            logits for ``"classifier"``. Caches are left as a normal forward leaves them.
+            logits for ``"classifier"``. It does not prepare a backward pass (run ``model(x)`` for that); the
+            per-layer outputs are the same as a normal forward's.
         """
         h = check_input(self, x, 4, "(N, C, H, W)", self.dtype).transpose(1, 0, 2, 3)
         for name, stage in self.features.named_children():

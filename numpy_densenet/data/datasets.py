@@ -235,7 +235,7 @@ def load_dataset(name, data_dir=None, *, label_mode="fine") -> Dataset:
         return load_digits()
     if data_dir is None:
         what = "the path of the .npz file" if key == "npz" else "the folder holding its files"
-        raise DatasetError(f"data set {key!r} is not bundled: give data_dir, {what}")
+        raise DatasetError(f"data set {key!r} is not bundled: give data_dir (--data-dir on the command line), {what}")
     if key == "cifar10":
         return load_cifar10(data_dir)
     if key == "cifar100":

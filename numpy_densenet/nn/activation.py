@@ -1,6 +1,8 @@
 """Element-wise layers: ReLU and (inverted) Dropout. Layout-free, so any shape works."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from ._checks import check_grad, take_cache
@@ -22,8 +24,8 @@ class ReLU(Module):
     With ``inplace=True`` (as in torchvision's DenseNet) the input array is overwritten and returned, saving
     an allocation; only use it on an array nothing else needs, such as a BatchNorm output.
 
-    Shapes: any -> same. Caches its output, which the next layer (a convolution) keeps anyway, so ReLU
-    adds no memory of its own.
+    Shapes: any -> same. Caches its output (a reference, not a copy), which a following convolution keeps as
+    its input anyway.
     """
 
     def __init__(self, inplace=False):
@@ -58,7 +60,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, seed=None):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)
         self.generator = np.random.default_rng(seed)

@@ -1,4 +1,9 @@
-"""Concatenation along channels, the heart of DenseNet. Its backward is a split."""
+"""Concatenation along channels, the heart of DenseNet. Its backward is a split.
+
+The DenseNet itself does not call this module: its dense block writes every feature map into one
+preallocated buffer, so each layer's input concatenation is a view, and its backward does the same split
+by slicing (see ``DenseBlock.forward_cnhw`` / ``backward_cnhw`` in ``numpy_densenet/model.py``).
+"""
 from __future__ import annotations
 
 import numpy as np

@@ -261,8 +261,9 @@ class Module:
         """Copy arrays from ``state_dict`` into parameters and buffers (values cast to their dtype).
 
         With ``strict=True`` every missing key, unexpected key and shape mismatch is reported in one
-        ``ValueError``. A missing ``num_batches_tracked`` is set to 0, as PyTorch does for old checkpoints. With ``strict=False`` missing and unexpected keys are returned
-        (shape mismatches still raise). Returns ``(missing_keys, unexpected_keys)``.
+        ``ValueError``; with ``strict=False`` missing and unexpected keys are returned (shape mismatches still
+        raise). A missing ``num_batches_tracked`` is set to 0, as PyTorch does for old checkpoints.
+        Returns ``(missing_keys, unexpected_keys)``.
         """
         slots = self._state_slots()
         given = OrderedDict((str(k), v) for k, v in state_dict.items())

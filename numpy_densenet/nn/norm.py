@@ -57,14 +57,20 @@ class BatchNorm2d(SpatialModule):
 
     @staticmethod
     def batch_statistics(x):
-        """Per-channel mean and biased variance of x: (C, N, H, W) -> two (C,) arrays (two-pass, pairwise sums)."""
+        """Per-channel mean and biased variance of x: (C, N, H, W) -> two float64 (C,) arrays.
+
+        Sums accumulate in float64 (as PyTorch's CPU kernel does for float32), in two passes: the variance
+        is taken around the mean rounded to x's dtype, then corrected for that rounding.
+        """
         x2 = x.reshape(x.shape[0], -1)                                       # (C, M), M = N*H*W
         M = x2.shape[1]
-        mean = x2.sum(axis=1) / M
-        centred = x2 - mean[:, None]                                         # transient (C, M)
+        mean = x2.sum(axis=1, dtype=np.float64) / M
+        mean_x = mean.astype(x.dtype)
+        centred = x2 - mean_x[:, None]                                       # transient (C, M)
+        s1 = centred.sum(axis=1, dtype=np.float64) / M                       # = mean - mean_x, up to rounding
         centred *= centred
-        var = centred.sum(axis=1) / M
-        return mean, var
+        var = centred.sum(axis=1, dtype=np.float64) / M - s1 * s1            # variance around the exact mean
+        return mean, np.maximum(var, 0.0)
 
     def update_running_stats(self, mean, var, count):
         """running = (1 - m) running + m batch, with the unbiased variance var * M/(M-1)."""
@@ -110,7 +116,7 @@ class BatchNorm2d(SpatialModule):
         y = np.multiply(x.reshape(C, M), scale[:, None], out=None if out is None else out.reshape(C, M))
         y += shift[:, None]                                                  # (C, M)
         # Cache the input (usually alive anyway: in a dense block it is a view of the block buffer), not xhat.
-        self._cache = saved((x, mean.astype(x.dtype), invstd, self.training))
+        self._cache = saved((x, np.asarray(mean, dtype=np.float64), invstd, self.training))
         return y.reshape(x.shape)
 
     def backward_cnhw(self, dout):
@@ -127,17 +133,20 @@ class BatchNorm2d(SpatialModule):
         C = x.shape[0]
         M = x.size // C
         dy = dout.reshape(C, M)
-        centred = x.reshape(C, M) - mean[:, None]                            # (C, M), transient: x - mean
+        mean_x = mean.astype(x.dtype)                                        # the mean in x's dtype ...
+        rounding = mean_x - mean                                             # ... and its rounding error
+        centred = x.reshape(C, M) - mean_x[:, None]                          # (C, M), transient: x - mean
         dbeta = dy.sum(axis=1)                                               # (C,)  sum(dy)
-        dgamma = invstd * np.einsum("cm,cm->c", dy, centred)                 # (C,)  sum(dy * xhat)
+        dgamma = invstd * (np.einsum("cm,cm->c", dy, centred) + rounding * dbeta)   # (C,)  sum(dy * xhat)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         a = self.weight.data * invstd                                        # (C,)
         dx = dy * a[:, None]
         if training:
-            centred *= (-a * invstd * dgamma / M)[:, None]                   # the variance path
+            b = -a * invstd * dgamma / M
+            centred *= b[:, None]                                            # the variance path
             dx += centred
-            dx -= (a * dbeta / M)[:, None]                                   # the mean path
+            dx += (b * rounding - a * dbeta / M)[:, None]                    # the mean path
         return dx.reshape(x.shape)
 
 
