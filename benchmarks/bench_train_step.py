@@ -99,14 +99,14 @@ def numpy_worker(spec):
         model.train()
         for i in range(spec["warmup"] + spec["steps"]):
             model.zero_grad()
-            if prof is not None and i == spec["warmup"]:
-                prof.start()
+            if prof is not None and i >= spec["warmup"]:
+                prof.on = True
             t0 = time.perf_counter()
             loss = crit(model.forward(x), y)
             dlogits = crit.backward()
             model.backward(dlogits)
             times.append(time.perf_counter() - t0)
-            if prof is not None and i == spec["warmup"]:
+            if prof is not None and i >= spec["warmup"]:
                 prof.stop(times[-1])
         assert np.isfinite(float(loss))
     else:
@@ -181,7 +181,8 @@ class Profiler:
     def __init__(self, model, loss=None):
         import numpy_densenet.nn.conv as conv_mod
         from numpy_densenet.nn.module import SpatialModule
-        self.model, self.totals, self.on, self.step, self.phase = model, {}, False, None, "forward"
+        self.model, self.totals, self.on, self.phase = model, {}, False, "forward"
+        self.step, self.nsteps = 0.0, 0                  # summed over the profiled steps; table() averages
         for _, m in model.named_modules():
             if m._modules:                                       # containers: their time is their children's
                 continue
@@ -222,25 +223,29 @@ class Profiler:
                 self.totals[key] = (t + time.perf_counter() - t0, n + 1)
         return wrapper
 
-    def start(self):
-        self.totals, self.on = {}, True
-
     def stop(self, step_time):
-        self.on, self.step = False, step_time
+        self.on = False
+        self.step += step_time
+        self.nsteps += 1
 
     def table(self):
+        """Per-step averages over the profiled steps (calls are per step too)."""
         cats = sorted({c for c, _ in self.totals}, key=lambda c: (c.startswith("  "), c))
         rows = []
         leaf_total = 0.0
+        k = max(self.nsteps, 1)
+        step = self.step / k
         for c in cats:
             f, nf = self.totals.get((c, "forward"), (0.0, 0))
             b, nb = self.totals.get((c, "backward"), (0.0, 0))
+            f, b, nf, nb = f / k, b / k, nf // k, nb // k
             if not c.startswith("  "):
                 leaf_total += f + b
             rows.append(dict(op=c, fwd_s=f, bwd_s=b, calls=nf + nb))
         rows.append(dict(op="other (block buffer copies, concat-backward adds, glue)", fwd_s=None, bwd_s=None,
-                         total_s=self.step - leaf_total, calls=None))
-        rows.append(dict(op="train step (wall)", fwd_s=None, bwd_s=None, total_s=self.step, calls=None))
+                         total_s=step - leaf_total, calls=None))
+        rows.append(dict(op=f"train step (wall, mean of {self.nsteps})", fwd_s=None, bwd_s=None, total_s=step,
+                         calls=None))
         return rows
 
 
@@ -379,7 +384,7 @@ def depth_study(a, use_torch):
             lin, naive = feature_elements(d)
             rows.append([label, d, (d - 4) // 6 * 3, f"{m:.0f}", f"{slope * d + icpt:.0f}", f"{m0 * d / d0:.0f}",
                          f"{m0 * lin / lin0:.0f}", f"{m0 * naive / naive0:.0f}", f"{t:.1f}"])
-        rows.append([label, "fit", "", "", f"{slope:.1f} MB/depth + {icpt:.0f} MB", "", "", "", ""])
+        rows.append([label, "fit", "", "", f"{slope:.1f} MB/depth {icpt:+.0f} MB", "", "", "", ""])
     table = markdown_table(["framework", "depth", "dense layers", "measured delta MB", "least-squares line MB",
                             "proportional to depth MB", "linear in stored features MB",
                             "naive quadratic MB", "step s"], rows)
@@ -454,7 +459,7 @@ def main(argv=None):
     if a.profile:
         for name in cfg_names:
             cfg = dict(parse_config(name, a.batch), name=name)
-            pr = run_spec(spec_for(cfg, "numpy", "float32", "train", a, steps=1, profile=True), a)
+            pr = run_spec(spec_for(cfg, "numpy", "float32", "train", a, profile=True), a)
             out["profile"].append(pr)
             if "error" in pr:
                 continue
@@ -465,8 +470,8 @@ def main(argv=None):
                 rows.append([r["op"], fmt(r["fwd_s"] * 1e3, 0) if r["fwd_s"] is not None else "",
                              fmt(r["bwd_s"] * 1e3, 0) if r["bwd_s"] is not None else "",
                              fmt(tot * 1e3, 0), f"{100 * tot / step:.1f}%", r["calls"] if r["calls"] else ""])
-            print(f"\nnumpy per-operation profile, one train step of {name} float32 batch {cfg['batch']} "
-                  f"(before optimisation):\n")
+            print(f"\nnumpy per-operation profile, mean of {a.steps} train steps of {name} float32 batch {cfg['batch']}, "
+                  f"library {env['git']['commit']}{' (dirty)' if env['git']['library_dirty'] else ''}:\n")
             print(markdown_table(["operation", "forward ms", "backward ms", "total ms", "share of step", "calls"],
                                  rows))
             if use_torch:
