@@ -9,7 +9,7 @@ import numpy as np
 
 from ._checks import check_grad, check_input, pair, take_cache
 from .conv import conv_output_size, pad_cnhw, window_slices
-from .module import SpatialModule, saved
+from .module import SpatialModule, is_grad_enabled, saved
 
 
 class _Pool2d(SpatialModule):
@@ -60,14 +60,18 @@ class MaxPool2d(_Pool2d):
         xp = pad_cnhw(x, self.padding, value=-np.inf)
         C, N = x.shape[:2]
         out = np.full((C, N, Ho, Wo), -np.inf, dtype=x.dtype)
-        argmax = np.zeros((C, N, Ho, Wo), dtype=np.uint16)                   # window offset of the max
-        for k, rows, cols in self._windows(Ho, Wo):
-            window = xp[:, :, rows, cols]                                    # (C, N, Ho, Wo)
-            better = (window > out) | np.isnan(window)                      # strict: the first max wins;
-            #                                                                    NaN propagates, as in PyTorch
-            np.copyto(out, window, where=better)
-            np.copyto(argmax, np.uint16(k), where=better)
-        self._cache = saved((argmax, x.shape, x.dtype))
+        windows = list(self._windows(Ho, Wo))
+        for _, rows, cols in windows:
+            np.maximum(out, xp[:, :, rows, cols], out=out)                   # NaN propagates, as in PyTorch
+        if is_grad_enabled():
+            # Where each maximum came from: scanning the window offsets backwards, the last match written
+            # is the first maximal element in row-major window order.
+            argmax = np.zeros((C, N, Ho, Wo), dtype=np.uint16)
+            for k, rows, cols in reversed(windows):
+                np.copyto(argmax, np.uint16(k), where=xp[:, :, rows, cols] == out)
+            self._cache = (argmax, x.shape, x.dtype)
+        else:
+            self._cache = saved(None)
         return out
 
     def backward_cnhw(self, dout):
