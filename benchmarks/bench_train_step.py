@@ -49,6 +49,7 @@ batch = 0                # 0: the config's own batch (64 for bc, 8 for d121)
 eval_forward = True      # also time an eval-mode forward
 torch = "auto"           # auto: on when torch is importable; on / off
 torch_me = True          # also run torch with memory_efficient=True (train step only)
+numpy_me = False         # depth study: also numpy_densenet's memory_efficient=True, where the library has it
 threads = 0              # 0: numpy's BLAS thread count; torch gets the same
 depths = ""              # e.g. 100,190,250: memory-vs-depth study of densenet_bc(depth, 12)
 depth_batch = 64
@@ -83,10 +84,11 @@ def numpy_worker(spec):
     from numpy_densenet.model import densenet121, densenet_bc
     from numpy_densenet.nn import CrossEntropyLoss
     dt = np.dtype(spec["dtype"])
+    kw = {"memory_efficient": True} if spec.get("memory_efficient") else {}   # only libraries that have it
     if spec["model"] == "densenet_bc":
-        model = densenet_bc(spec["depth"], 12, dtype=dt, seed=0)
+        model = densenet_bc(spec["depth"], 12, dtype=dt, seed=0, **kw)
     else:
-        model = densenet121(dtype=dt, seed=0)
+        model = densenet121(dtype=dt, seed=0, **kw)
     rng = np.random.default_rng(0)
     B, S = spec["batch"], spec["size"]
     x = rng.standard_normal((B, 3, S, S)).astype(dt)
@@ -95,10 +97,13 @@ def numpy_worker(spec):
     baseline = maxrss_mb()
     prof = Profiler(model, crit) if spec.get("profile") else None
     times = []
+    ru0 = None
     if spec["mode"] == "train":
         model.train()
         for i in range(spec["warmup"] + spec["steps"]):
             model.zero_grad()
+            if i == spec["warmup"]:
+                ru0 = resource.getrusage(resource.RUSAGE_SELF)
             if prof is not None and i >= spec["warmup"]:
                 prof.on = True
             t0 = time.perf_counter()
@@ -118,6 +123,11 @@ def numpy_worker(spec):
     import numpy_densenet
     out = dict(times=times[spec["warmup"]:], baseline_mb=baseline, peak_mb=maxrss_mb(),
                library=numpy_densenet.__file__)
+    if ru0 is not None:                                   # CPU seconds per timed step: user (both threads), system
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        n = max(spec["steps"], 1)
+        out.update(cpu_user_s=(ru1.ru_utime - ru0.ru_utime) / n, cpu_sys_s=(ru1.ru_stime - ru0.ru_stime) / n,
+                   minor_faults=(ru1.ru_minflt - ru0.ru_minflt) // n)
     if prof is not None:
         out["profile"] = prof.table()
     return out
@@ -273,7 +283,9 @@ def run_spec(spec, a):
     res["loadavg_after"] = os.getloadavg()
     tag = f"{spec['framework']}{' me' if spec.get('memory_efficient') else ''} {spec['model']}({spec['depth']}) " \
           f"b{spec['batch']} {spec['dtype']} {spec['mode']}"
-    print(f"  {tag}: median {res['median_s']:.3f}s (min {res['min_s']:.3f}s, {len(res['times'])} steps), peak "
+    cpu = (f", cpu/step user {res['cpu_user_s']:.2f}s sys {res['cpu_sys_s']:.2f}s, {res['minor_faults']} minor faults"
+           if "cpu_user_s" in res else "")
+    print(f"  {tag}: median {res['median_s']:.3f}s (min {res['min_s']:.3f}s, {len(res['times'])} steps){cpu}, peak "
           f"{res['peak_mb']:.0f} MB, baseline {res['baseline_mb']:.0f} MB, delta {res['delta_mb']:.0f} MB, "
           f"load {res['loadavg_after'][0]:.1f}", file=sys.stderr, flush=True)
     return res
@@ -355,8 +367,8 @@ def feature_elements(depth, k=12, size=32):
 
 def depth_study(a, use_torch):
     ds = [int(d) for d in a.depths.split(",") if d]
-    frameworks = [("numpy", False)] + ([("torch", False)] + ([("torch", True)] if a.torch_me else []) if use_torch
-                                       else [])
+    frameworks = [("numpy", False)] + ([("numpy", True)] if a.numpy_me else []) + \
+        ([("torch", False)] + ([("torch", True)] if a.torch_me else []) if use_torch else [])
     res = []
     for d in ds:
         for fw, me in frameworks:
@@ -404,6 +416,8 @@ def parse_args(argv=None):
     ap.add_argument("--no-torch", dest="torch", action="store_const", const="off")
     ap.add_argument("--torch-me", dest="torch_me", action="store_true", default=torch_me)
     ap.add_argument("--no-torch-me", dest="torch_me", action="store_false")
+    ap.add_argument("--numpy-me", action="store_true", default=numpy_me,
+                    help="depth study: also numpy_densenet with memory_efficient=True (libraries that have it)")
     ap.add_argument("--threads", type=int, default=threads)
     ap.add_argument("--depths", default=depths)
     ap.add_argument("--depth-batch", type=int, default=depth_batch)
