@@ -280,8 +280,8 @@ def test_gradcheck_catches_batchnorm_backward_without_the_batch_statistics_terms
 
     class ConstantStatsBN(nn.BatchNorm2d):
         def backward_cnhw(self, dout):
-            xhat, invstd, _, shape = self._cache
-            self._cache = (xhat, invstd, False, shape)
+            x, mean, invstd, _ = self._cache            # (input, batch mean, 1/std, training)
+            self._cache = (x, mean, invstd, False)
             return super().backward_cnhw(dout)
 
     rng = np.random.default_rng(0)

@@ -132,22 +132,31 @@ class BatchNorm2d(SpatialModule):
         dout = check_grad(self, dout, x.shape, self.weight.dtype)
         C = x.shape[0]
         M = x.size // C
-        dy = dout.reshape(C, M)
+        dy, x2 = dout.reshape(C, M), x.reshape(C, M)
+        dx = np.empty_like(dy)
         mean_x = mean.astype(x.dtype)                                        # the mean in x's dtype ...
         rounding = mean_x - mean                                             # ... and its rounding error
-        centred = x.reshape(C, M) - mean_x[:, None]                          # (C, M), transient: x - mean
-        dbeta = dy.sum(axis=1)                                               # (C,)  sum(dy)
-        dgamma = invstd * (np.einsum("cm,cm->c", dy, centred) + rounding * dbeta)   # (C,)  sum(dy * xhat)
-        self.weight.grad += dgamma
-        self.bias.grad += dbeta
         a = self.weight.data * invstd                                        # (C,)
-        dx = dy * a[:, None]
-        if training:
-            b = -a * invstd * dgamma / M
-            centred *= b[:, None]                                            # the variance path
-            dx += centred
-            dx += (b * rounding - a * dbeta / M)[:, None]                    # the mean path
+        # A few channels at a time, so that the passes below run on cache-resident blocks.
+        for c in channel_blocks(C, M):
+            centred = x2[c] - mean_x[c, None]                                # (c, M): x - mean
+            dbeta = dy[c].sum(axis=1)                                        # (c,)  sum(dy)
+            dgamma = invstd[c] * (np.einsum("cm,cm->c", dy[c], centred) + rounding[c] * dbeta)  # sum(dy*xhat)
+            self.weight.grad[c] += dgamma
+            self.bias.grad[c] += dbeta
+            np.multiply(dy[c], a[c, None], out=dx[c])
+            if training:
+                b = -a[c] * invstd[c] * dgamma / M
+                centred *= b[:, None]                                        # the variance path
+                dx[c] += centred
+                dx[c] += (b * rounding[c] - a[c] * dbeta / M)[:, None]       # the mean path
         return dx.reshape(x.shape)
+
+
+def channel_blocks(C, M, elements=1 << 18):
+    """Slices of consecutive channels holding about ``elements`` values each (at least one channel)."""
+    step = max(1, elements // max(M, 1))
+    return [slice(i, min(i + step, C)) for i in range(0, C, step)]
 
 
 def _nchw(cnhw_shape):
