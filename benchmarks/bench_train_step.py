@@ -12,7 +12,8 @@ What is measured
 * train step = forward, CrossEntropyLoss, backward (``loss = crit(model.forward(x), y); model.backward(
   crit.backward())``; torch: ``F.cross_entropy(model(x), y).backward()``); ``zero_grad`` runs untimed before
   each step. Time = median of ``steps`` steps after ``warmup`` steps; images/s = batch / that median.
-* eval forward = ``model.eval(); model.forward(x)`` (torch: under ``torch.no_grad()``), same statistics.
+* eval forward = ``model.eval(); model.forward(x)`` under ``numpy_densenet.nn.no_grad()`` where the library has it
+  (torch: under ``torch.no_grad()``), same statistics.
 * memory: every (framework, config, dtype, mode) runs in a fresh subprocess. ``baseline`` is ru_maxrss
   (resource.getrusage(RUSAGE_SELF)) after the imports, the model and the input batch are created; ``peak`` is
   ru_maxrss after the last step; ``delta = peak - baseline`` is what the steps themselves needed.
@@ -116,9 +117,14 @@ def numpy_worker(spec):
         assert np.isfinite(float(loss))
     else:
         model.eval()
+        import contextlib
+
+        import numpy_densenet.nn as ndnn
+        inference = getattr(ndnn, "no_grad", contextlib.nullcontext)    # older snapshots have no no_grad()
         for _ in range(spec["warmup"] + spec["steps"]):
             t0 = time.perf_counter()
-            model.forward(x)
+            with inference():
+                model.forward(x)
             times.append(time.perf_counter() - t0)
     import numpy_densenet
     out = dict(times=times[spec["warmup"]:], baseline_mb=baseline, peak_mb=maxrss_mb(),
