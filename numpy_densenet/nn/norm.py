@@ -59,18 +59,18 @@ class BatchNorm2d(SpatialModule):
     def batch_statistics(x):
         """Per-channel mean and biased variance of x: (C, N, H, W) -> two float64 (C,) arrays.
 
-        Sums accumulate in float64 (as PyTorch's CPU kernel does for float32), in two passes: the variance
-        is taken around the mean rounded to x's dtype, then corrected for that rounding.
+        Two passes of pairwise sums: a first mean, rounded to x's dtype, then the sums of the deviations from
+        it, which correct the mean (to within rounding of the spread, not of the mean's size) and give the
+        variance around the corrected mean.
         """
         x2 = x.reshape(x.shape[0], -1)                                       # (C, M), M = N*H*W
         M = x2.shape[1]
-        mean = x2.sum(axis=1, dtype=np.float64) / M
-        mean_x = mean.astype(x.dtype)
-        centred = x2 - mean_x[:, None]                                       # transient (C, M)
-        s1 = centred.sum(axis=1, dtype=np.float64) / M                       # = mean - mean_x, up to rounding
+        first = x2.sum(axis=1) / x.dtype.type(M)                             # (C,) in x's dtype
+        centred = x2 - first[:, None]                                        # transient (C, M)
+        s1 = centred.sum(axis=1).astype(np.float64) / M                      # mean - first
         centred *= centred
-        var = centred.sum(axis=1, dtype=np.float64) / M - s1 * s1            # variance around the exact mean
-        return mean, np.maximum(var, 0.0)
+        var = centred.sum(axis=1).astype(np.float64) / M - s1 * s1           # variance around the mean
+        return first.astype(np.float64) + s1, np.maximum(var, 0.0)
 
     def update_running_stats(self, mean, var, count):
         """running = (1 - m) running + m batch, with the unbiased variance var * M/(M-1)."""
