@@ -251,7 +251,9 @@ class DenseNet(Module):
         Seeds the initialisation (and dropout masks).
     memory_efficient : bool
         Recompute each dense layer's first BN -> ReLU in backward instead of storing it (Pleiss et al. 2017):
-        memory linear in depth. Same results; see :class:`DenseLayer`.
+        memory linear in depth, bit-identical results; see :class:`DenseLayer`. On by default here (unlike
+        torchvision, where it costs time): the recomputation is elementwise and its workspace is reused, so a
+        step is no slower (benchmarks/README.md). ``False`` keeps every layer's BN -> ReLU output instead.
 
     Shapes
     ------
@@ -260,7 +262,7 @@ class DenseNet(Module):
 
     def __init__(self, growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64, bn_size=4,
                  drop_rate=0.0, num_classes=1000, compression=0.5, stem="imagenet", in_channels=3,
-                 dtype=np.float32, seed=None, memory_efficient=False):
+                 dtype=np.float32, seed=None, memory_efficient=True):
         super().__init__()
         for arg, v in (("growth_rate", growth_rate), ("num_init_features", num_init_features),
                        ("num_classes", num_classes), ("in_channels", in_channels)):
