@@ -1,7 +1,10 @@
 """Max, average and adaptive average pooling in channel-major (C, N, H, W) layout.
 
-Like im2col, each pool is a loop over the kh x kw window offsets, each reading one strided slice of the
-padded input; backward is the same loop adding into the padded gradient.
+Like im2col, each pool is a loop over the kh x kw window offsets, each reading one slice of the padded
+input; backward is the same loop adding into the padded gradient. MaxPool2d with a stride s > 1 first splits
+the padded input into its s x s stride phases (every s-th row and column, copied contiguous), so that each
+of its overlapping windows reads a unit-stride slice of one phase instead of a stride-s gather, which NumPy
+runs several times slower (for AvgPool's non-overlapping 2x2 windows the plain gather is as fast).
 """
 from __future__ import annotations
 
@@ -45,6 +48,32 @@ class _Pool2d(SpatialModule):
             for j in range(kw):
                 yield (i * kw + j,) + window_slices(i, j, (Ho, Wo), self.stride, (1, 1))
 
+    def _phases(self, xp):
+        """{(a, b): xp[:, :, a::sh, b::sw]} as contiguous copies (just {(0, 0): xp} for stride 1)."""
+        (sh, sw), (kh, kw) = self.stride, self.kernel_size
+        if (sh, sw) == (1, 1):
+            return {(0, 0): xp}
+        return {(a, b): np.ascontiguousarray(xp[:, :, a::sh, b::sw]) for a in range(min(sh, kh))
+                for b in range(min(sw, kw))}
+
+    def _phase_windows(self, Ho, Wo):
+        """Yield (k, phase, rows, cols): window offset (i, j) reads rows i + s*t of the padded input, which
+        are rows i//s + t of phase i % s: a unit-stride slice."""
+        (sh, sw), (kh, kw) = self.stride, self.kernel_size
+        for i in range(kh):
+            for j in range(kw):
+                yield (i * kw + j, (i % sh, j % sw), slice(i // sh, i // sh + Ho), slice(j // sw, j // sw + Wo))
+
+    def _unphase(self, dphases, padded_shape, dtype):
+        """The adjoint of :meth:`_phases`: interleave per-phase gradients back into the padded layout."""
+        if (0, 0) in dphases and len(dphases) == 1 and self.stride == (1, 1):
+            return dphases[(0, 0)]
+        sh, sw = self.stride
+        dxp = np.zeros(padded_shape, dtype=dtype)
+        for (a, b), d in dphases.items():
+            dxp[:, :, a::sh, b::sw] = d
+        return dxp
+
 
 class MaxPool2d(_Pool2d):
     """Max pooling, PyTorch's ``nn.MaxPool2d`` (padding acts as -inf; stride defaults to kernel_size).
@@ -59,16 +88,17 @@ class MaxPool2d(_Pool2d):
         x, Ho, Wo = self._geometry(x)
         xp = pad_cnhw(x, self.padding, value=-np.inf)
         C, N = x.shape[:2]
+        phases = self._phases(xp)
+        windows = list(self._phase_windows(Ho, Wo))
         out = np.full((C, N, Ho, Wo), -np.inf, dtype=x.dtype)
-        windows = list(self._windows(Ho, Wo))
-        for _, rows, cols in windows:
-            np.maximum(out, xp[:, :, rows, cols], out=out)                   # NaN propagates, as in PyTorch
+        for _, phase, rows, cols in windows:
+            np.maximum(out, phases[phase][:, :, rows, cols], out=out)        # NaN propagates, as in PyTorch
         if is_grad_enabled():
             # Where each maximum came from: scanning the window offsets backwards, the last match written
             # is the first maximal element in row-major window order.
             argmax = np.zeros((C, N, Ho, Wo), dtype=np.uint16)
-            for k, rows, cols in reversed(windows):
-                np.copyto(argmax, np.uint16(k), where=xp[:, :, rows, cols] == out)
+            for k, phase, rows, cols in reversed(windows):
+                np.copyto(argmax, np.uint16(k), where=phases[phase][:, :, rows, cols] == out)
             self._cache = (argmax, x.shape, x.dtype)
         else:
             self._cache = saved(None)
@@ -80,9 +110,12 @@ class MaxPool2d(_Pool2d):
         C, N, H, W = shape
         ph, pw = self.padding
         Ho, Wo = argmax.shape[2:]
-        dxp = np.zeros((C, N, H + 2 * ph, W + 2 * pw), dtype=dtype)
-        for k, rows, cols in self._windows(Ho, Wo):
-            dxp[:, :, rows, cols] += np.where(argmax == k, dout, 0)          # route to the chosen element
+        padded = (C, N, H + 2 * ph, W + 2 * pw)
+        dphases = {phase: np.zeros(p.shape, dtype=dtype)
+                   for phase, p in self._phases(np.empty(padded, dtype=np.uint8)).items()}
+        for k, phase, rows, cols in self._phase_windows(Ho, Wo):
+            dphases[phase][:, :, rows, cols] += dout * (argmax == k)         # route to the chosen element
+        dxp = self._unphase(dphases, padded, dtype)
         return np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W])
 
 
