@@ -63,14 +63,18 @@ class BatchNorm2d(SpatialModule):
         it, which correct the mean (to within rounding of the spread, not of the mean's size) and give the
         variance around the corrected mean.
         """
-        x2 = x.reshape(x.shape[0], -1)                                       # (C, M), M = N*H*W
+        C = x.shape[0]
+        x2 = x.reshape(C, -1)                                                # (C, M), M = N*H*W
         M = x2.shape[1]
-        first = x2.sum(axis=1) / x.dtype.type(M)                             # (C,) in x's dtype
-        centred = x2 - first[:, None]                                        # transient (C, M)
-        s1 = centred.sum(axis=1).astype(np.float64) / M                      # mean - first
-        centred *= centred
-        var = centred.sum(axis=1).astype(np.float64) / M - s1 * s1           # variance around the mean
-        return first.astype(np.float64) + s1, np.maximum(var, 0.0)
+        mean, var = np.empty(C), np.empty(C)
+        for c in channel_blocks(C, M):                                       # cache-sized blocks of channels
+            first = x2[c].sum(axis=1) / x.dtype.type(M)                      # in x's dtype
+            centred = x2[c] - first[:, None]
+            s1 = centred.sum(axis=1).astype(np.float64) / M                  # mean - first
+            centred *= centred
+            mean[c] = first.astype(np.float64) + s1
+            var[c] = centred.sum(axis=1).astype(np.float64) / M - s1 * s1    # variance around the mean
+        return mean, np.maximum(var, 0.0)
 
     def update_running_stats(self, mean, var, count):
         """running = (1 - m) running + m batch, with the unbiased variance var * M/(M-1)."""
@@ -113,8 +117,11 @@ class BatchNorm2d(SpatialModule):
         if out is not None and (out.shape != x.shape or out.dtype != x.dtype):
             raise ValueError(f"BatchNorm2d: out must have the input's shape {x.shape} and dtype {x.dtype}, got "
                              f"{out.shape} {out.dtype}")
-        y = np.multiply(x.reshape(C, M), scale[:, None], out=None if out is None else out.reshape(C, M))
-        y += shift[:, None]                                                  # (C, M)
+        x2 = x.reshape(C, M)
+        y = np.empty_like(x2) if out is None else out.reshape(C, M)          # (C, M)
+        for c in channel_blocks(C, M):                                       # cache-sized blocks of channels
+            np.multiply(x2[c], scale[c, None], out=y[c])
+            y[c] += shift[c, None]
         # Cache the input (usually alive anyway: in a dense block it is a view of the block buffer), not xhat.
         self._cache = saved((x, np.asarray(mean, dtype=np.float64), invstd, self.training))
         return y.reshape(x.shape)
