@@ -1,121 +1,31 @@
-"""A compact torch.nn DenseNet replicating torchvision.models.densenet, for side-by-side benchmarks only.
+"""torch.nn replica of torchvision's DenseNet for the side-by-side benchmarks (torch is never a runtime dependency).
 
-torch is never a runtime dependency of numpy_densenet; this file is imported only by the benchmarks.
-
-Same structure, module names (so ``state_dict`` keys), defaults and initialisation as torchvision's
-DenseNet, including ``memory_efficient=True``, which wraps the concat -> norm1 -> relu1 -> conv1 part of every
-dense layer in ``torch.utils.checkpoint`` (recomputed during backward), as torchvision does. ``stem="cifar"``
-gives the paper's CIFAR DenseNet-BC stem (one 3x3 conv to 2k channels, no norm0/pool0), matching
-``numpy_densenet.model.densenet_bc``.
+The replica itself is ``tests/torch_densenet.py`` (the one the parity tests check against numpy_densenet):
+same structure, module names (so ``state_dict`` keys), defaults and initialisation as torchvision's DenseNet,
+including ``memory_efficient=True``, which wraps the concat -> norm1 -> relu1 -> conv1 part of every dense
+layer in ``torch.utils.checkpoint`` (recomputed during backward), as torchvision does; plus the paper's CIFAR
+stem. This module loads it by path and adds the two factories the benchmarks use.
 
     python benchmarks/torch_densenet.py       # checks parameter counts and forward parity against numpy_densenet
 """
 from __future__ import annotations
 
-import math
-from collections import OrderedDict
+import importlib.util
+import os
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 
 
-class _DenseLayer(nn.Module):
-    def __init__(self, num_input_features, growth_rate, bn_size, drop_rate, memory_efficient=False):
-        super().__init__()
-        self.norm1 = nn.BatchNorm2d(num_input_features)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(num_input_features, bn_size * growth_rate, kernel_size=1, stride=1, bias=False)
-        self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, stride=1, padding=1, bias=False)
-        self.drop_rate = float(drop_rate)
-        self.memory_efficient = memory_efficient
-
-    def bn_function(self, inputs):
-        concated_features = torch.cat(inputs, 1)
-        return self.conv1(self.relu1(self.norm1(concated_features)))
-
-    def forward(self, input):
-        prev_features = [input] if isinstance(input, torch.Tensor) else input
-        if self.memory_efficient and any(t.requires_grad for t in prev_features):
-            def closure(*inputs):
-                return self.bn_function(list(inputs))
-            bottleneck_output = cp.checkpoint(closure, *prev_features, use_reentrant=False)
-        else:
-            bottleneck_output = self.bn_function(prev_features)
-        new_features = self.conv2(self.relu2(self.norm2(bottleneck_output)))
-        if self.drop_rate > 0:
-            new_features = F.dropout(new_features, p=self.drop_rate, training=self.training)
-        return new_features
+def _load_replica():
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "torch_densenet.py")
+    spec = importlib.util.spec_from_file_location("tests_torch_densenet", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class _DenseBlock(nn.ModuleDict):
-    def __init__(self, num_layers, num_input_features, bn_size, growth_rate, drop_rate, memory_efficient=False):
-        super().__init__()
-        for i in range(num_layers):
-            layer = _DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size, drop_rate,
-                                memory_efficient)
-            self.add_module(f"denselayer{i + 1}", layer)
-
-    def forward(self, init_features):
-        features = [init_features]
-        for _, layer in self.items():
-            features.append(layer(features))
-        return torch.cat(features, 1)
-
-
-class _Transition(nn.Sequential):
-    def __init__(self, num_input_features, num_output_features):
-        super().__init__()
-        self.norm = nn.BatchNorm2d(num_input_features)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv = nn.Conv2d(num_input_features, num_output_features, kernel_size=1, stride=1, bias=False)
-        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
-
-
-class DenseNet(nn.Module):
-    """torchvision's DenseNet (growth_rate, block_config, num_init_features, bn_size, drop_rate, num_classes,
-    memory_efficient), plus ``compression`` and ``stem`` ("imagenet" or "cifar")."""
-
-    def __init__(self, growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64, bn_size=4,
-                 drop_rate=0.0, num_classes=1000, memory_efficient=False, compression=0.5, stem="imagenet"):
-        super().__init__()
-        if stem == "imagenet":
-            stages = [("conv0", nn.Conv2d(3, num_init_features, kernel_size=7, stride=2, padding=3, bias=False)),
-                      ("norm0", nn.BatchNorm2d(num_init_features)),
-                      ("relu0", nn.ReLU(inplace=True)),
-                      ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1))]
-        else:
-            stages = [("conv0", nn.Conv2d(3, num_init_features, kernel_size=3, padding=1, bias=False))]
-        self.features = nn.Sequential(OrderedDict(stages))
-        num_features = num_init_features
-        for i, num_layers in enumerate(block_config):
-            block = _DenseBlock(num_layers, num_features, bn_size, growth_rate, drop_rate, memory_efficient)
-            self.features.add_module(f"denseblock{i + 1}", block)
-            num_features = num_features + num_layers * growth_rate
-            if i != len(block_config) - 1:
-                out = int(math.floor(compression * num_features))
-                self.features.add_module(f"transition{i + 1}", _Transition(num_features, out))
-                num_features = out
-        self.features.add_module("norm5", nn.BatchNorm2d(num_features))
-        self.classifier = nn.Linear(num_features, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-            elif isinstance(m, nn.Linear):
-                nn.init.constant_(m.bias, 0)
-
-    def forward(self, x):
-        features = self.features(x)
-        out = F.relu(features, inplace=True)
-        out = F.adaptive_avg_pool2d(out, (1, 1))
-        out = torch.flatten(out, 1)
-        return self.classifier(out)
+_replica = _load_replica()
+DenseNet, _DenseLayer = _replica.DenseNet, _replica._DenseLayer
 
 
 def densenet121(num_classes=1000, memory_efficient=False):
@@ -164,7 +74,6 @@ def _check():
 
 
 if __name__ == "__main__":
-    import os
     import sys
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     _check()

@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 
 
 def _load_helper():
-    """tests/torch_densenet.py, loaded by path (benchmarks/ has a different module of the same name)."""
+    """tests/torch_densenet.py, loaded by path (benchmarks/torch_densenet.py, a thin wrapper, has the same name)."""
     import importlib.util
     import os
     import sys
