@@ -7,15 +7,7 @@ from hypothesis import given, strategies as st
 
 from numpy_densenet.optim import SGD, CosineAnnealingLR, MultiStepLR, paper_schedule
 
-try:
-    from numpy_densenet.nn.module import Module, Parameter
-except ImportError:  # pragma: no cover - only while the nn package is unavailable
-    Module = None
-
-    class Parameter:
-        def __init__(self, data):
-            self.data = np.ascontiguousarray(data)
-            self.grad = np.zeros_like(self.data)
+from numpy_densenet.nn.module import Module, Parameter
 
 
 SHAPES = [(3, 4), (5,), (2, 3, 2, 2)]
@@ -183,8 +175,6 @@ def test_grad_dtype_mismatch_raises_before_updating():
 
 
 def test_named_parameters_from_module():
-    if Module is None:
-        pytest.skip("numpy_densenet.nn.module not importable")
 
     class Tiny(Module):
         def __init__(self):
