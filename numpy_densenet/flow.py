@@ -455,12 +455,9 @@ def save_heatmap(matrix, path, log=False, title=None):
 
 
 def have_matplotlib():
-    """True when matplotlib can be imported."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """True when matplotlib is installed (an optional extra: pip install "numpy_densenet[plot]")."""
+    import importlib.util
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -139,6 +139,7 @@ def _block_header(model, index, name, block):
 def cmd_inspect(args):
     from .cli import UserError
     from .flow import block_gradient_flow, feature_reuse, have_matplotlib, save_heatmap
+    from .io import save_npz
 
     dataset = _load_dataset(args)
     model, description, mean, std = _make_model(args, dataset)
@@ -183,7 +184,7 @@ def cmd_inspect(args):
         arrays[f"gradient_flow_per_channel_{name}"] = flows[b].normalised
         arrays[f"feature_reuse_{name}"] = reuse[b].values
     matrices = os.path.join(args.out, "matrices.npz")
-    np.savez(matrices, **arrays)
+    save_npz(matrices, arrays)                                       # atomic, no pickle
     print(f"wrote {matrices} ({len(arrays)} matrices; NaN where a consumer does not read x_i)")
     if not have_matplotlib():
         print(PLOT_NOTE)
