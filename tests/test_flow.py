@@ -413,7 +413,8 @@ def match_excerpt(expected, output):
     return None
 
 
-def test_walkthrough_commands_reproduce_their_output(capsys):
+def test_walkthrough_commands_reproduce_their_output(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                        # the walk-through trains a model into runs/small
     commands = doc_commands()
     assert len(commands) >= 3
     for command, expected in commands:
