@@ -6,10 +6,11 @@
   the (C*kh*kw, N*Ho*Wo) patch matrix with kh*kw memcpy-like copies (no fancy indexing); then one GEMM. Its
   adjoint, col2im, is the same loop with ``+=``.
 * shift (stride 1 and fewer output than input channels, like DenseNet's 3x3 convs from 4k to k channels):
-  the GEMM comes first, on the padded input itself, giving every kernel offset's contribution at every
-  padded position, (kh*kw*O, N*Hp*Wp); the output is the sum of kh*kw shifted windows of it. Backward builds
-  the shifted copies of the *output* gradient instead of the input. Both copy O*kh*kw rows instead of
-  C*kh*kw, so for O < C far less memory is moved than by im2col.
+  the GEMM comes first, on the input itself, giving every kernel offset's contribution at every input
+  position, (kh*kw*O, N*H*W); the output is the sum of kh*kw shifted windows of it, each clipped where it
+  would read the zero padding (so no padded copy is made). Backward builds the shifted copies of the *output*
+  gradient instead of the input. Both copy O*kh*kw rows instead of C*kh*kw, so for O < C far less memory is
+  moved than by im2col.
 """
 from __future__ import annotations
 
@@ -228,35 +229,43 @@ class Conv2d(SpatialModule):
         O, C, kh, kw = self.weight.shape
         return self.weight.data.transpose(2, 3, 0, 1).reshape(kh * kw * O, C)
 
-    def _shift_forward(self, x, Ho, Wo):
-        """y[o, p] = sum over (i, j) of Y[(i, j, o), p + (i, j)*dilation], with Y = W_offsets @ padded x."""
-        C, N = x.shape[:2]
-        O, kh, kw = self.out_channels, *self.kernel_size
-        xp = pad_cnhw(x, self.padding)                                       # (C, N, Hp, Wp)
-        Y = self._offset_weights() @ xp.reshape(C, -1)                       # (kh*kw*O, N*Hp*Wp)
-        Y = Y.reshape((kh, kw, O) + xp.shape[1:])
-        y = np.zeros((O, N, Ho, Wo), dtype=x.dtype)
+    def _offset_ranges(self, H, W, Ho, Wo):
+        """For each kernel offset (i, j): the output rows/cols it reaches and the input rows/cols they read.
+
+        Output (h, w) reads input (h + i*dh - ph, w + j*dw - pw); positions that would read the zero padding
+        are left out, so no padded copy of the input is ever made.
+        """
+        (ph, pw), (dh, dw) = self.padding, self.dilation
+        kh, kw = self.kernel_size
         for i in range(kh):
+            r0, r1 = max(0, ph - i * dh), min(Ho, H + ph - i * dh)
             for j in range(kw):
-                rows, cols = window_slices(i, j, (Ho, Wo), (1, 1), self.dilation)
-                y += Y[i, j][:, :, rows, cols]                               # offset (i, j)'s contribution
+                c0, c1 = max(0, pw - j * dw), min(Wo, W + pw - j * dw)
+                if r0 < r1 and c0 < c1:
+                    out = (slice(r0, r1), slice(c0, c1))
+                    inp = (slice(r0 + i * dh - ph, r1 + i * dh - ph), slice(c0 + j * dw - pw, c1 + j * dw - pw))
+                    yield i, j, out, inp
+
+    def _shift_forward(self, x, Ho, Wo):
+        """y[o, p] = sum over (i, j) of Y[(i, j, o), p + offset(i, j)], with Y = W_offsets @ x."""
+        C, N, H, W = x.shape
+        O, kh, kw = self.out_channels, *self.kernel_size
+        Y = self._offset_weights() @ x.reshape(C, -1)                        # (kh*kw*O, N*H*W)
+        Y = Y.reshape(kh, kw, O, N, H, W)
+        y = np.zeros((O, N, Ho, Wo), dtype=x.dtype)
+        for i, j, (rows, cols), (in_rows, in_cols) in self._offset_ranges(H, W, Ho, Wo):
+            y[:, :, rows, cols] += Y[i, j][:, :, in_rows, in_cols]           # offset (i, j)'s contribution
         return y
 
     def _shift_backward(self, x, dout):
-        """G[(i, j, o), p] = dout[o, p - (i, j)*dilation]; then dW = G @ padded x^T and dx = W_offsets^T @ G."""
+        """G[(i, j, o), q] = dout[o, q - offset(i, j)]; then dW = G @ x^T and dx = W_offsets^T @ G."""
         C, N, H, W = x.shape
         O, kh, kw = self.out_channels, *self.kernel_size
-        (ph, pw), (Ho, Wo) = self.padding, dout.shape[2:]
-        xp = pad_cnhw(x, self.padding)                                       # (C, N, Hp, Wp), rebuilt
-        G = np.zeros((kh, kw, O) + xp.shape[1:], dtype=x.dtype)              # (kh, kw, O, N, Hp, Wp)
-        for i in range(kh):
-            for j in range(kw):
-                rows, cols = window_slices(i, j, (Ho, Wo), (1, 1), self.dilation)
-                G[i, j][:, :, rows, cols] = dout                             # dout shifted by offset (i, j)
-        G = G.reshape(kh * kw * O, -1)                                       # (kh*kw*O, N*Hp*Wp)
-        dW = G @ xp.reshape(C, -1).T                                         # (kh*kw*O, C)
+        Ho, Wo = dout.shape[2:]
+        G = np.zeros((kh, kw, O, N, H, W), dtype=x.dtype)
+        for i, j, (rows, cols), (in_rows, in_cols) in self._offset_ranges(H, W, Ho, Wo):
+            G[i, j][:, :, in_rows, in_cols] = dout[:, :, rows, cols]         # dout shifted by offset (i, j)
+        G = G.reshape(kh * kw * O, -1)                                       # (kh*kw*O, N*H*W)
+        dW = G @ x.reshape(C, -1).T                                          # (kh*kw*O, C)
         self.weight.grad += dW.reshape(kh, kw, O, C).transpose(2, 3, 0, 1)
-        dxp = (self._offset_weights().T @ G).reshape(xp.shape)              # (C, N, Hp, Wp)
-        if ph == 0 and pw == 0:
-            return dxp
-        return np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W])
+        return (self._offset_weights().T @ G).reshape(x.shape)              # (C, N, H, W)
