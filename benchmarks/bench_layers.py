@@ -459,7 +459,6 @@ def main(argv=None):
             if a.only and a.only not in name:
                 continue
             res = bench_layout(name, kind, params, shape, a, rng, use_torch)
-            base = next(iter(res.values()))
             base_key = next(iter(res))
             # the first channel-major row is the reference of the "x channel-major" column
             cm_key = next((k for k in res if k.startswith("channel-major")), base_key)

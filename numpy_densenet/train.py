@@ -101,8 +101,6 @@ def _check_fits(model, image_shape):
                             f"with fewer downsampling stages (e.g. --model densenet_bc) or larger images") from None
     finally:
         model.train()
-        for m in model.modules():
-            m._clear_cache()
 
 
 # -- one epoch ----------------------------------------------------------------------------------------------
@@ -136,8 +134,6 @@ def first_nonfinite_output(model, x):
         return "none (the logits are finite; the loss overflowed)"
     finally:
         model.load_state_dict(buffers, strict=False)
-        for m in model.modules():
-            m._clear_cache()
 
 
 def evaluate(model, x, y, batch_size=256, mean=None, std=None, num_classes=None):
@@ -168,8 +164,6 @@ def evaluate(model, x, y, batch_size=256, mean=None, std=None, num_classes=None)
             confusion += np.bincount(pairs, minlength=K * K).reshape(K, K)
     finally:
         model.train(was_training)
-        for m in model.modules():
-            m._clear_cache()
     n = max(int(confusion.sum()), 1)
     per_class = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
     return dict(loss=total_loss / n, acc=float(np.trace(confusion)) / n, confusion=confusion,

@@ -351,10 +351,10 @@ class SpatialModule(Module):
         return _swap01(self.backward_cnhw(_swap01(dout)))
 
     def forward_cnhw(self, x):  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define forward_cnhw")
 
     def backward_cnhw(self, dout):  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define backward_cnhw")
 
 
 def _swap01(x):
