@@ -46,6 +46,7 @@ def layer_cases(rng):
                                                            dilation=2, generator=rng), x(2, 2, 6, 7)),
         ("BatchNorm2d (train)", nn.BatchNorm2d(3), x(4, 3, 3, 3)),
         ("BatchNorm2d (eval)", _with_stats(nn.BatchNorm2d(3), rng).eval(), x(4, 3, 3, 3)),
+        ("BatchNormReLU2d (train; a dense layer's BN -> ReLU)", nn.BatchNormReLU2d(3), x(4, 3, 3, 3)),
         ("ReLU", nn.ReLU(), x(2, 3, 4, 4)),
         ("MaxPool2d 3 stride 2 pad 1", nn.MaxPool2d(3, stride=2, padding=1), x(2, 3, 7, 6)),
         ("AvgPool2d 2 stride 2", nn.AvgPool2d(2), x(2, 3, 6, 5)),

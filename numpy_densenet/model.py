@@ -25,7 +25,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .nn import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d, ReLU
+from .nn import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, BatchNormReLU2d, Conv2d, Dropout, Linear, MaxPool2d,
+                 ReLU)
 from .nn._checks import check_grad, check_input, take_cache
 from .nn.module import Module, Sequential, check_float_dtype, saved
 
@@ -41,7 +42,8 @@ class DenseLayer(Module):
     """H_l: BN -> ReLU -> 1x1 conv to bn_size*k -> BN -> ReLU -> 3x3 conv to k (-> dropout).
 
     With ``bn_size=None`` it is the plain (non-bottleneck) layer BN -> ReLU -> 3x3 conv to k. It returns only
-    its k new channels; the block places them after its input.
+    its k new channels; the block places them after its input. Each BN -> ReLU pair (torchvision's norm1,
+    relu1 and norm2, relu2) is one :class:`BatchNormReLU2d` named norm1 / norm2, so state_dict keys match.
 
     With ``memory_efficient=True`` (Pleiss et al. 2017) the output of the first BN -> ReLU, a tensor as large
     as the layer's whole input, is not kept for backward: backward recomputes it from the input (a view of the
@@ -57,12 +59,10 @@ class DenseLayer(Module):
         rng = rng if rng is not None else np.random.default_rng()
         self.bottleneck = bn_size is not None
         self.memory_efficient = bool(memory_efficient)
-        self.norm1 = BatchNorm2d(num_input_features, dtype=dtype)
-        self.relu1 = ReLU(inplace=True)
+        self.norm1 = BatchNormReLU2d(num_input_features, dtype=dtype)                 # norm1 -> relu1
         if self.bottleneck:
             self.conv1 = Conv2d(num_input_features, bn_size * growth_rate, 1, bias=False, dtype=dtype, generator=rng)
-            self.norm2 = BatchNorm2d(bn_size * growth_rate, dtype=dtype)
-            self.relu2 = ReLU(inplace=True)
+            self.norm2 = BatchNormReLU2d(bn_size * growth_rate, dtype=dtype)            # norm2 -> relu2
             self.conv2 = Conv2d(bn_size * growth_rate, growth_rate, 3, padding=1, bias=False, dtype=dtype,
                                 generator=rng)
         else:
@@ -80,13 +80,13 @@ class DenseLayer(Module):
         ``workspace``: with ``memory_efficient``, an array of x's shape shared by the block's layers, where the
         first BN -> ReLU output is written (forward) and recomputed (backward) instead of a new array each.
         """
-        t = self.relu1(self.norm1.forward_cnhw(x, stats, out=workspace))       # (C_in, N, H, W)
+        t = self.norm1.forward_cnhw(x, stats, out=workspace)                  # BN -> ReLU: (C_in, N, H, W)
         h = self.conv1.forward_cnhw(t, keep_input=not self.memory_efficient)  # (4k or k, N, H, W)
         if self.memory_efficient:
-            self.relu1._clear_cache()                                        # drop t; keep what recomputes it
+            self.norm1._clear_cache()                                        # drop t; keep what recomputes it
             self._recompute = saved((x, stats, workspace))
         if self.bottleneck:
-            h = self.conv2.forward_cnhw(self.relu2(self.norm2.forward_cnhw(h)))      # (k, N, H, W)
+            h = self.conv2.forward_cnhw(self.norm2.forward_cnhw(h))          # BN -> ReLU -> conv: (k, N, H, W)
         if self.drop_rate > 0:
             h = self.dropout(h)
         return h
@@ -95,17 +95,17 @@ class DenseLayer(Module):
         """dnew: (k, N, H, W), the gradient of the new features -> gradient of the input (C_in, N, H, W)."""
         d = self.dropout.backward(dnew) if self.drop_rate > 0 else dnew
         if self.bottleneck:
-            d = self.norm2.backward_cnhw(self.relu2.backward(self.conv2.backward_cnhw(d)))
+            d = self.norm2.backward_cnhw(self.conv2.backward_cnhw(d))
         if self.memory_efficient:
             if not isinstance(self._recompute, tuple):
                 raise RuntimeError("DenseLayer.backward called before forward, or after a forward inside no_grad()")
             x, stats, workspace = self._recompute
             self._recompute = None
-            t = self.relu1(self.norm1.forward_cnhw(x, stats, update_stats=False, out=workspace))  # recomputed
+            t = self.norm1.forward_cnhw(x, stats, update_stats=False, out=workspace)  # BN -> ReLU again
             d = self.conv1.backward_cnhw(d, x=t)
         else:
             d = self.conv1.backward_cnhw(d)
-        return self.norm1.backward_cnhw(self.relu1.backward(d))
+        return self.norm1.backward_cnhw(d)
 
     def forward(self, x):
         """x: (N, C_in, H, W) -> (N, k, H, W)."""

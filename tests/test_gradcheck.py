@@ -65,7 +65,7 @@ class BatchNormNoMeanTerm(nn.BatchNorm2d):
     """Train-mode dx without the ``- sum(dy)`` term (the gradient through the batch mean)."""
 
     def backward_cnhw(self, dout):
-        x, mean, invstd, training = take_cache(self)
+        x, mean, invstd, training, _ = take_cache(self)
         dout = check_grad(self, dout, x.shape, self.weight.dtype)
         C = x.shape[0]
         M = x.size // C

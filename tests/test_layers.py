@@ -5,7 +5,7 @@
   hypothesis (kernel and dilation first, then an input large enough for them);
 * errors: invalid geometry, wrong ndim, channel and dtype mismatches, protocol misuse, each with a message
   that names the problem;
-* semantics: BatchNorm2d running statistics, Dropout, dtypes, gradient accumulation, MaxPool2d ties,
+* semantics: BatchNorm2d running statistics, BatchNormReLU2d = BatchNorm2d then ReLU bit for bit, Dropout, dtypes, gradient accumulation, MaxPool2d ties,
   CrossEntropyLoss stability and label smoothing, state_dict round trips, Module.to.
 """
 from __future__ import annotations
@@ -274,14 +274,64 @@ def test_batchnorm2d_gradcheck_train_and_eval(data):
     check_grads(bn, x, seed=data.draw(st.integers(0, 100)))
 
 
+@given(data=st.data())
+def test_batchnormrelu2d_is_batchnorm2d_then_relu_bit_for_bit(data):
+    """The fused layer gives exactly BatchNorm2d's output and gradients passed through ReLU, train and eval."""
+    rng = draw_rng(data)
+    dtype = data.draw(st.sampled_from([np.float32, np.float64]), label="dtype")
+    N, C = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4))
+    H, W = data.draw(st.integers(1, 5)), data.draw(st.integers(2, 5))
+    fused = set_params(nn.BatchNormReLU2d(C, dtype=dtype), rng)
+    plain, relu = nn.BatchNorm2d(C, dtype=dtype), nn.ReLU()
+    plain.load_state_dict(fused.state_dict())
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    if data.draw(st.booleans(), label="eval"):
+        fused.running_var[...] = plain.running_var[...] = 0.5 + rng.random(C)
+        fused.eval(), plain.eval()
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    dy = rng.standard_normal((N, C, H, W)).astype(dtype)
+    y = fused(x)
+    np.testing.assert_array_equal(y, relu(plain(x)))
+    assert y.dtype == dtype and (y >= 0).all()
+    np.testing.assert_array_equal(fused.backward(dy), plain.backward(relu.backward(dy)))
+    np.testing.assert_array_equal(fused.weight.grad, plain.weight.grad)
+    np.testing.assert_array_equal(fused.bias.grad, plain.bias.grad)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        np.testing.assert_array_equal(getattr(fused, name), getattr(plain, name))
+
+
+@given(data=st.data())
+def test_batchnormrelu2d_gradcheck_train_and_eval(data):
+    rng = draw_rng(data)
+    N, C = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    H, W = data.draw(st.integers(1, 4)), data.draw(st.integers(2, 4))
+    bn = set_params(nn.BatchNormReLU2d(C, dtype=np.float64), rng)
+    bn.running_var[...] = 0.5 + rng.random(C)
+    if data.draw(st.booleans(), label="eval"):
+        bn.eval()
+    check_grads(bn, rng.standard_normal((N, C, H, W)), seed=data.draw(st.integers(0, 100)))
+
+
+def test_gradcheck_catches_batchnormrelu2d_backward_without_the_relu_mask():
+    class NoMask(nn.BatchNormReLU2d):
+        def backward_cnhw(self, dout):
+            x, mean, invstd, training, _ = self._cache
+            self._cache = (x, mean, invstd, training, None)     # forgets the ReLU: gradient where y == 0 too
+            return super().backward_cnhw(dout)
+
+    rng = np.random.default_rng(0)
+    bn = set_params(NoMask(2, dtype=np.float64), rng)
+    assert not gradcheck(bn, rng.standard_normal((2, 2, 3, 3)), rtol=RTOL).passed
+
+
 def test_gradcheck_catches_batchnorm_backward_without_the_batch_statistics_terms():
     """The BatchNorm gradcheck can fail: a backward that treats the batch mean and variance as constants
     (the eval-mode formula used in train mode) is rejected."""
 
     class ConstantStatsBN(nn.BatchNorm2d):
         def backward_cnhw(self, dout):
-            x, mean, invstd, _ = self._cache            # (input, batch mean, 1/std, training)
-            self._cache = (x, mean, invstd, False)
+            x, mean, invstd, _, _ = self._cache         # (input, batch mean, 1/std, training, fused output)
+            self._cache = (x, mean, invstd, False, None)
             return super().backward_cnhw(dout)
 
     rng = np.random.default_rng(0)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ._checks import check_grad, check_input, pair, take_cache
 from .module import Parameter, SpatialModule, check_float_dtype, saved
+from .threads import get_num_threads, matmul, parallel_for, split
 
 
 def conv_output_size(size, kernel, stride, padding, dilation):
@@ -186,7 +187,7 @@ class Conv2d(SpatialModule):
                 cols = x.reshape(C, N * H * W)                               # the input is the matrix
             else:
                 cols = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)  # (C*kh*kw, N*Ho*Wo)
-            y = (w2 @ cols).reshape(O, N, Ho, Wo)
+            y = matmul(w2, cols).reshape(O, N, Ho, Wo)
         if self.bias is not None:
             y += self.bias.data[:, None, None, None]
         # Cache the input, not the patch matrix: cols is kh*kw times larger; backward rebuilds it.
@@ -217,8 +218,8 @@ class Conv2d(SpatialModule):
         cols = x.reshape(C, N * H * W) if algorithm == "pointwise" else \
             im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)    # (C*kh*kw, N*Ho*Wo)
         # dW = d2 @ cols.T, computed as (cols @ d2.T).T: OpenBLAS runs this long-K product ~3x faster that way.
-        self.weight.grad += (cols @ d2.T).T.reshape(self.weight.shape)      # (O, C*kh*kw)
-        dcols = self.weight.data.reshape(O, -1).T @ d2                      # (C*kh*kw, N*Ho*Wo)
+        self.weight.grad += matmul(cols, d2.T, split_inner=True).T.reshape(self.weight.shape)  # (O, C*kh*kw)
+        dcols = matmul(self.weight.data.reshape(O, -1).T, d2)               # (C*kh*kw, N*Ho*Wo)
         if algorithm == "pointwise":
             return dcols.reshape(C, N, H, W)
         return col2im(dcols, x.shape, self.kernel_size, self.stride, self.padding, self.dilation)
@@ -250,11 +251,16 @@ class Conv2d(SpatialModule):
         """y[o, p] = sum over (i, j) of Y[(i, j, o), p + offset(i, j)], with Y = W_offsets @ x."""
         C, N, H, W = x.shape
         O, kh, kw = self.out_channels, *self.kernel_size
-        Y = self._offset_weights() @ x.reshape(C, -1)                        # (kh*kw*O, N*H*W)
+        Y = matmul(self._offset_weights(), x.reshape(C, -1))                 # (kh*kw*O, N*H*W)
         Y = Y.reshape(kh, kw, O, N, H, W)
-        y = np.zeros((O, N, Ho, Wo), dtype=x.dtype)
-        for i, j, (rows, cols), (in_rows, in_cols) in self._offset_ranges(H, W, Ho, Wo):
-            y[:, :, rows, cols] += Y[i, j][:, :, in_rows, in_cols]           # offset (i, j)'s contribution
+        y = np.empty((O, N, Ho, Wo), dtype=x.dtype)
+
+        def images(n):                                                       # the threads share the images
+            y[:, n] = 0
+            for i, j, (rows, cols), (in_rows, in_cols) in self._offset_ranges(H, W, Ho, Wo):
+                y[:, n, rows, cols] += Y[i, j][:, n, in_rows, in_cols]       # offset (i, j)'s contribution
+
+        parallel_for(images, split(N, get_num_threads()))
         return y
 
     def _shift_backward(self, x, dout):
@@ -262,10 +268,15 @@ class Conv2d(SpatialModule):
         C, N, H, W = x.shape
         O, kh, kw = self.out_channels, *self.kernel_size
         Ho, Wo = dout.shape[2:]
-        G = np.zeros((kh, kw, O, N, H, W), dtype=x.dtype)
-        for i, j, (rows, cols), (in_rows, in_cols) in self._offset_ranges(H, W, Ho, Wo):
-            G[i, j][:, :, in_rows, in_cols] = dout[:, :, rows, cols]         # dout shifted by offset (i, j)
+        G = np.empty((kh, kw, O, N, H, W), dtype=x.dtype)
+
+        def images(n):                                                       # the threads share the images
+            G[:, :, :, n] = 0
+            for i, j, (rows, cols), (in_rows, in_cols) in self._offset_ranges(H, W, Ho, Wo):
+                G[i, j][:, n, in_rows, in_cols] = dout[:, n, rows, cols]     # dout shifted by offset (i, j)
+
+        parallel_for(images, split(N, get_num_threads()))
         G = G.reshape(kh * kw * O, -1)                                       # (kh*kw*O, N*H*W)
-        dW = G @ x.reshape(C, -1).T                                          # (kh*kw*O, C)
+        dW = matmul(G, x.reshape(C, -1).T, split_inner=True)                 # (kh*kw*O, C)
         self.weight.grad += dW.reshape(kh, kw, O, C).transpose(2, 3, 0, 1)
-        return (self._offset_weights().T @ G).reshape(x.shape)              # (C, N, H, W)
+        return matmul(self._offset_weights().T, G).reshape(x.shape)         # (C, N, H, W)

@@ -5,6 +5,7 @@ import numpy as np
 
 from ._checks import check_grad, check_input, take_cache
 from .module import Parameter, SpatialModule, check_float_dtype, saved
+from .threads import parallel_for
 
 
 class BatchNorm2d(SpatialModule):
@@ -27,6 +28,8 @@ class BatchNorm2d(SpatialModule):
     ------
     x : (N, C, H, W) -> y : (N, C, H, W); weight, bias, running_mean, running_var : (C,).
     """
+
+    relu = False                                        # BatchNormReLU2d: a ReLU fused into the same pass
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
         super().__init__()
@@ -51,7 +54,7 @@ class BatchNorm2d(SpatialModule):
     def _check(self, x):
         x = check_input(self, x, 4, "(C, N, H, W)", self.weight.dtype)
         if x.shape[0] != self.num_features:
-            raise ValueError(f"BatchNorm2d: input has {x.shape[0]} channels, expected "
+            raise ValueError(f"{type(self).__name__}: input has {x.shape[0]} channels, expected "
                              f"num_features={self.num_features} (input shape {_nchw(x.shape)} as NCHW)")
         return x
 
@@ -67,13 +70,16 @@ class BatchNorm2d(SpatialModule):
         x2 = x.reshape(C, -1)                                                # (C, M), M = N*H*W
         M = x2.shape[1]
         mean, var = np.empty(C), np.empty(C)
-        for c in channel_blocks(C, M):                                       # cache-sized blocks of channels
+
+        def block(c):                                                        # channels c: cache-sized
             first = x2[c].sum(axis=1) / x.dtype.type(M)                      # in x's dtype
             centred = x2[c] - first[:, None]
             s1 = centred.sum(axis=1).astype(np.float64) / M                  # mean - first
             centred *= centred
             mean[c] = first.astype(np.float64) + s1
             var[c] = centred.sum(axis=1).astype(np.float64) / M - s1 * s1    # variance around the mean
+
+        parallel_for(block, channel_blocks(C, M))
         return mean, np.maximum(var, 0.0)
 
     def update_running_stats(self, mean, var, count):
@@ -104,8 +110,8 @@ class BatchNorm2d(SpatialModule):
         M = x.size // C                                                      # values per channel
         if self.training:
             if M <= 1:
-                raise ValueError(f"BatchNorm2d: expected more than 1 value per channel when training, got "
-                                 f"input of shape {_nchw(x.shape)} (NCHW)")
+                raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when training, "
+                                 f"got input of shape {_nchw(x.shape)} (NCHW)")
             mean, var = stats if stats is not None else self.batch_statistics(x)
             if update_stats:
                 self.update_running_stats(mean, var, M)
@@ -115,15 +121,22 @@ class BatchNorm2d(SpatialModule):
         scale = self.weight.data * invstd                                    # y = x * scale + shift
         shift = self.bias.data - mean.astype(x.dtype) * scale
         if out is not None and (out.shape != x.shape or out.dtype != x.dtype):
-            raise ValueError(f"BatchNorm2d: out must have the input's shape {x.shape} and dtype {x.dtype}, got "
-                             f"{out.shape} {out.dtype}")
+            raise ValueError(f"{type(self).__name__}: out must have the input's shape {x.shape} and dtype "
+                             f"{x.dtype}, got {out.shape} {out.dtype}")
         x2 = x.reshape(C, M)
         y = np.empty_like(x2) if out is None else out.reshape(C, M)          # (C, M)
-        for c in channel_blocks(C, M):                                       # cache-sized blocks of channels
+
+        def block(c):                                                        # channels c: cache-sized
             np.multiply(x2[c], scale[c, None], out=y[c])
             y[c] += shift[c, None]
-        # Cache the input (usually alive anyway: in a dense block it is a view of the block buffer), not xhat.
-        self._cache = saved((x, np.asarray(mean, dtype=np.float64), invstd, self.training))
+            if self.relu:
+                np.maximum(y[c], 0, out=y[c])                                # the fused ReLU, while in cache
+
+        parallel_for(block, channel_blocks(C, M))
+        # Cache the input (usually alive anyway: in a dense block it is a view of the block buffer), not xhat;
+        # with the fused ReLU also the output, whose zeros mask the gradient (the next conv keeps it anyway).
+        self._cache = saved((x, np.asarray(mean, dtype=np.float64), invstd, self.training,
+                             y if self.relu else None))
         return y.reshape(x.shape)
 
     def backward_cnhw(self, dout):
@@ -134,30 +147,49 @@ class BatchNorm2d(SpatialModule):
         The two sums are the gradient through the batch mean and the batch variance. Eval mode: the
         statistics are constants, so dx = dy * weight * invstd. Both are evaluated as
         dx = a*dy + b*(x - mean) + c with per-channel a, b, c, so xhat is never stored.
+        With the fused ReLU, dy is first zeroed where the output was (ReLU's backward).
         """
-        x, mean, invstd, training = take_cache(self)
+        x, mean, invstd, training, y = take_cache(self)
         dout = check_grad(self, dout, x.shape, self.weight.dtype)
         C = x.shape[0]
         M = x.size // C
-        dy, x2 = dout.reshape(C, M), x.reshape(C, M)
-        dx = np.empty_like(dy)
+        dout2, x2 = dout.reshape(C, M), x.reshape(C, M)
+        y2 = y.reshape(C, M) if y is not None else None
+        dx = np.empty_like(dout2)
         mean_x = mean.astype(x.dtype)                                        # the mean in x's dtype ...
         rounding = mean_x - mean                                             # ... and its rounding error
         a = self.weight.data * invstd                                        # (C,)
-        # A few channels at a time, so that the passes below run on cache-resident blocks.
-        for c in channel_blocks(C, M):
+
+        def block(c):                                                        # channels c: cache-sized
+            dy = dout2[c] if y2 is None else dout2[c] * (y2[c] > 0)          # (c, M); ReLU backward if fused
             centred = x2[c] - mean_x[c, None]                                # (c, M): x - mean
-            dbeta = dy[c].sum(axis=1)                                        # (c,)  sum(dy)
-            dgamma = invstd[c] * (np.einsum("cm,cm->c", dy[c], centred) + rounding[c] * dbeta)  # sum(dy*xhat)
+            dbeta = dy.sum(axis=1)                                           # (c,)  sum(dy)
+            dgamma = invstd[c] * (np.einsum("cm,cm->c", dy, centred) + rounding[c] * dbeta)  # sum(dy*xhat)
             self.weight.grad[c] += dgamma
             self.bias.grad[c] += dbeta
-            np.multiply(dy[c], a[c, None], out=dx[c])
+            np.multiply(dy, a[c, None], out=dx[c])
             if training:
                 b = -a[c] * invstd[c] * dgamma / M
                 centred *= b[:, None]                                        # the variance path
                 dx[c] += centred
                 dx[c] += (b * rounding[c] - a[c] * dbeta / M)[:, None]       # the mean path
+
+        parallel_for(block, channel_blocks(C, M))
         return dx.reshape(x.shape)
+
+
+class BatchNormReLU2d(BatchNorm2d):
+    """BatchNorm2d followed by ReLU, computed in one pass: y = max(BN(x), 0).
+
+    The same parameters, buffers and state_dict keys as :class:`BatchNorm2d` (a DenseNet's ``norm1`` and
+    ``norm2`` are BatchNormReLU2d, standing for torchvision's norm -> relu pair). Fusing saves a pass over
+    the feature maps each way: the ReLU is applied to each block of channels while it is still in cache, and
+    backward masks the gradient there too. Caches its output as well as its input.
+
+    Shapes: x (N, C, H, W) -> y (N, C, H, W), y >= 0.
+    """
+
+    relu = True
 
 
 def channel_blocks(C, M, elements=1 << 18):

@@ -1,0 +1,190 @@
+"""How numpy_densenet uses more than one core.
+
+NumPy runs element-wise operations (BatchNorm, ReLU, pooling, the concatenation's adds) on one core; only its
+BLAS, which does the matrix products, is multi-threaded. In a DenseNet train step the element-wise passes take
+about half the time, so half the step would leave the other cores idle. Running them in Python threads does
+not help by itself: after each matrix product OpenBLAS's worker threads busy-wait for about 0.1 s for the next
+one, and compete with any other thread for the cores.
+
+So numpy_densenet shares its work between its own threads (NumPy releases the GIL inside its loops):
+
+* :func:`parallel_for` hands out independent pieces of an element-wise pass (blocks of channels);
+* :func:`matmul` splits a matrix product into column blocks (or, for a long inner dimension, into partial
+  products that are then summed), each computed by OpenBLAS set to *one* thread for the duration of the call;
+  the caller's OpenBLAS setting is restored afterwards, so other NumPy code is unaffected.
+
+The number of threads defaults to OpenBLAS's own (``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS`` or the number
+of cores) and can be changed with :func:`set_num_threads`, as ``torch.set_num_threads``. Results depend only
+on that number, not on timing: every piece is computed the same way whichever thread runs it. If NumPy's
+BLAS is not an OpenBLAS this module can find (MKL, Accelerate), the default is one thread and everything runs
+as plain NumPy would.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import numpy as np
+
+MIN_COLUMNS_PER_THREAD = 2048       # matmul: below this many columns per thread one thread does it all
+MIN_FLOPS_TO_SPLIT = 1 << 22        # matmul: products smaller than this are not split
+
+_state = {"threads": None, "pool": None, "blas": None}
+_lock = threading.Lock()
+_worker = threading.local()         # set in the pool's threads: no nested splitting inside a piece
+
+
+# -- OpenBLAS's thread count -------------------------------------------------------------------------------
+def _find_openblas():
+    """(get, set) for the OpenBLAS NumPy uses, or None if NumPy's BLAS is something else or not found."""
+    try:
+        name = np.__config__.CONFIG["Build Dependencies"]["blas"]["name"]
+    except (AttributeError, KeyError, TypeError):
+        return None
+    if "openblas" not in str(name).lower():
+        return None
+    numpy_dir = os.path.dirname(np.__file__)
+    paths = glob.glob(os.path.join(numpy_dir + ".libs", "*openblas*"))          # Linux wheels
+    paths += glob.glob(os.path.join(numpy_dir, ".dylibs", "*openblas*"))        # macOS wheels
+    if not paths and os.path.exists("/proc/self/maps"):                         # a system OpenBLAS
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line})
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
+                               ("openblas", "")):
+            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            set_ = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+                return get, set_
+    return None
+
+
+def _blas():
+    if _state["blas"] is None:
+        _state["blas"] = _find_openblas() or False
+    return _state["blas"]
+
+
+@contextmanager
+def blas_single_threaded():
+    """OpenBLAS on one thread inside the block (our threads split the work); the previous setting after."""
+    blas = _blas()
+    previous = blas[0]() if blas else 1
+    if previous != 1:
+        blas[1](1)
+    try:
+        yield
+    finally:
+        if previous != 1:
+            blas[1](previous)
+
+
+# -- the thread count ----------------------------------------------------------------------------------------
+def get_num_threads():
+    """The number of threads numpy_densenet's layers use (see the module docstring)."""
+    if _state["threads"] is None:
+        blas = _blas()
+        _state["threads"] = max(1, int(blas[0]())) if blas else 1
+    return _state["threads"]
+
+
+def set_num_threads(n):
+    """Use ``n`` threads (a positive int) from now on; 1 runs everything in the calling thread."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
+    with _lock:
+        if _state["pool"] is not None:
+            _state["pool"].shutdown(wait=True)
+            _state["pool"] = None
+        _state["threads"] = int(n)
+
+
+def _pool():
+    with _lock:
+        if _state["pool"] is None:
+            _state["pool"] = ThreadPoolExecutor(get_num_threads() - 1, thread_name_prefix="numpy_densenet",
+                                                initializer=setattr, initargs=(_worker, "busy", True))
+        return _state["pool"]
+
+
+# -- sharing out work ----------------------------------------------------------------------------------------
+def parallel_for(function, items):
+    """``[function(item) for item in items]``, the items shared out between the threads.
+
+    Each thread, the calling one included, takes the next item not yet taken until none is left, so uneven
+    pieces balance out. The pieces must be independent (write to disjoint outputs). Results come back in the
+    order of ``items``; an exception in any piece is raised here.
+    """
+    items = list(items)
+    threads = min(get_num_threads(), len(items))
+    if threads <= 1 or getattr(_worker, "busy", False):
+        return [function(item) for item in items]
+    results = [None] * len(items)
+    counter, counter_lock = itertools.count(), threading.Lock()
+
+    def work():
+        while True:
+            with counter_lock:
+                i = next(counter)
+            if i >= len(items):
+                return
+            results[i] = function(items[i])
+
+    futures = [_pool().submit(work) for _ in range(threads - 1)]
+    _worker.busy = True                                  # a piece that calls parallel_for runs it serially
+    try:
+        work()
+    finally:
+        _worker.busy = False
+        for future in futures:
+            future.result()
+    return results
+
+
+def split(n, parts, multiple=1):
+    """``parts`` consecutive slices covering range(n), of near-equal lengths that are multiples of ``multiple``
+    (except the last); fewer if n is small."""
+    step = -(-n // parts)
+    step = -(-step // multiple) * multiple
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def matmul(a, b, split_inner=False):
+    """``a @ b`` for 2-D arrays, computed by all threads.
+
+    a : (m, k), b : (k, n) -> (m, n), in the arrays' common dtype.
+
+    By default b's (and the output's) columns are split between the threads. With ``split_inner=True`` the
+    inner dimension k is split instead and the partial products are summed (in a fixed order): the better
+    choice when k is long and m, n are small, as for a weight gradient summed over every pixel of a batch.
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    threads = get_num_threads()
+    length = k if split_inner else n
+    parts = min(threads, length // MIN_COLUMNS_PER_THREAD)
+    if threads == 1 or getattr(_worker, "busy", False):
+        return a @ b
+    with blas_single_threaded():
+        if parts <= 1 or 2 * m * n * k < MIN_FLOPS_TO_SPLIT:
+            return a @ b
+        pieces = split(length, parts, multiple=16)
+        if split_inner:
+            partial = parallel_for(lambda s: a[:, s] @ b[s], pieces)              # each (m, n)
+            out = partial[0]
+            for p in partial[1:]:
+                out += p
+            return out
+        out = np.empty((m, n), dtype=np.result_type(a, b))
+        parallel_for(lambda s: np.matmul(a, b[:, s], out=out[:, s]), pieces)     # columns s of the output
+        return out

@@ -1,0 +1,136 @@
+"""numpy_densenet's own threads (numpy_densenet.nn.threads) change how work is shared out, not the results.
+
+* matmul split by columns or by the inner dimension equals a @ b, and leaves OpenBLAS's thread count as it was;
+* parallel_for keeps the order of results, raises a piece's exception, and runs nested calls serially;
+* Conv2d (all three algorithms), BatchNorm2d / BatchNormReLU2d and a whole DenseNet train step give the same
+  results with 1, 2 and 3 threads (element-wise passes bit for bit; products to rounding), and the same
+  results twice with the same thread count;
+* set_num_threads rejects what is not a positive int.
+"""
+import numpy as np
+import pytest
+
+from numpy_densenet import densenet_bc, nn
+from numpy_densenet.nn import threads
+
+
+@pytest.fixture
+def restore_threads():
+    before = nn.get_num_threads()
+    yield
+    nn.set_num_threads(before)
+
+
+def test_matmul_split_by_columns_and_by_inner_dimension_equals_the_product(restore_threads):
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((40, 30)), rng.standard_normal((30, 9000))
+    for n in (1, 2, 3):
+        nn.set_num_threads(n)
+        np.testing.assert_allclose(threads.matmul(a, b), a @ b, rtol=1e-13, atol=1e-12)
+        np.testing.assert_allclose(threads.matmul(b.T, a.T, split_inner=False), b.T @ a.T, rtol=1e-13, atol=1e-12)
+        long_k = rng.standard_normal((20, 12000))
+        np.testing.assert_allclose(threads.matmul(long_k, long_k.T, split_inner=True), long_k @ long_k.T,
+                                   rtol=1e-12, atol=1e-10)
+
+
+def test_matmul_leaves_openblas_thread_count_as_it_was(restore_threads):
+    blas = threads._blas()
+    nn.set_num_threads(2)
+    a = np.ones((64, 64))
+    b = np.ones((64, 8192))
+    if blas:                                        # numpy's OpenBLAS was found: its setting is restored
+        get, set_ = blas
+        before = get()
+        set_(3)
+        try:
+            threads.matmul(a, b)
+            assert get() == 3
+        finally:
+            set_(before)
+    else:                                           # not found: one thread by default, nothing to restore
+        assert np.array_equal(threads.matmul(a, b), a @ b)
+
+
+def test_parallel_for_keeps_order_raises_and_runs_nested_calls_serially(restore_threads):
+    nn.set_num_threads(3)
+    assert threads.parallel_for(lambda i: i * i, range(50)) == [i * i for i in range(50)]
+    nested = threads.parallel_for(lambda i: threads.parallel_for(lambda j: (i, j), range(3)), range(4))
+    assert nested == [[(i, j) for j in range(3)] for i in range(4)]
+
+    def boom(i):
+        if i == 7:
+            raise ValueError("piece 7 failed")
+        return i
+
+    with pytest.raises(ValueError, match="piece 7 failed"):
+        threads.parallel_for(boom, range(20))
+    assert threads.parallel_for(lambda i: i, range(5)) == list(range(5))       # still usable afterwards
+
+
+def test_split_covers_the_range_in_order():
+    for n, parts, multiple in [(10, 3, 1), (9000, 2, 16), (5, 8, 1), (1, 2, 16)]:
+        pieces = threads.split(n, parts, multiple)
+        assert pieces[0].start == 0 and pieces[-1].stop == n and len(pieces) <= parts
+        assert all(p.stop == q.start for p, q in zip(pieces, pieces[1:]))
+
+
+@pytest.mark.parametrize("n", [0, -1, 1.5, True, "2"])
+def test_set_num_threads_rejects_bad_values(n, restore_threads):
+    with pytest.raises(ValueError, match=r"set_num_threads: n must be a positive int, got"):
+        nn.set_num_threads(n)
+
+
+def _layer_results(layer, x, dy):
+    y = layer(x)
+    dx = layer.backward(dy)
+    grads = [p.grad.copy() for p in layer.parameters()]
+    layer.zero_grad()
+    return [y, dx] + grads
+
+
+@pytest.mark.parametrize("case", ["conv1x1", "conv3x3_shift", "conv3x3_stride2_im2col", "bn", "bnrelu"])
+def test_layers_agree_across_thread_counts(case, restore_threads):
+    """Inputs large enough that every split path is taken (several channel blocks, long products)."""
+    rng = np.random.default_rng(1)
+    C = 24
+    x = rng.standard_normal((16, C, 32, 32))                # BatchNorm: 2 blocks of channels
+    layer, out_shape = {
+        "conv1x1": (nn.Conv2d(C, 16, 1, bias=False, dtype=np.float64, generator=rng), (16, 16, 32, 32)),
+        "conv3x3_shift": (nn.Conv2d(C, 6, 3, padding=1, bias=False, dtype=np.float64, generator=rng),
+                          (16, 6, 32, 32)),
+        "conv3x3_stride2_im2col": (nn.Conv2d(C, 12, 3, stride=2, padding=1, dtype=np.float64, generator=rng),
+                                   (16, 12, 16, 16)),
+        "bn": (nn.BatchNorm2d(C, dtype=np.float64), (16, C, 32, 32)),
+        "bnrelu": (nn.BatchNormReLU2d(C, dtype=np.float64), (16, C, 32, 32)),
+    }[case]
+    dy = rng.standard_normal(out_shape)
+    results = {}
+    for n in (1, 2, 3, 2):
+        nn.set_num_threads(n)
+        got = _layer_results(layer, x, dy)
+        if n in results:                                   # the same thread count again: bit-identical
+            for r, g in zip(results[n], got):
+                np.testing.assert_array_equal(r, g)
+        results[n] = got
+    exact = case.startswith("bn")                          # element-wise passes: the same operations per block
+    for n in (2, 3):
+        for r, g in zip(results[1], results[n]):
+            if exact:
+                np.testing.assert_array_equal(r, g)
+            else:
+                np.testing.assert_allclose(r, g, rtol=1e-12, atol=1e-12)
+
+
+def test_densenet_train_step_agrees_across_thread_counts(restore_threads):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((16, 3, 32, 32)).astype(np.float32)
+    dlogits = rng.standard_normal((16, 10)).astype(np.float32)
+    results = {}
+    for n in (1, 2):
+        nn.set_num_threads(n)
+        model = densenet_bc(16, 12, dtype=np.float32, seed=3)
+        logits = model(x)
+        dx = model.backward(dlogits)
+        results[n] = [logits, dx] + [p.grad for p in model.parameters()]
+    for a, b in zip(results[1], results[2]):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
