@@ -20,7 +20,7 @@ import numpy as np
 
 from ._checks import check_grad, check_input, pair, take_cache
 from .module import Parameter, SpatialModule, check_float_dtype, saved
-from .threads import get_num_threads, matmul, parallel_for, split
+from .threads import MIN_ELEMENTS_TO_SPLIT, get_num_threads, matmul, parallel_for, split
 
 
 def conv_output_size(size, kernel, stride, padding, dilation):
@@ -260,7 +260,7 @@ class Conv2d(SpatialModule):
             for i, j, (rows, cols), (in_rows, in_cols) in self._offset_ranges(H, W, Ho, Wo):
                 y[:, n, rows, cols] += Y[i, j][:, n, in_rows, in_cols]       # offset (i, j)'s contribution
 
-        parallel_for(images, split(N, get_num_threads()))
+        parallel_for(images, split(N, get_num_threads() if y.size >= MIN_ELEMENTS_TO_SPLIT else 1))
         return y
 
     def _shift_backward(self, x, dout):
@@ -275,7 +275,7 @@ class Conv2d(SpatialModule):
             for i, j, (rows, cols), (in_rows, in_cols) in self._offset_ranges(H, W, Ho, Wo):
                 G[i, j][:, n, in_rows, in_cols] = dout[:, n, rows, cols]     # dout shifted by offset (i, j)
 
-        parallel_for(images, split(N, get_num_threads()))
+        parallel_for(images, split(N, get_num_threads() if G.size >= MIN_ELEMENTS_TO_SPLIT else 1))
         G = G.reshape(kh * kw * O, -1)                                       # (kh*kw*O, N*H*W)
         dW = matmul(G, x.reshape(C, -1).T, split_inner=True)                 # (kh*kw*O, C)
         self.weight.grad += dW.reshape(kh, kw, O, C).transpose(2, 3, 0, 1)

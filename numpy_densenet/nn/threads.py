@@ -33,6 +33,7 @@ import numpy as np
 
 MIN_COLUMNS_PER_THREAD = 2048       # matmul: below this many columns per thread one thread does it all
 MIN_FLOPS_TO_SPLIT = 1 << 22        # matmul: products smaller than this are not split
+MIN_ELEMENTS_TO_SPLIT = 1 << 16     # element-wise passes over fewer values run in the calling thread
 
 _state = {"threads": None, "pool": None, "blas": None}
 _lock = threading.Lock()
@@ -170,14 +171,11 @@ def matmul(a, b, split_inner=False):
     """
     m, k = a.shape
     n = b.shape[1]
-    threads = get_num_threads()
     length = k if split_inner else n
-    parts = min(threads, length // MIN_COLUMNS_PER_THREAD)
-    if threads == 1 or getattr(_worker, "busy", False):
-        return a @ b
+    parts = min(get_num_threads(), length // MIN_COLUMNS_PER_THREAD)
+    if parts <= 1 or 2 * m * n * k < MIN_FLOPS_TO_SPLIT or getattr(_worker, "busy", False):
+        return a @ b                                    # small, or already inside a piece: not split
     with blas_single_threaded():
-        if parts <= 1 or 2 * m * n * k < MIN_FLOPS_TO_SPLIT:
-            return a @ b
         pieces = split(length, parts, multiple=16)
         if split_inner:
             partial = parallel_for(lambda s: a[:, s] @ b[s], pieces)              # each (m, n)
