@@ -271,9 +271,9 @@ def record_backward_inputs(modules):
     for m, module in enumerate(modules):
         original = module.backward_cnhw                         # the bound method of the class
 
-        def wrapper(dout, _m=m, _original=original):
+        def wrapper(dout, *args, _m=m, _original=original, **kwargs):
             recorded[_m] = np.array(dout, copy=True)           # a copy: immune to later in-place updates
-            return _original(dout)
+            return _original(dout, *args, **kwargs)
         object.__setattr__(module, "backward_cnhw", wrapper)
     try:
         yield recorded

@@ -29,6 +29,7 @@ from .nn import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, BatchNormReLU2d, Con
                  ReLU)
 from .nn._checks import check_grad, check_input, take_cache
 from .nn.module import Module, Sequential, check_float_dtype, saved
+from .nn.threads import add_into
 
 
 def _kaiming_normal_(conv, rng):
@@ -91,21 +92,26 @@ class DenseLayer(Module):
             h = self.dropout(h)
         return h
 
-    def backward_cnhw(self, dnew):
-        """dnew: (k, N, H, W), the gradient of the new features -> gradient of the input (C_in, N, H, W)."""
+    def backward_cnhw(self, dnew, workspace=None):
+        """dnew: (k, N, H, W), the gradient of the new features -> gradient of the input (C_in, N, H, W).
+
+        ``workspace``: a C-contiguous array of the input's shape where the input gradient is computed and
+        returned, instead of new arrays (the block shares one between its layers).
+        """
         d = self.dropout.backward(dnew) if self.drop_rate > 0 else dnew
         if self.bottleneck:
             d = self.norm2.backward_cnhw(self.conv2.backward_cnhw(d))
+        dinput = workspace
         if self.memory_efficient:
             if not isinstance(self._recompute, tuple):
                 raise RuntimeError("DenseLayer.backward called before forward, or after a forward inside no_grad()")
             x, stats, workspace = self._recompute
             self._recompute = None
             t = self.norm1.forward_cnhw(x, stats, update_stats=False, out=workspace)  # BN -> ReLU again
-            d = self.conv1.backward_cnhw(d, x=t)
+            d = self.conv1.backward_cnhw(d, x=t, out=dinput)
         else:
-            d = self.conv1.backward_cnhw(d)
-        return self.norm1.backward_cnhw(d)
+            d = self.conv1.backward_cnhw(d, out=dinput)
+        return self.norm1.backward_cnhw(d, out=dinput)                      # in place when dinput is given
 
     def forward(self, x):
         """x: (N, C_in, H, W) -> (N, k, H, W)."""
@@ -183,13 +189,14 @@ class DenseBlock(Module):
         grad = check_grad(self, dout, shape, dtype).copy()  # grad[c] collects every consumer of channel c
         self.flow = [None] * self.num_layers if self.record_flow else None
         layers = self.layers()
+        shared = np.empty((self.offsets[-2],) + grad.shape[1:], dtype=grad.dtype)  # each layer's input gradient
         for j in reversed(range(self.num_layers)):
             start, stop = self.offsets[j + 1], self.offsets[j + 2]
             # x_j+1's gradient is complete: the block output and every later layer have added their slices.
-            dinput = layers[j].backward_cnhw(grad[start:stop])      # (start, N, H, W): gradient of [x0..x_j]
-            grad[:start] += dinput                                  # concat backward: split, then add
+            dinput = layers[j].backward_cnhw(grad[start:stop], shared[:start])  # (start, N, H, W): d[x0..x_j]
+            add_into(grad[:start], dinput)                          # concat backward: split, then add
             if self.record_flow:
-                self.flow[j] = dinput
+                self.flow[j] = dinput.copy()                        # the workspace is reused by the next layer
         return grad[:self.offsets[1]]
 
     def forward(self, x):

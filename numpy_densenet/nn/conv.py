@@ -28,6 +28,14 @@ def conv_output_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def _into(out, array):
+    """``array``, copied into ``out`` if one was given."""
+    if out is None:
+        return array
+    out[...] = array
+    return out
+
+
 def pad_cnhw(x, padding, value=0.0):
     """Return ``x`` (C, N, H, W) with ``padding = (ph, pw)`` rows/cols of ``value`` on each side (a copy)."""
     ph, pw = padding
@@ -194,10 +202,11 @@ class Conv2d(SpatialModule):
         self._cache = saved((x.shape, x if keep_input else None))
         return y
 
-    def backward_cnhw(self, dout, x=None):
+    def backward_cnhw(self, dout, x=None, out=None):
         """dout: (C_out, N, Ho, Wo) -> dx: (C_in, N, H, W); adds into weight.grad and bias.grad.
 
-        ``x`` is the forward input, needed only if forward ran with ``keep_input=False``.
+        ``x`` is the forward input, needed only if forward ran with ``keep_input=False``. ``out``, an array of
+        dx's shape and dtype, receives dx instead of a new array (a workspace reused by a dense block).
         """
         shape, cached = take_cache(self)
         if cached is None:
@@ -212,17 +221,21 @@ class Conv2d(SpatialModule):
         if self.bias is not None:
             self.bias.grad += dout.reshape(O, -1).sum(axis=1)                # sum over N, Ho, Wo
         algorithm = self.algorithm
+        if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous):
+            raise ValueError(f"Conv2d.backward: out must be a C-contiguous array of the input's shape {x.shape} "
+                             f"and dtype {x.dtype}, got {out.shape} {out.dtype}")
         if algorithm == "shift":
-            return self._shift_backward(x, dout)
+            return _into(out, self._shift_backward(x, dout))
         d2 = dout.reshape(O, -1)                                             # (O, N*Ho*Wo)
         cols = x.reshape(C, N * H * W) if algorithm == "pointwise" else \
             im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)    # (C*kh*kw, N*Ho*Wo)
         # dW = d2 @ cols.T, computed as (cols @ d2.T).T: OpenBLAS runs this long-K product ~3x faster that way.
         self.weight.grad += matmul(cols, d2.T, split_inner=True).T.reshape(self.weight.shape)  # (O, C*kh*kw)
+        if algorithm == "pointwise":                                         # dx = W^T @ d2, (C, N*H*W)
+            dx = out.reshape(C, -1) if out is not None else None
+            return matmul(self.weight.data.reshape(O, C).T, d2, out=dx).reshape(x.shape)
         dcols = matmul(self.weight.data.reshape(O, -1).T, d2)               # (C*kh*kw, N*Ho*Wo)
-        if algorithm == "pointwise":
-            return dcols.reshape(C, N, H, W)
-        return col2im(dcols, x.shape, self.kernel_size, self.stride, self.padding, self.dilation)
+        return _into(out, col2im(dcols, x.shape, self.kernel_size, self.stride, self.padding, self.dilation))
 
     # -- the shift algorithm (stride 1) ------------------------------------------------------------------------
     def _offset_weights(self):

@@ -139,8 +139,11 @@ class BatchNorm2d(SpatialModule):
                              y if self.relu else None))
         return y.reshape(x.shape)
 
-    def backward_cnhw(self, dout):
+    def backward_cnhw(self, dout, out=None):
         """dout: (C, N, H, W) -> dx: (C, N, H, W); adds into weight.grad and bias.grad.
+
+        ``out``: where to write dx instead of a new array; it may be ``dout`` itself (each block of channels
+        is read before it is written).
 
         Train mode: with xhat = (x - mean) * invstd and M values per channel,
         dx = weight * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)).
@@ -155,7 +158,10 @@ class BatchNorm2d(SpatialModule):
         M = x.size // C
         dout2, x2 = dout.reshape(C, M), x.reshape(C, M)
         y2 = y.reshape(C, M) if y is not None else None
-        dx = np.empty_like(dout2)
+        if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous):
+            raise ValueError(f"{type(self).__name__}.backward: out must be a C-contiguous array of the input's "
+                             f"shape {x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
+        dx = np.empty_like(dout2) if out is None else out.reshape(C, M)
         mean_x = mean.astype(x.dtype)                                        # the mean in x's dtype ...
         rounding = mean_x - mean                                             # ... and its rounding error
         a = self.weight.data * invstd                                        # (C,)

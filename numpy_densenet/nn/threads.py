@@ -31,7 +31,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-MIN_COLUMNS_PER_THREAD = 2048       # matmul: below this many columns per thread one thread does it all
+MIN_COLUMNS_PER_THREAD = 128        # matmul: below this many columns per thread one thread does it all
 MIN_FLOPS_TO_SPLIT = 1 << 22        # matmul: products smaller than this are not split
 MIN_ELEMENTS_TO_SPLIT = 1 << 16     # element-wise passes over fewer values run in the calling thread
 
@@ -81,6 +81,8 @@ def blas_single_threaded():
     """OpenBLAS on one thread inside the block (our threads split the work); the previous setting after."""
     blas = _blas()
     previous = blas[0]() if blas else 1
+    if previous != 1 and get_num_threads() > 1:
+        _pool()                                          # started before OpenBLAS is set to one thread
     if previous != 1:
         blas[1](1)
     try:
@@ -111,10 +113,21 @@ def set_num_threads(n):
 
 
 def _pool():
+    """The worker threads (one fewer than the thread count: the calling thread works too), all started now.
+
+    They must start while OpenBLAS still has its own thread count: on this OpenBLAS (0.3.31) the products of
+    a thread started while it was set to one thread run one at a time with the calling thread's, not at once.
+    """
     with _lock:
         if _state["pool"] is None:
-            _state["pool"] = ThreadPoolExecutor(get_num_threads() - 1, thread_name_prefix="numpy_densenet",
-                                                initializer=setattr, initargs=(_worker, "busy", True))
+            workers = get_num_threads() - 1
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="numpy_densenet",
+                                      initializer=setattr, initargs=(_worker, "busy", True))
+            started = threading.Barrier(workers + 1)
+            for _ in range(workers):
+                pool.submit(started.wait)                # each waits for the others: one new thread each
+            started.wait()
+            _state["pool"] = pool
         return _state["pool"]
 
 
@@ -160,10 +173,10 @@ def split(n, parts, multiple=1):
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def matmul(a, b, split_inner=False):
+def matmul(a, b, split_inner=False, out=None):
     """``a @ b`` for 2-D arrays, computed by all threads.
 
-    a : (m, k), b : (k, n) -> (m, n), in the arrays' common dtype.
+    a : (m, k), b : (k, n) -> (m, n), in the arrays' common dtype, written into ``out`` if given.
 
     By default b's (and the output's) columns are split between the threads. With ``split_inner=True`` the
     inner dimension k is split instead and the partial products are summed (in a fixed order): the better
@@ -174,15 +187,28 @@ def matmul(a, b, split_inner=False):
     length = k if split_inner else n
     parts = min(get_num_threads(), length // MIN_COLUMNS_PER_THREAD)
     if parts <= 1 or 2 * m * n * k < MIN_FLOPS_TO_SPLIT or getattr(_worker, "busy", False):
-        return a @ b                                    # small, or already inside a piece: not split
+        return np.matmul(a, b, out=out)                 # small, or already inside a piece: not split
     with blas_single_threaded():
         pieces = split(length, parts, multiple=16)
         if split_inner:
             partial = parallel_for(lambda s: a[:, s] @ b[s], pieces)              # each (m, n)
-            out = partial[0]
+            total = partial[0]
             for p in partial[1:]:
-                out += p
+                total += p
+            if out is None:
+                return total
+            out[...] = total
             return out
-        out = np.empty((m, n), dtype=np.result_type(a, b))
+        out = np.empty((m, n), dtype=np.result_type(a, b)) if out is None else out
         parallel_for(lambda s: np.matmul(a, b[:, s], out=out[:, s]), pieces)     # columns s of the output
         return out
+
+
+def add_into(a, b):
+    """``a += b`` for arrays of the same shape, in blocks of the first axis shared between the threads."""
+    if a.size < MIN_ELEMENTS_TO_SPLIT or a.ndim == 0:
+        a += b
+        return a
+    rows = max(1, (1 << 18) * a.shape[0] // a.size)                            # about 2**18 values per block
+    parallel_for(lambda r: a[r].__iadd__(b[r]), [slice(i, i + rows) for i in range(0, a.shape[0], rows)])
+    return a
