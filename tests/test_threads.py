@@ -2,16 +2,17 @@
 
 * matmul split by columns or by the inner dimension equals a @ b, and leaves OpenBLAS's thread count as it was;
 * parallel_for keeps the order of results, raises a piece's exception, and runs nested calls serially;
-* Conv2d (all three algorithms), BatchNorm2d / BatchNormReLU2d and a whole DenseNet train step give the same
+* Conv2d (all three algorithms), BatchNorm2d / BatchNormReLU2d, MaxPool2d and a whole DenseNet train step give the same
   results with 1, 2 and 3 threads (element-wise passes bit for bit; products to rounding), and the same
-  results twice with the same thread count;
+  results twice with the same thread count; element-wise passes done in blocks of channels equal one pass
+  over all channels;
 * set_num_threads rejects what is not a positive int.
 """
 import numpy as np
 import pytest
 
 from numpy_densenet import densenet_bc, nn
-from numpy_densenet.nn import threads
+from numpy_densenet.nn import norm, pooling, threads
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ def _layer_results(layer, x, dy):
     return [y, dx] + grads
 
 
-@pytest.mark.parametrize("case", ["conv1x1", "conv3x3_shift", "conv3x3_stride2_im2col", "bn", "bnrelu"])
+@pytest.mark.parametrize("case", ["conv1x1", "conv3x3_shift", "conv3x3_stride2_im2col", "bn", "bnrelu", "maxpool"])
 def test_layers_agree_across_thread_counts(case, restore_threads):
     """Inputs large enough that every split path is taken (several channel blocks, long products)."""
     rng = np.random.default_rng(1)
@@ -102,7 +103,10 @@ def test_layers_agree_across_thread_counts(case, restore_threads):
                                    (16, 12, 16, 16)),
         "bn": (nn.BatchNorm2d(C, dtype=np.float64), (16, C, 32, 32)),
         "bnrelu": (nn.BatchNormReLU2d(C, dtype=np.float64), (16, C, 32, 32)),
+        "maxpool": (nn.MaxPool2d(3, stride=2, padding=1), (16, C, 32, 32)),
     }[case]
+    if case == "maxpool":                                  # 3 blocks of channels need 64x64 images
+        x = rng.standard_normal((16, C, 64, 64))
     dy = rng.standard_normal(out_shape)
     results = {}
     for n in (1, 2, 3, 2):
@@ -112,7 +116,15 @@ def test_layers_agree_across_thread_counts(case, restore_threads):
             for r, g in zip(results[n], got):
                 np.testing.assert_array_equal(r, g)
         results[n] = got
-    exact = case.startswith("bn")                          # element-wise passes: the same operations per block
+    exact = case in ("bn", "bnrelu", "maxpool")            # element-wise passes: the same operations per block
+    if exact:                                              # and the blocks together equal one block of all
+        nn.set_num_threads(1)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(norm, "channel_blocks", lambda C, M, elements=0: [slice(0, C)])
+            mp.setattr(pooling, "channel_blocks", lambda C, M, elements=0: [slice(0, C)])
+            whole = _layer_results(layer, x, dy)
+        for r, g in zip(whole, results[1]):
+            np.testing.assert_array_equal(r, g)
     for n in (2, 3):
         for r, g in zip(results[1], results[n]):
             if exact:

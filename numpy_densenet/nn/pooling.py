@@ -13,6 +13,10 @@ import numpy as np
 from ._checks import check_grad, check_input, pair, take_cache
 from .conv import conv_output_size, pad_cnhw, window_slices
 from .module import SpatialModule, is_grad_enabled, saved
+from .norm import channel_blocks
+from .threads import parallel_for
+
+POOL_BLOCK_ELEMENTS = 1 << 19      # MaxPool2d: about this many input values per block of channels
 
 
 class _Pool2d(SpatialModule):
@@ -86,22 +90,25 @@ class MaxPool2d(_Pool2d):
 
     def forward_cnhw(self, x):
         x, Ho, Wo = self._geometry(x)
-        xp = pad_cnhw(x, self.padding, value=-np.inf)
-        C, N = x.shape[:2]
-        phases = self._phases(xp)
+        C, N, H, W = x.shape
         windows = list(self._phase_windows(Ho, Wo))
-        out = np.full((C, N, Ho, Wo), -np.inf, dtype=x.dtype)
-        for _, phase, rows, cols in windows:
-            np.maximum(out, phases[phase][:, :, rows, cols], out=out)        # NaN propagates, as in PyTorch
-        if is_grad_enabled():
-            # Where each maximum came from: scanning the window offsets backwards, the last match written
-            # is the first maximal element in row-major window order.
-            argmax = np.zeros((C, N, Ho, Wo), dtype=np.uint16)
-            for k, phase, rows, cols in reversed(windows):
-                np.copyto(argmax, np.uint16(k), where=phases[phase][:, :, rows, cols] == out)
-            self._cache = (argmax, x.shape, x.dtype)
-        else:
-            self._cache = saved(None)
+        out = np.empty((C, N, Ho, Wo), dtype=x.dtype)
+        argmax = np.empty((C, N, Ho, Wo), dtype=np.uint16) if is_grad_enabled() else None
+
+        def channels(c):                                                     # the threads share the channels
+            phases = self._phases(pad_cnhw(x[c], self.padding, value=-np.inf))
+            out[c] = -np.inf
+            for _, phase, rows, cols in windows:
+                np.maximum(out[c], phases[phase][:, :, rows, cols], out=out[c])  # NaN propagates, as PyTorch
+            if argmax is not None:
+                # Where each maximum came from: scanning the window offsets backwards, the last match
+                # written is the first maximal element in row-major window order.
+                argmax[c] = 0
+                for k, phase, rows, cols in reversed(windows):
+                    np.copyto(argmax[c], np.uint16(k), where=phases[phase][:, :, rows, cols] == out[c])
+
+        parallel_for(channels, channel_blocks(C, N * H * W, POOL_BLOCK_ELEMENTS))
+        self._cache = saved((argmax, x.shape, x.dtype)) if argmax is not None else saved(None)
         return out
 
     def backward_cnhw(self, dout):
@@ -110,13 +117,18 @@ class MaxPool2d(_Pool2d):
         C, N, H, W = shape
         ph, pw = self.padding
         Ho, Wo = argmax.shape[2:]
-        padded = (C, N, H + 2 * ph, W + 2 * pw)
-        dphases = {phase: np.zeros(p.shape, dtype=dtype)
-                   for phase, p in self._phases(np.empty(padded, dtype=np.uint8)).items()}
-        for k, phase, rows, cols in self._phase_windows(Ho, Wo):
-            dphases[phase][:, :, rows, cols] += dout * (argmax == k)         # route to the chosen element
-        dxp = self._unphase(dphases, padded, dtype)
-        return np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W])
+        dx = np.empty(shape, dtype=dtype)
+
+        def channels(c):                                                     # the threads share the channels
+            padded = (c.stop - c.start, N, H + 2 * ph, W + 2 * pw)
+            dphases = {phase: np.zeros(p.shape, dtype=dtype)
+                       for phase, p in self._phases(np.empty(padded, dtype=np.uint8)).items()}
+            for k, phase, rows, cols in self._phase_windows(Ho, Wo):
+                dphases[phase][:, :, rows, cols] += dout[c] * (argmax[c] == k)  # route to the chosen element
+            dx[c] = self._unphase(dphases, padded, dtype)[:, :, ph:ph + H, pw:pw + W]
+
+        parallel_for(channels, channel_blocks(C, N * H * W, POOL_BLOCK_ELEMENTS))
+        return dx
 
 
 class AvgPool2d(_Pool2d):
