@@ -5,14 +5,14 @@
 * Conv2d (all three algorithms), BatchNorm2d / BatchNormReLU2d, MaxPool2d and a whole DenseNet train step give the same
   results with 1, 2 and 3 threads (element-wise passes bit for bit; products to rounding), and the same
   results twice with the same thread count; element-wise passes done in blocks of channels equal one pass
-  over all channels;
+  over all channels, and the shift convolution's chunks of images equal one chunk;
 * set_num_threads rejects what is not a positive int.
 """
 import numpy as np
 import pytest
 
 from numpy_densenet import densenet_bc, nn
-from numpy_densenet.nn import norm, pooling, threads
+from numpy_densenet.nn import conv, norm, pooling, threads
 
 
 @pytest.fixture
@@ -125,6 +125,14 @@ def test_layers_agree_across_thread_counts(case, restore_threads):
             whole = _layer_results(layer, x, dy)
         for r, g in zip(whole, results[1]):
             np.testing.assert_array_equal(r, g)
+    if case == "conv3x3_shift":                            # chunks of images together equal one chunk of all
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(conv, "SHIFT_CHUNK_ELEMENTS", 1 << 60)
+            assert len(layer._image_chunks(16, 32, 32)) == 1
+            whole = _layer_results(layer, x, dy)
+        assert len(layer._image_chunks(16, 32, 32)) == 3
+        for r, g in zip(whole, results[1]):
+            np.testing.assert_allclose(r, g, rtol=1e-12, atol=1e-12)
     for n in (2, 3):
         for r, g in zip(results[1], results[n]):
             if exact:

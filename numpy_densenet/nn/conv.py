@@ -20,7 +20,9 @@ import numpy as np
 
 from ._checks import check_grad, check_input, pair, take_cache
 from .module import Parameter, SpatialModule, check_float_dtype, saved
-from .threads import MIN_ELEMENTS_TO_SPLIT, get_num_threads, matmul, parallel_for, split
+from .threads import MIN_ELEMENTS_TO_SPLIT, blas_single_threaded, get_num_threads, matmul, parallel_for, split
+
+SHIFT_CHUNK_ELEMENTS = 1 << 18      # shift algorithm: about this many offset-matrix values per chunk of images
 
 
 def conv_output_size(size, kernel, stride, padding, dilation):
@@ -71,12 +73,16 @@ def im2col(x, kernel, stride, padding, dilation):
     kh, kw = kernel
     Ho = conv_output_size(H, kh, stride[0], padding[0], dilation[0])
     Wo = conv_output_size(W, kw, stride[1], padding[1], dilation[1])
-    xp = pad_cnhw(x, padding)
     cols = np.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            rows, columns = window_slices(i, j, (Ho, Wo), stride, dilation)
-            cols[:, i, j] = xp[:, :, rows, columns]                       # (C, N, Ho, Wo) strided copy
+
+    def images(n):                                                        # the threads share the images
+        xp = pad_cnhw(x[:, n], padding)
+        for i in range(kh):
+            for j in range(kw):
+                rows, columns = window_slices(i, j, (Ho, Wo), stride, dilation)
+                cols[:, i, j, n] = xp[:, :, rows, columns]                # (C, images, Ho, Wo) strided copy
+
+    parallel_for(images, split(N, get_num_threads() if cols.size >= MIN_ELEMENTS_TO_SPLIT else 1))
     return cols.reshape(C * kh * kw, N * Ho * Wo)
 
 
@@ -98,14 +104,18 @@ def col2im(cols, x_shape, kernel, stride, padding, dilation):
     Ho = conv_output_size(H, kh, stride[0], ph, dilation[0])
     Wo = conv_output_size(W, kw, stride[1], pw, dilation[1])
     cols = cols.reshape(C, kh, kw, N, Ho, Wo)
-    dxp = np.zeros((C, N, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            rows, columns = window_slices(i, j, (Ho, Wo), stride, dilation)
-            dxp[:, :, rows, columns] += cols[:, i, j]                     # overlapping windows add up
-    if ph == 0 and pw == 0:
-        return dxp
-    return np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W])
+    dx = np.empty(x_shape, dtype=cols.dtype)
+
+    def images(n):                                                        # the threads share the images
+        dxp = np.zeros((C, n.stop - n.start, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                rows, columns = window_slices(i, j, (Ho, Wo), stride, dilation)
+                dxp[:, :, rows, columns] += cols[:, i, j, n]              # overlapping windows add up
+        dx[:, n] = dxp[:, :, ph:ph + H, pw:pw + W]
+
+    parallel_for(images, split(N, get_num_threads() if cols.size >= MIN_ELEMENTS_TO_SPLIT else 1))
+    return dx
 
 
 class Conv2d(SpatialModule):
@@ -260,36 +270,55 @@ class Conv2d(SpatialModule):
                     inp = (slice(r0 + i * dh - ph, r1 + i * dh - ph), slice(c0 + j * dw - pw, c1 + j * dw - pw))
                     yield i, j, out, inp
 
+    def _image_chunks(self, N, H, W):
+        """Slices of a few images each, so that one chunk's (kh*kw*O, images*H*W) offset matrix fits in cache
+        (the offsets never reach across images); a single slice of all N if that gives fewer chunks than
+        threads, whose products are then split between the threads instead."""
+        per_image = self.kernel_size[0] * self.kernel_size[1] * self.out_channels * H * W
+        chunks = split(N, max(1, N * per_image // SHIFT_CHUNK_ELEMENTS))
+        return chunks if len(chunks) >= get_num_threads() else [slice(0, N)]
+
     def _shift_forward(self, x, Ho, Wo):
-        """y[o, p] = sum over (i, j) of Y[(i, j, o), p + offset(i, j)], with Y = W_offsets @ x."""
+        """y[o, p] = sum over (i, j) of Y[(i, j, o), p + offset(i, j)], with Y = W_offsets @ x.
+
+        A few images at a time, the chunks shared out between the threads: Y never exists for the whole batch.
+        """
         C, N, H, W = x.shape
         O, kh, kw = self.out_channels, *self.kernel_size
-        Y = matmul(self._offset_weights(), x.reshape(C, -1))                 # (kh*kw*O, N*H*W)
-        Y = Y.reshape(kh, kw, O, N, H, W)
+        w_offsets = self._offset_weights()                                   # (kh*kw*O, C)
         y = np.empty((O, N, Ho, Wo), dtype=x.dtype)
 
-        def images(n):                                                       # the threads share the images
+        def images(n):                                                       # images n
+            Y = matmul(w_offsets, x[:, n].reshape(C, -1))                    # (kh*kw*O, images*H*W)
+            Y = Y.reshape(kh, kw, O, -1, H, W)
             y[:, n] = 0
             for i, j, (rows, cols), (in_rows, in_cols) in self._offset_ranges(H, W, Ho, Wo):
-                y[:, n, rows, cols] += Y[i, j][:, n, in_rows, in_cols]       # offset (i, j)'s contribution
+                y[:, n, rows, cols] += Y[i, j][:, :, in_rows, in_cols]       # offset (i, j)'s contribution
 
-        parallel_for(images, split(N, get_num_threads() if y.size >= MIN_ELEMENTS_TO_SPLIT else 1))
+        with blas_single_threaded():
+            parallel_for(images, self._image_chunks(N, H, W))
         return y
 
     def _shift_backward(self, x, dout):
-        """G[(i, j, o), q] = dout[o, q - offset(i, j)]; then dW = G @ x^T and dx = W_offsets^T @ G."""
+        """G[(i, j, o), q] = dout[o, q - offset(i, j)]; then dW = G @ x^T and dx = W_offsets^T @ G.
+
+        A few images at a time, as forward; the chunks' shares of dW are summed in a fixed order.
+        """
         C, N, H, W = x.shape
         O, kh, kw = self.out_channels, *self.kernel_size
         Ho, Wo = dout.shape[2:]
-        G = np.empty((kh, kw, O, N, H, W), dtype=x.dtype)
+        w_offsets = self._offset_weights()                                   # (kh*kw*O, C)
+        dx = np.empty_like(x)
 
-        def images(n):                                                       # the threads share the images
-            G[:, :, :, n] = 0
+        def images(n):                                                       # images n
+            G = np.zeros((kh, kw, O, n.stop - n.start, H, W), dtype=x.dtype)
             for i, j, (rows, cols), (in_rows, in_cols) in self._offset_ranges(H, W, Ho, Wo):
-                G[i, j][:, n, in_rows, in_cols] = dout[:, n, rows, cols]     # dout shifted by offset (i, j)
+                G[i, j][:, :, in_rows, in_cols] = dout[:, n, rows, cols]     # dout shifted by offset (i, j)
+            G = G.reshape(kh * kw * O, -1)                                   # (kh*kw*O, images*H*W)
+            dx[:, n] = matmul(w_offsets.T, G).reshape(C, -1, H, W)
+            return matmul(G, x[:, n].reshape(C, -1).T, split_inner=True)    # this chunk's dW: (kh*kw*O, C)
 
-        parallel_for(images, split(N, get_num_threads() if G.size >= MIN_ELEMENTS_TO_SPLIT else 1))
-        G = G.reshape(kh * kw * O, -1)                                       # (kh*kw*O, N*H*W)
-        dW = matmul(G, x.reshape(C, -1).T, split_inner=True)                 # (kh*kw*O, C)
+        with blas_single_threaded():
+            dW = sum(parallel_for(images, self._image_chunks(N, H, W)))
         self.weight.grad += dW.reshape(kh, kw, O, C).transpose(2, 3, 0, 1)
-        return matmul(self._offset_weights().T, G).reshape(x.shape)         # (C, N, H, W)
+        return dx
