@@ -207,12 +207,12 @@ class DenseBlock(Module):
 
 
 class Transition(Sequential):
-    """BN -> ReLU -> 1x1 conv to ``num_output_features`` -> 2x2 average pool, stride 2 (torchvision's names)."""
+    """BN -> ReLU -> 1x1 conv to ``num_output_features`` -> 2x2 average pool, stride 2 (torchvision's names;
+    its norm -> relu pair is one :class:`BatchNormReLU2d` named norm, so state_dict keys match)."""
 
     def __init__(self, num_input_features, num_output_features, dtype=np.float32, rng=None):
         super().__init__(OrderedDict([
-            ("norm", BatchNorm2d(num_input_features, dtype=dtype)),
-            ("relu", ReLU(inplace=True)),
+            ("norm", BatchNormReLU2d(num_input_features, dtype=dtype)),                  # norm -> relu
             ("conv", Conv2d(num_input_features, num_output_features, 1, bias=False, dtype=dtype, generator=rng)),
             ("pool", AvgPool2d(2, stride=2)),
         ]))

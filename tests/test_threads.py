@@ -68,6 +68,17 @@ def test_parallel_for_keeps_order_raises_and_runs_nested_calls_serially(restore_
     assert threads.parallel_for(lambda i: i, range(5)) == list(range(5))       # still usable afterwards
 
 
+def test_add_into_contiguous_and_strided(restore_threads):
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 3):
+        nn.set_num_threads(n)
+        for a, b in [(rng.standard_normal((40, 3000)), rng.standard_normal((40, 3000))),
+                     (rng.standard_normal((3000, 40)).T, rng.standard_normal((40, 3000)))]:   # a not contiguous
+            expected = a + b
+            assert threads.add_into(a, b) is a
+            np.testing.assert_array_equal(a, expected)
+
+
 def test_split_covers_the_range_in_order():
     for n, parts, multiple in [(10, 3, 1), (9000, 2, 16), (5, 8, 1), (1, 2, 16)]:
         pieces = threads.split(n, parts, multiple)
@@ -89,7 +100,8 @@ def _layer_results(layer, x, dy):
     return [y, dx] + grads
 
 
-@pytest.mark.parametrize("case", ["conv1x1", "conv3x3_shift", "conv3x3_stride2_im2col", "bn", "bnrelu", "maxpool"])
+@pytest.mark.parametrize("case", ["conv1x1", "conv3x3_shift", "conv3x3_stride2_im2col", "bn", "bnrelu", "maxpool",
+                                  "relu"])
 def test_layers_agree_across_thread_counts(case, restore_threads):
     """Inputs large enough that every split path is taken (several channel blocks, long products)."""
     rng = np.random.default_rng(1)
@@ -104,6 +116,7 @@ def test_layers_agree_across_thread_counts(case, restore_threads):
         "bn": (nn.BatchNorm2d(C, dtype=np.float64), (16, C, 32, 32)),
         "bnrelu": (nn.BatchNormReLU2d(C, dtype=np.float64), (16, C, 32, 32)),
         "maxpool": (nn.MaxPool2d(3, stride=2, padding=1), (16, C, 32, 32)),
+        "relu": (nn.ReLU(), (16, C, 32, 32)),
     }[case]
     if case == "maxpool":                                  # 3 blocks of channels need 64x64 images
         x = rng.standard_normal((16, C, 64, 64))
@@ -116,7 +129,7 @@ def test_layers_agree_across_thread_counts(case, restore_threads):
             for r, g in zip(results[n], got):
                 np.testing.assert_array_equal(r, g)
         results[n] = got
-    exact = case in ("bn", "bnrelu", "maxpool")            # element-wise passes: the same operations per block
+    exact = case in ("bn", "bnrelu", "maxpool", "relu")    # element-wise passes: the same operations per block
     if exact:                                              # and the blocks together equal one block of all
         nn.set_num_threads(1)
         with pytest.MonkeyPatch.context() as mp:

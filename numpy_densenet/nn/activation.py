@@ -7,6 +7,7 @@ import numpy as np
 
 from ._checks import check_grad, take_cache
 from .module import FLOAT_DTYPES, Module, saved
+from .threads import elementwise
 
 
 def _check_float_array(layer, x):
@@ -38,14 +39,17 @@ class ReLU(Module):
 
     def forward(self, x):
         x = _check_float_array(self, x)
-        y = np.maximum(x, 0, out=x if self.inplace else None)               # same dtype as x
+        y = x if self.inplace else np.empty_like(x)                          # same dtype as x
+        elementwise(lambda x_, y_: np.maximum(x_, 0, out=y_), x, y)
         self._cache = saved(y)
         return y
 
     def backward(self, dout):
         y = take_cache(self)
         dout = check_grad(self, dout, y.shape, y.dtype)
-        return dout * (y > 0)
+        dx = np.empty_like(y)
+        elementwise(lambda d, y_, dx_: np.multiply(d, y_ > 0, out=dx_), dout, y, dx)
+        return dx
 
 
 class Dropout(Module):

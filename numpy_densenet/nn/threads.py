@@ -204,11 +204,26 @@ def matmul(a, b, split_inner=False, out=None):
         return out
 
 
+def elementwise(function, *arrays):
+    """``function(*arrays)`` for an element-wise function that writes its result into its last argument,
+    run on pieces of the arrays (all of one shape) shared out between the threads: blocks of the flattened
+    arrays if all are C-contiguous, else blocks of the first axis."""
+    shape = arrays[0].shape
+    size = arrays[0].size
+    if size < MIN_ELEMENTS_TO_SPLIT or len(shape) == 0 or get_num_threads() == 1:
+        function(*arrays)
+        return
+    if all(a.flags.c_contiguous for a in arrays):
+        flat = [a.reshape(-1) for a in arrays]
+        step = 1 << 18                                                          # values per piece
+        parallel_for(lambda s: function(*(f[s] for f in flat)), [slice(i, i + step) for i in range(0, size, step)])
+    else:
+        rows = max(1, (1 << 18) * shape[0] // size)
+        parallel_for(lambda r: function(*(a[r] for a in arrays)),
+                     [slice(i, i + rows) for i in range(0, shape[0], rows)])
+
+
 def add_into(a, b):
-    """``a += b`` for arrays of the same shape, in blocks of the first axis shared between the threads."""
-    if a.size < MIN_ELEMENTS_TO_SPLIT or a.ndim == 0:
-        a += b
-        return a
-    rows = max(1, (1 << 18) * a.shape[0] // a.size)                            # about 2**18 values per block
-    parallel_for(lambda r: a[r].__iadd__(b[r]), [slice(i, i + rows) for i in range(0, a.shape[0], rows)])
+    """``a += b`` for arrays of the same shape, shared between the threads."""
+    elementwise(lambda a_, b_, out: np.add(a_, b_, out=out), a, b, a)
     return a
