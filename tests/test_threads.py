@@ -167,3 +167,27 @@ def test_densenet_train_step_agrees_across_thread_counts(restore_threads):
         results[n] = [logits, dx] + [p.grad for p in model.parameters()]
     for a, b in zip(results[1], results[2]):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork (POSIX)")
+def test_a_forked_child_starts_its_own_threads(restore_threads):
+    """A child forked after the pool started has no worker threads; it must not wait for them forever."""
+    import os
+    nn.set_num_threads(2)
+    threads.parallel_for(lambda i: i, range(4))                       # the parent's pool is running
+    pid = os.fork()
+    if pid == 0:                                                      # child: exit 0 only if the work completes
+        try:
+            ok = threads.parallel_for(lambda i: i * 2, range(8)) == [i * 2 for i in range(8)]
+        finally:
+            os._exit(0 if ok else 1)
+    for _ in range(200):                                              # up to 20 s
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        __import__("time").sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung waiting for threads it does not have")
+    assert os.WEXITSTATUS(status) == 0

@@ -112,6 +112,17 @@ def set_num_threads(n):
         _state["threads"] = int(n)
 
 
+def _forget_pool_in_child():
+    """After fork() the child has none of the parent's worker threads: start afresh (and unlock)."""
+    global _lock
+    _lock = threading.Lock()
+    _state["pool"] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def _pool():
     """The worker threads (one fewer than the thread count: the calling thread works too), all started now.
 
