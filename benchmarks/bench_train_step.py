@@ -83,7 +83,10 @@ def numpy_worker(spec):
         from threadpoolctl import threadpool_limits
         limiter = threadpool_limits(spec["threads"])                                # noqa: F841 (kept alive)
     from numpy_densenet.model import densenet121, densenet_bc
+    from numpy_densenet import nn as nd_nn
     from numpy_densenet.nn import CrossEntropyLoss
+    if spec["threads"] and hasattr(nd_nn, "set_num_threads"):             # the library's own threads (newer)
+        nd_nn.set_num_threads(spec["threads"])
     dt = np.dtype(spec["dtype"])
     kw = {"memory_efficient": True} if spec.get("memory_efficient") else {}   # only libraries that have it
     if spec["model"] == "densenet_bc":
