@@ -5,7 +5,7 @@ import numpy as np
 
 from ._checks import check_grad, check_input, take_cache
 from .module import Parameter, SpatialModule, check_float_dtype, saved
-from .threads import parallel_for
+from .threads import MIN_ELEMENTS_TO_SPLIT, get_num_threads, parallel_for
 
 
 class BatchNorm2d(SpatialModule):
@@ -199,7 +199,12 @@ class BatchNormReLU2d(BatchNorm2d):
 
 
 def channel_blocks(C, M, elements=1 << 18):
-    """Slices of consecutive channels holding about ``elements`` values each (at least one channel)."""
+    """Slices of consecutive channels holding about ``elements`` values each (at least one channel); smaller
+    ones if that gives fewer than two blocks per thread, so that the threads share evenly (from
+    MIN_ELEMENTS_TO_SPLIT values on)."""
+    total = C * M
+    if MIN_ELEMENTS_TO_SPLIT <= total < 2 * get_num_threads() * elements:
+        elements = total // (2 * get_num_threads())
     step = max(1, elements // max(M, 1))
     return [slice(i, min(i + step, C)) for i in range(0, C, step)]
 
