@@ -24,14 +24,17 @@ def restore_threads():
 
 def test_matmul_split_by_columns_and_by_inner_dimension_equals_the_product(restore_threads):
     rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((40, 30)), rng.standard_normal((30, 9000))
+    a, b = rng.standard_normal((40, 300)), rng.standard_normal((300, 9000))
+    long_k = rng.standard_normal((60, 20000))
+    assert 2 * 40 * 300 * 9000 >= threads.MIN_FLOPS_TO_SPLIT and 2 * 60 * 20000 * 60 >= threads.MIN_FLOPS_TO_SPLIT
+    small = rng.standard_normal((8, 8))                    # below the threshold: one thread, same result
     for n in (1, 2, 3):
         nn.set_num_threads(n)
         np.testing.assert_allclose(threads.matmul(a, b), a @ b, rtol=1e-13, atol=1e-12)
-        np.testing.assert_allclose(threads.matmul(b.T, a.T, split_inner=False), b.T @ a.T, rtol=1e-13, atol=1e-12)
-        long_k = rng.standard_normal((20, 12000))
+        np.testing.assert_allclose(threads.matmul(b.T, a.T), b.T @ a.T, rtol=1e-13, atol=1e-12)
         np.testing.assert_allclose(threads.matmul(long_k, long_k.T, split_inner=True), long_k @ long_k.T,
-                                   rtol=1e-12, atol=1e-10)
+                                   rtol=1e-12, atol=1e-9)
+        np.testing.assert_array_equal(threads.matmul(small, small), small @ small)
 
 
 def test_matmul_leaves_openblas_thread_count_as_it_was(restore_threads):
@@ -105,10 +108,12 @@ def _layer_results(layer, x, dy):
 def test_layers_agree_across_thread_counts(case, restore_threads):
     """Inputs large enough that every split path is taken (several channel blocks, long products)."""
     rng = np.random.default_rng(1)
-    C = 24
-    x = rng.standard_normal((16, C, 32, 32))                # BatchNorm: 2 blocks of channels
+    C = 48
+    x = rng.standard_normal((16, C, 32, 32))                # BatchNorm: 4 blocks of channels
+    nn.set_num_threads(2)
+    assert len(norm.channel_blocks(C, 16 * 32 * 32)) == 4 and 2 * 64 * C * 16 * 32 * 32 >= threads.MIN_FLOPS_TO_SPLIT
     layer, out_shape = {
-        "conv1x1": (nn.Conv2d(C, 16, 1, bias=False, dtype=np.float64, generator=rng), (16, 16, 32, 32)),
+        "conv1x1": (nn.Conv2d(C, 64, 1, bias=False, dtype=np.float64, generator=rng), (16, 64, 32, 32)),
         "conv3x3_shift": (nn.Conv2d(C, 6, 3, padding=1, bias=False, dtype=np.float64, generator=rng),
                           (16, 6, 32, 32)),
         "conv3x3_stride2_im2col": (nn.Conv2d(C, 12, 3, stride=2, padding=1, dtype=np.float64, generator=rng),
@@ -118,7 +123,7 @@ def test_layers_agree_across_thread_counts(case, restore_threads):
         "maxpool": (nn.MaxPool2d(3, stride=2, padding=1), (16, C, 32, 32)),
         "relu": (nn.ReLU(), (16, C, 32, 32)),
     }[case]
-    if case == "maxpool":                                  # 3 blocks of channels need 64x64 images
+    if case == "maxpool":                                  # 6 blocks of channels need 64x64 images
         x = rng.standard_normal((16, C, 64, 64))
     dy = rng.standard_normal(out_shape)
     results = {}

@@ -30,6 +30,15 @@ def conv_output_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def _chunkwise(function, chunks):
+    """parallel_for over chunks of images; several chunks run on all threads with OpenBLAS on one thread each,
+    a single chunk runs here and its products are split by :func:`matmul` (or left to OpenBLAS if small)."""
+    if len(chunks) == 1:
+        return [function(chunks[0])]
+    with blas_single_threaded():
+        return parallel_for(function, chunks)
+
+
 def _into(out, array):
     """``array``, copied into ``out`` if one was given."""
     if out is None:
@@ -295,8 +304,7 @@ class Conv2d(SpatialModule):
             for i, j, (rows, cols), (in_rows, in_cols) in self._offset_ranges(H, W, Ho, Wo):
                 y[:, n, rows, cols] += Y[i, j][:, :, in_rows, in_cols]       # offset (i, j)'s contribution
 
-        with blas_single_threaded():
-            parallel_for(images, self._image_chunks(N, H, W))
+        _chunkwise(images, self._image_chunks(N, H, W))
         return y
 
     def _shift_backward(self, x, dout):
@@ -318,7 +326,6 @@ class Conv2d(SpatialModule):
             dx[:, n] = matmul(w_offsets.T, G).reshape(C, -1, H, W)
             return matmul(G, x[:, n].reshape(C, -1).T, split_inner=True)    # this chunk's dW: (kh*kw*O, C)
 
-        with blas_single_threaded():
-            dW = sum(parallel_for(images, self._image_chunks(N, H, W)))
+        dW = sum(_chunkwise(images, self._image_chunks(N, H, W)))
         self.weight.grad += dW.reshape(kh, kw, O, C).transpose(2, 3, 0, 1)
         return dx

@@ -7,6 +7,7 @@ import numpy as np
 
 from ._checks import check_grad, check_input, take_cache
 from .module import Module, Parameter, check_float_dtype, saved
+from .threads import matmul
 
 
 class Linear(Module):
@@ -39,7 +40,7 @@ class Linear(Module):
         if x.shape[1] != self.in_features:
             raise ValueError(f"Linear: input has {x.shape[1]} features, expected in_features="
                              f"{self.in_features} (input shape {x.shape})")
-        y = x @ self.weight.data.T                                           # (N, out)
+        y = matmul(x, self.weight.data.T)                                    # (N, out)
         if self.bias is not None:
             y += self.bias.data
         self._cache = saved(x)
@@ -48,10 +49,10 @@ class Linear(Module):
     def backward(self, dout):
         x = take_cache(self)
         dout = check_grad(self, dout, (x.shape[0], self.out_features), self.weight.dtype)
-        self.weight.grad += dout.T @ x                                       # (out, in)
+        self.weight.grad += matmul(dout.T, x)                                # (out, in)
         if self.bias is not None:
             self.bias.grad += dout.sum(axis=0)                               # sum over the batch
-        return dout @ self.weight.data                                       # (N, in)
+        return matmul(dout, self.weight.data)                                # (N, in)
 
 
 class Flatten(Module):
