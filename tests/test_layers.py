@@ -5,8 +5,9 @@
   hypothesis (kernel and dilation first, then an input large enough for them);
 * errors: invalid geometry, wrong ndim, channel and dtype mismatches, protocol misuse, each with a message
   that names the problem;
-* semantics: BatchNorm2d running statistics, BatchNormReLU2d = BatchNorm2d then ReLU bit for bit, Dropout, dtypes, gradient accumulation, MaxPool2d ties,
-  CrossEntropyLoss stability and label smoothing, state_dict round trips, Module.to.
+* semantics: BatchNorm2d running statistics, BatchNormReLU2d = BatchNorm2d then ReLU bit for bit, Dropout,
+  dtypes, gradient accumulation, MaxPool2d ties, CrossEntropyLoss stability and label smoothing, state_dict
+  round trips, Module.to.
 """
 from __future__ import annotations
 

@@ -5,7 +5,9 @@
   bit-identical to the default one, and updates the running statistics once;
 * the dense block's shared batch statistics equal what each BatchNorm would compute itself;
 * no_grad() keeps nothing for backward;
-* float32 BatchNorm backward stays accurate for inputs with a large mean.
+* float32 BatchNorm backward stays accurate for inputs with a large mean;
+* the `out=` workspaces (BatchNorm backward in place into its upstream gradient, Conv2d backward into a given
+  array) give the same results and reject arrays of the wrong shape, dtype or layout.
 """
 import numpy as np
 import pytest
@@ -159,3 +161,44 @@ def test_float32_batchnorm_backward_is_accurate_for_a_large_mean():
         results[dtype] = (dx, bn.weight.grad.copy())
     for a, b in zip(results[np.float32], results[np.float64]):
         assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_batchnorm_backward_in_place_into_its_upstream_gradient(relu):
+    """``out=dout``: the dense layer computes the input gradient in the array conv1's backward wrote."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 3, 4, 4)) * 2 + 1                       # channel-major (C, N, H, W)
+    dy = rng.standard_normal(x.shape)
+    layers = [(nn.BatchNormReLU2d if relu else nn.BatchNorm2d)(5, dtype=np.float64) for _ in range(2)]
+    expected = (layers[0].forward_cnhw(x), layers[0].backward_cnhw(dy))
+    buffer = dy.copy()
+    layers[1].forward_cnhw(x)
+    got = layers[1].backward_cnhw(buffer, out=buffer)
+    assert np.shares_memory(got, buffer)
+    np.testing.assert_array_equal(got, expected[1])
+    np.testing.assert_array_equal(layers[1].weight.grad, layers[0].weight.grad)
+
+
+def test_out_arguments_are_checked():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((4, 2, 3, 3))                               # channel-major
+    bn = nn.BatchNorm2d(4, dtype=np.float64)
+    with pytest.raises(ValueError, match="BatchNorm2d: out must be a C-contiguous array of the input's shape"):
+        bn.forward_cnhw(x, out=np.empty((4, 2, 3, 6))[..., ::2])
+    bn.forward_cnhw(x)
+    with pytest.raises(ValueError, match=r"BatchNorm2d.backward: out must be a C-contiguous .* got \(4, 2, 3\)"):
+        bn.backward_cnhw(np.ones_like(x), out=np.empty((4, 2, 3)))
+    conv = nn.Conv2d(4, 3, 1, bias=False, dtype=np.float64)
+    conv.forward_cnhw(x)
+    with pytest.raises(ValueError, match="Conv2d.backward: out must be a C-contiguous array"):
+        conv.backward_cnhw(np.ones((3, 2, 3, 3)), out=np.empty((4, 2, 3, 3), dtype=np.float32))
+    for algorithm_conv in (nn.Conv2d(4, 3, 1, bias=False, dtype=np.float64),              # pointwise
+                           nn.Conv2d(4, 2, 3, padding=1, bias=False, dtype=np.float64),   # shift
+                           nn.Conv2d(4, 5, 3, stride=2, padding=1, dtype=np.float64)):    # im2col
+        y = algorithm_conv.forward_cnhw(x)
+        d = rng.standard_normal(y.shape)
+        plain = algorithm_conv.backward_cnhw(d)
+        algorithm_conv.forward_cnhw(x)
+        out = np.empty_like(x)
+        assert algorithm_conv.backward_cnhw(d, out=out) is out
+        np.testing.assert_allclose(out, plain, rtol=1e-13, atol=1e-13)

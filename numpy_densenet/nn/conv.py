@@ -251,8 +251,8 @@ class Conv2d(SpatialModule):
         # dW = d2 @ cols.T, computed as (cols @ d2.T).T: OpenBLAS runs this long-K product ~3x faster that way.
         self.weight.grad += matmul(cols, d2.T, split_inner=True).T.reshape(self.weight.shape)  # (O, C*kh*kw)
         if algorithm == "pointwise":                                         # dx = W^T @ d2, (C, N*H*W)
-            dx = out.reshape(C, -1) if out is not None else None
-            return matmul(self.weight.data.reshape(O, C).T, d2, out=dx).reshape(x.shape)
+            dx = matmul(self.weight.data.reshape(O, C).T, d2, out=None if out is None else out.reshape(C, -1))
+            return dx.reshape(x.shape) if out is None else out
         dcols = matmul(self.weight.data.reshape(O, -1).T, d2)               # (C*kh*kw, N*Ho*Wo)
         return _into(out, col2im(dcols, x.shape, self.kernel_size, self.stride, self.padding, self.dilation))
 

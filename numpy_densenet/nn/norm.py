@@ -120,9 +120,9 @@ class BatchNorm2d(SpatialModule):
         invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)              # (C,)
         scale = self.weight.data * invstd                                    # y = x * scale + shift
         shift = self.bias.data - mean.astype(x.dtype) * scale
-        if out is not None and (out.shape != x.shape or out.dtype != x.dtype):
-            raise ValueError(f"{type(self).__name__}: out must have the input's shape {x.shape} and dtype "
-                             f"{x.dtype}, got {out.shape} {out.dtype}")
+        if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous):
+            raise ValueError(f"{type(self).__name__}: out must be a C-contiguous array of the input's shape "
+                             f"{x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
         x2 = x.reshape(C, M)
         y = np.empty_like(x2) if out is None else out.reshape(C, M)          # (C, M)
 
