@@ -202,3 +202,17 @@ def test_out_arguments_are_checked():
         out = np.empty_like(x)
         assert algorithm_conv.backward_cnhw(d, out=out) is out
         np.testing.assert_allclose(out, plain, rtol=1e-13, atol=1e-13)
+
+
+def test_rejected_out_arguments_change_nothing():
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((4, 2, 3, 3))                               # channel-major
+    bn = nn.BatchNorm2d(4, dtype=np.float64)
+    with pytest.raises(ValueError, match="BatchNorm2d: out must not overlap the input"):
+        bn.forward_cnhw(x, out=x)
+    assert int(bn.num_batches_tracked) == 0                             # running statistics untouched
+    conv = nn.Conv2d(4, 3, 1, dtype=np.float64)                         # with a bias
+    conv.forward_cnhw(x)
+    with pytest.raises(ValueError, match="Conv2d.backward: out must be"):
+        conv.backward_cnhw(np.ones((3, 2, 3, 3)), out=np.empty((4, 2, 3, 3), dtype=np.float32))
+    assert not conv.bias.grad.any() and not conv.weight.grad.any()      # no gradient was added

@@ -196,3 +196,30 @@ def test_a_forked_child_starts_its_own_threads(restore_threads):
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung waiting for threads it does not have")
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_openblas_is_found_without_numpy_config(monkeypatch):
+    """numpy < 1.26 has no numpy.__config__.CONFIG: the library is then looked for directly."""
+    found = threads._find_openblas()
+    monkeypatch.delattr(np.__config__, "CONFIG", raising=False)
+    assert bool(threads._find_openblas()) == bool(found)
+
+
+def test_matmul_rejects_mismatched_inner_dimensions(restore_threads):
+    nn.set_num_threads(2)
+    for split_inner in (False, True):
+        with pytest.raises(ValueError, match=r"matmul: inner dimensions differ, \(64, 4000\) @ \(4100, 9000\)"):
+            threads.matmul(np.ones((64, 4000)), np.ones((4100, 9000)), split_inner=split_inner)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_an_empty_batch_goes_through_every_layer(n, restore_threads):
+    nn.set_num_threads(n)
+    model = densenet_bc(16, 12, dtype=np.float64, seed=0).eval()
+    with nn.no_grad():
+        assert model(np.zeros((0, 3, 32, 32))).shape == (0, 10)
+    for conv_layer, out_channels in ((nn.Conv2d(8, 2, 3, padding=1, dtype=np.float64), 2),           # shift
+                                     (nn.Conv2d(8, 4, 3, stride=2, padding=1, dtype=np.float64), 4)):  # im2col
+        y = conv_layer(np.zeros((0, 8, 6, 6)))
+        assert y.shape[:2] == (0, out_channels)
+        assert conv_layer.backward(np.zeros_like(y)).shape == (0, 8, 6, 6)

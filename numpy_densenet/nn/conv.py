@@ -32,9 +32,10 @@ def conv_output_size(size, kernel, stride, padding, dilation):
 
 def _chunkwise(function, chunks):
     """parallel_for over chunks of images; several chunks run on all threads with OpenBLAS on one thread each,
-    a single chunk runs here and its products are split by :func:`matmul` (or left to OpenBLAS if small)."""
-    if len(chunks) == 1:
-        return [function(chunks[0])]
+    a single chunk (or every chunk, with one thread of ours) runs here and its products go through
+    :func:`matmul` (split between the threads, or left to OpenBLAS as the caller set it)."""
+    if len(chunks) == 1 or get_num_threads() == 1:
+        return [function(chunk) for chunk in chunks]
     with blas_single_threaded():
         return parallel_for(function, chunks)
 
@@ -237,12 +238,12 @@ class Conv2d(SpatialModule):
         C, N, H, W = x.shape
         O = self.out_channels
         dout = check_grad(self, dout, (O, N) + self.output_shape(H, W), self.weight.dtype)
-        if self.bias is not None:
-            self.bias.grad += dout.reshape(O, -1).sum(axis=1)                # sum over N, Ho, Wo
-        algorithm = self.algorithm
         if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous):
             raise ValueError(f"Conv2d.backward: out must be a C-contiguous array of the input's shape {x.shape} "
                              f"and dtype {x.dtype}, got {out.shape} {out.dtype}")
+        if self.bias is not None:
+            self.bias.grad += dout.reshape(O, -1).sum(axis=1)                # sum over N, Ho, Wo
+        algorithm = self.algorithm
         if algorithm == "shift":
             return _into(out, self._shift_backward(x, dout))
         d2 = dout.reshape(O, -1)                                             # (O, N*Ho*Wo)

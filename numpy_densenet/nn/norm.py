@@ -108,6 +108,11 @@ class BatchNorm2d(SpatialModule):
         x = self._check(x)
         C = x.shape[0]
         M = x.size // C                                                      # values per channel
+        if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous):
+            raise ValueError(f"{type(self).__name__}: out must be a C-contiguous array of the input's shape "
+                             f"{x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
+        if out is not None and np.may_share_memory(out, x):
+            raise ValueError(f"{type(self).__name__}: out must not overlap the input, which backward needs")
         if self.training:
             if M <= 1:
                 raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when training, "
@@ -120,9 +125,6 @@ class BatchNorm2d(SpatialModule):
         invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)              # (C,)
         scale = self.weight.data * invstd                                    # y = x * scale + shift
         shift = self.bias.data - mean.astype(x.dtype) * scale
-        if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous):
-            raise ValueError(f"{type(self).__name__}: out must be a C-contiguous array of the input's shape "
-                             f"{x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
         x2 = x.reshape(C, M)
         y = np.empty_like(x2) if out is None else out.reshape(C, M)          # (C, M)
 

@@ -49,7 +49,7 @@ def _find_openblas():
     try:
         name = np.__config__.CONFIG["Build Dependencies"]["blas"]["name"]
     except (AttributeError, KeyError, TypeError):
-        return None
+        name = "openblas?"                               # numpy < 1.26 has no CONFIG: look for the library
     if "openblas" not in str(name).lower():
         return None
     numpy_dir = os.path.dirname(np.__file__)
@@ -159,14 +159,19 @@ def parallel_for(function, items):
         return [function(item) for item in items]
     results = [None] * len(items)
     counter, counter_lock = itertools.count(), threading.Lock()
+    failed = []                                          # after an exception no thread takes a new piece
 
     def work():
-        while True:
+        while not failed:
             with counter_lock:
                 i = next(counter)
             if i >= len(items):
                 return
-            results[i] = function(items[i])
+            try:
+                results[i] = function(items[i])
+            except BaseException:
+                failed.append(i)
+                raise
 
     futures = [_pool().submit(work) for _ in range(threads - 1)]
     _worker.busy = True                                  # a piece that calls parallel_for runs it serially
@@ -181,7 +186,9 @@ def parallel_for(function, items):
 
 def split(n, parts, multiple=1):
     """``parts`` consecutive slices covering range(n), of near-equal lengths that are multiples of ``multiple``
-    (except the last); fewer if n is small."""
+    (except the last); fewer if n is small; ``[slice(0, 0)]`` for n = 0 (an empty batch)."""
+    if n <= 0:
+        return [slice(0, 0)]
     step = -(-n // parts)
     step = -(-step // multiple) * multiple
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
@@ -198,6 +205,8 @@ def matmul(a, b, split_inner=False, out=None):
     """
     m, k = a.shape
     n = b.shape[1]
+    if b.shape[0] != k:
+        raise ValueError(f"matmul: inner dimensions differ, {a.shape} @ {b.shape}")
     length = k if split_inner else n
     parts = min(get_num_threads(), length // MIN_COLUMNS_PER_THREAD)
     if getattr(_worker, "busy", False) or get_num_threads() == 1:
