@@ -261,12 +261,13 @@ def test_batchnorm2d_train_forward_matches_closed_form(data):
     np.testing.assert_allclose(bn(x), expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("layer", [nn.BatchNorm2d, nn.BatchNormReLU2d])
 @given(data=st.data())
-def test_batchnorm2d_gradcheck_train_and_eval(data):
+def test_batchnorm2d_gradcheck_train_and_eval(layer, data):
     rng = draw_rng(data)
     N, C = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
     H, W = data.draw(st.integers(1, 4)), data.draw(st.integers(2, 4))
-    bn = set_params(nn.BatchNorm2d(C, dtype=np.float64), rng)
+    bn = set_params(layer(C, dtype=np.float64), rng)
     bn.running_mean[...] = rng.standard_normal(C)
     bn.running_var[...] = 0.5 + rng.random(C)
     x = rng.standard_normal((N, C, H, W))
@@ -299,18 +300,6 @@ def test_batchnormrelu2d_is_batchnorm2d_then_relu_bit_for_bit(data):
     np.testing.assert_array_equal(fused.bias.grad, plain.bias.grad)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         np.testing.assert_array_equal(getattr(fused, name), getattr(plain, name))
-
-
-@given(data=st.data())
-def test_batchnormrelu2d_gradcheck_train_and_eval(data):
-    rng = draw_rng(data)
-    N, C = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
-    H, W = data.draw(st.integers(1, 4)), data.draw(st.integers(2, 4))
-    bn = set_params(nn.BatchNormReLU2d(C, dtype=np.float64), rng)
-    bn.running_var[...] = 0.5 + rng.random(C)
-    if data.draw(st.booleans(), label="eval"):
-        bn.eval()
-    check_grads(bn, rng.standard_normal((N, C, H, W)), seed=data.draw(st.integers(0, 100)))
 
 
 def test_gradcheck_catches_batchnormrelu2d_backward_without_the_relu_mask():
