@@ -245,7 +245,7 @@ class Conv2d(SpatialModule):
             self.bias.grad += dout.reshape(O, -1).sum(axis=1)                # sum over N, Ho, Wo
         algorithm = self.algorithm
         if algorithm == "shift":
-            return _into(out, self._shift_backward(x, dout))
+            return self._shift_backward(x, dout, out)
         d2 = dout.reshape(O, -1)                                             # (O, N*Ho*Wo)
         cols = x.reshape(C, N * H * W) if algorithm == "pointwise" else \
             im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)    # (C*kh*kw, N*Ho*Wo)
@@ -308,16 +308,17 @@ class Conv2d(SpatialModule):
         _chunkwise(images, self._image_chunks(N, H, W))
         return y
 
-    def _shift_backward(self, x, dout):
+    def _shift_backward(self, x, dout, out=None):
         """G[(i, j, o), q] = dout[o, q - offset(i, j)]; then dW = G @ x^T and dx = W_offsets^T @ G.
 
-        A few images at a time, as forward; the chunks' shares of dW are summed in a fixed order.
+        A few images at a time, as forward; the chunks' shares of dW are summed in a fixed order. dx is written
+        into ``out`` if given.
         """
         C, N, H, W = x.shape
         O, kh, kw = self.out_channels, *self.kernel_size
         Ho, Wo = dout.shape[2:]
         w_offsets = self._offset_weights()                                   # (kh*kw*O, C)
-        dx = np.empty_like(x)
+        dx = np.empty(x.shape, dtype=x.dtype) if out is None else out
 
         def images(n):                                                       # images n
             G = np.zeros((kh, kw, O, n.stop - n.start, H, W), dtype=x.dtype)
