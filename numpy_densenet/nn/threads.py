@@ -105,7 +105,8 @@ def get_num_threads():
 
 
 def set_num_threads(n):
-    """Use ``n`` threads (a positive int) from now on; 1 runs everything in the calling thread."""
+    """Use ``n`` threads (a positive int) from now on; with 1 the layers run in the calling thread and leave
+    the products to OpenBLAS as the caller set it (results equal to rounding for any n)."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
     with _lock:
