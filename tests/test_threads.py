@@ -6,6 +6,8 @@
   results with 1, 2 and 3 threads (element-wise passes bit for bit; products to rounding), and the same
   results twice with the same thread count; element-wise passes done in blocks of channels equal one pass
   over all channels, and the shift convolution's chunks of images equal one chunk;
+* inference (eval mode in no_grad) runs the whole network on pieces of the batch in parallel, and its logits
+  equal a batch forward's; the pieces are used only for inference with more than one thread;
 * set_num_threads rejects what is not a positive int.
 """
 import numpy as np
@@ -223,3 +225,66 @@ def test_an_empty_batch_goes_through_every_layer(n, restore_threads):
         y = conv_layer(np.zeros((0, 8, 6, 6)))
         assert y.shape[:2] == (0, out_channels)
         assert conv_layer.backward(np.zeros_like(y)).shape == (0, 8, 6, 6)
+
+
+def _eval_model_with_running_stats(dtype, seed, **kwargs):
+    """A small DenseNet in eval mode whose BatchNorms have non-trivial running statistics and affine parameters."""
+    from numpy_densenet import DenseNet
+    model = DenseNet(dtype=dtype, seed=seed, **kwargs)
+    rng = np.random.default_rng(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            C = m.num_features
+            m.running_mean[...] = rng.standard_normal(C)
+            m.running_var[...] = rng.uniform(0.5, 2.0, C)
+            m.weight.data[...] = rng.uniform(0.5, 1.5, C)
+            m.bias.data[...] = rng.standard_normal(C) * 0.1
+    return model.eval()
+
+
+@pytest.mark.parametrize("dtype, n, N, kwargs", [
+    (np.float64, 2, 8, dict(growth_rate=4, block_config=(2, 2), num_init_features=8, num_classes=5, stem="cifar")),
+    (np.float64, 3, 7, dict(growth_rate=4, block_config=(2, 1), num_init_features=8, num_classes=5)),   # imagenet stem
+    (np.float32, 2, 6, dict(growth_rate=4, block_config=(3,), num_init_features=8, num_classes=3, stem="cifar",
+                            memory_efficient=False)),
+])
+def test_inference_in_pieces_agrees_with_a_batch_forward(dtype, n, N, kwargs, restore_threads):
+    """Eval mode inside no_grad() runs the network on pieces of the batch in parallel (DenseNet.forward): the
+    logits equal the one-batch forward's (run with gradients enabled, which never uses pieces), image by image
+    in order, to rounding."""
+    nn.set_num_threads(n)
+    model = _eval_model_with_running_stats(dtype, seed=n, **kwargs)
+    size = 16 if kwargs.get("stem") == "cifar" else 32
+    x = np.random.default_rng(N).standard_normal((N, 3, size, size)).astype(dtype)
+    with nn.no_grad():
+        pieces = model.inference_pieces(N)
+    assert pieces is not None and len(pieces) > 1                    # the piece path is the one under test
+    calls = []
+    pooled_features = model._pooled_features
+    object.__setattr__(model, "_pooled_features", lambda x_: calls.append(len(x_)) or pooled_features(x_))
+    with nn.no_grad():
+        pieced = model(x)
+    assert sorted(calls) == sorted(p.stop - p.start for p in pieces)
+    batch = model(x)                                                  # grad enabled: one batch forward
+    assert calls[len(pieces):] == [N]
+    assert pieced.dtype == dtype and pieced.shape == batch.shape
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(pieced, batch, rtol=tol, atol=tol)
+    assert np.abs(batch).max() > 1e-3 and np.ptp(batch, axis=0).max() > 1e-3   # images differ: order is tested
+
+
+def test_inference_pieces_only_for_inference_with_threads(restore_threads):
+    model = densenet_bc(16, 12, dtype=np.float32, seed=0)
+    nn.set_num_threads(2)
+    with nn.no_grad():
+        assert model.inference_pieces(64) is None                     # train mode: batch statistics
+    model.eval()
+    assert model.inference_pieces(64) is None                         # gradients enabled: caches for backward
+    with nn.no_grad():
+        assert model.inference_pieces(64) == [slice(0, 16), slice(16, 32), slice(32, 48), slice(48, 64)]
+        assert model.inference_pieces(2) == [slice(0, 1), slice(1, 2)]
+        assert model.inference_pieces(3) is None                      # 2 pieces + 1: one thread idles half the time
+        assert model.inference_pieces(5) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+        assert model.inference_pieces(1) is None and model.inference_pieces(0) is None
+        nn.set_num_threads(1)
+        assert model.inference_pieces(64) is None
