@@ -55,6 +55,52 @@ def test_shift_and_im2col_algorithms_agree(data):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("C, O, kernel, padding, dilation, N, H, W", [
+    (6, 3, 3, 1, 1, 3, 5, 7),            # DenseNet's 3x3: several images, so reads that wrap cross images too
+    (6, 3, 3, 2, 2, 2, 6, 5),            # dilated
+    (5, 2, 5, 2, 1, 2, 4, 3),            # kernel larger than the image: some offsets only read padding
+    (4, 2, (3, 1), (1, 0), 1, 2, 4, 4),  # non-square kernel
+    (4, 3, (1, 5), (0, 2), 1, 3, 1, 2),  # one-row images
+    (3, 2, 3, 1, 1, 2, 1, 2),            # 1x2 images: the offsets one row up or down read only padding
+    (3, 2, 3, 1, 1, 1, 1, 1),            # one pixel: only the centre offset reaches the output
+])
+@pytest.mark.parametrize("threads, chunk_elements", [(1, 1 << 30), (2, 1 << 30), (2, 1)])
+def test_shift_algorithm_for_same_size_outputs_uses_flat_shifts(C, O, kernel, padding, dilation, N, H, W, threads,
+                                                                 chunk_elements, monkeypatch):
+    """Output as large as the input: the shift algorithm adds each offset's contribution as one slice over
+    the flattened images (Conv2d._flat_shifts), zeroing what would be read across a row's or image's edge.
+    Checked against the loop oracle and the im2col algorithm, forward and backward, in chunks of images too."""
+    from numpy_densenet.nn import conv as conv_module
+    before = nn.get_num_threads()
+    nn.set_num_threads(threads)
+    monkeypatch.setattr(conv_module, "SHIFT_CHUNK_ELEMENTS", chunk_elements)   # 1: one image per chunk (views)
+    used = []
+    flat_shifts = conv_module.Conv2d._flat_shifts
+    monkeypatch.setattr(conv_module.Conv2d, "_flat_shifts", lambda self, h, w: used.append((h, w)) or
+                        flat_shifts(self, h, w))
+    try:
+        rng = np.random.default_rng(C * H + W)
+        x = rng.standard_normal((N, C, H, W))
+        results = {}
+        for algorithm in ("shift", "im2col"):
+            conv = ForcedConv(algorithm, C, O, kernel, padding=padding, dilation=dilation, dtype=np.float64,
+                              generator=np.random.default_rng(0))
+            y = conv(x)
+            assert y.shape == (N, O, H, W)
+            dout = np.random.default_rng(1).standard_normal(y.shape)
+            results[algorithm] = (y, conv.backward(dout), conv.weight.grad.copy(), conv.bias.grad.copy())
+            if algorithm == "shift":
+                chunks = len(conv._image_chunks(N, H, W))
+                assert chunks == (N if chunk_elements == 1 and threads > 1 else 1)
+                assert used.count((H, W)) == 2 * chunks             # forward and backward, each chunk
+    finally:
+        nn.set_num_threads(before)
+    np.testing.assert_allclose(results["shift"][0], conv2d_loop(x, conv.weight.data, conv.bias.data, 1, padding,
+                                                                dilation), rtol=1e-12, atol=1e-12)
+    for a, b in zip(results["shift"], results["im2col"]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_algorithm_choice_follows_the_geometry():
     assert nn.Conv2d(8, 4, 1).algorithm == "pointwise"
     assert nn.Conv2d(48, 12, 3, padding=1).algorithm == "shift"          # DenseNet-BC's 3x3 conv

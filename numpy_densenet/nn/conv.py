@@ -10,7 +10,9 @@
   position, (kh*kw*O, N*H*W); the output is the sum of kh*kw shifted windows of it, each clipped where it
   would read the zero padding (so no padded copy is made). Backward builds the shifted copies of the *output*
   gradient instead of the input. Both copy O*kh*kw rows instead of C*kh*kw, so for O < C far less memory is
-  moved than by im2col.
+  moved than by im2col. When the output is as large as the input (DenseNet's 3x3 convs, padding 1) each
+  window is one long slice over the flattened images, the few values it would read across a row's or an
+  image's edge zeroed first (see ``Conv2d._flat_shifts``): long contiguous adds instead of many short rows.
 """
 from __future__ import annotations
 
@@ -280,6 +282,26 @@ class Conv2d(SpatialModule):
                     inp = (slice(r0 + i * dh - ph, r1 + i * dh - ph), slice(c0 + j * dw - pw, c1 + j * dw - pw))
                     yield i, j, out, inp
 
+    def _flat_shifts(self, H, W):
+        """For a convolution whose output is as large as its input (padding = dilation*(kernel-1)/2): each kernel
+        offset (i, j) that reaches the output, as (i, j, shift, rows, cols).
+
+        Output (h, w) reads input (h + a, w + b), a = i*dh - ph, b = j*dw - pw: over the flattened positions
+        of a chunk of images, output p reads input p + shift with shift = a*W + b, so one long slice per offset
+        does the whole shifted add. Only the input ``rows`` and ``cols`` (slices) would be read across a row's
+        or an image's edge, where the padding is: their values are zeroed first.
+        """
+        (ph, pw), (dh, dw) = self.padding, self.dilation
+        kh, kw = self.kernel_size
+        for i in range(kh):
+            a = i * dh - ph
+            for j in range(kw):
+                b = j * dw - pw
+                if abs(a) < H and abs(b) < W:                                # else it only reads padding
+                    rows = slice(0, a) if a > 0 else slice(H + a, H)         # empty for a = 0
+                    cols = slice(0, b) if b > 0 else slice(W + b, W)
+                    yield i, j, a * W + b, rows, cols
+
     def _image_chunks(self, N, H, W):
         """Slices of a few images each, so that one chunk's (kh*kw*O, images*H*W) offset matrix fits in cache
         (the offsets never reach across images); a single slice of all N if that gives fewer chunks than
@@ -302,6 +324,18 @@ class Conv2d(SpatialModule):
             Y = matmul(w_offsets, x[:, n].reshape(C, -1))                    # (kh*kw*O, images*H*W)
             Y = Y.reshape(kh, kw, O, -1, H, W)
             y[:, n] = 0
+            if (Ho, Wo) == (H, W):                                           # flat shifts: whole rows at once
+                L = Y.shape[3] * H * W
+                yf = y[:, n].reshape(O, L)                                   # (O, images*H*W)
+                for i, j, shift, rows, cols in self._flat_shifts(H, W):
+                    Y[i, j][:, :, rows] = 0                                  # inputs whose reads would wrap
+                    Y[i, j][:, :, :, cols] = 0                               # into the next row or image
+                    Yf = Y[i, j].reshape(O, L)
+                    if shift >= 0:                                           # output p reads input p + shift
+                        yf[:, :L - shift] += Yf[:, shift:]
+                    else:
+                        yf[:, -shift:] += Yf[:, :L + shift]
+                return
             for i, j, (rows, cols), (in_rows, in_cols) in self._offset_ranges(H, W, Ho, Wo):
                 y[:, n, rows, cols] += Y[i, j][:, :, in_rows, in_cols]       # offset (i, j)'s contribution
 
@@ -322,8 +356,20 @@ class Conv2d(SpatialModule):
 
         def images(n):                                                       # images n
             G = np.zeros((kh, kw, O, n.stop - n.start, H, W), dtype=x.dtype)
-            for i, j, (rows, cols), (in_rows, in_cols) in self._offset_ranges(H, W, Ho, Wo):
-                G[i, j][:, :, in_rows, in_cols] = dout[:, n, rows, cols]     # dout shifted by offset (i, j)
+            if (Ho, Wo) == (H, W):                                           # flat shifts, as in forward
+                L = G.shape[3] * H * W
+                df = dout[:, n].reshape(O, L)                                # (O, images*H*W)
+                for i, j, shift, rows, cols in self._flat_shifts(H, W):
+                    Gf = G[i, j].reshape(O, L)                               # input q gets dout at q - shift
+                    if shift >= 0:
+                        Gf[:, shift:] = df[:, :L - shift]
+                    else:
+                        Gf[:, :L + shift] = df[:, -shift:]
+                    G[i, j][:, :, rows] = 0                                  # the reads forward did not make
+                    G[i, j][:, :, :, cols] = 0
+            else:
+                for i, j, (rows, cols), (in_rows, in_cols) in self._offset_ranges(H, W, Ho, Wo):
+                    G[i, j][:, :, in_rows, in_cols] = dout[:, n, rows, cols]  # dout shifted by offset (i, j)
             G = G.reshape(kh * kw * O, -1)                                   # (kh*kw*O, images*H*W)
             dx[:, n] = matmul(w_offsets.T, G).reshape(C, -1, H, W)
             return matmul(G, x[:, n].reshape(C, -1).T, split_inner=True)    # this chunk's dW: (kh*kw*O, C)
