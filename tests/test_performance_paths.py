@@ -262,3 +262,28 @@ def test_rejected_out_arguments_change_nothing():
     with pytest.raises(ValueError, match="Conv2d.backward: out must be"):
         conv.backward_cnhw(np.ones((3, 2, 3, 3)), out=np.empty((4, 2, 3, 3), dtype=np.float32))
     assert not conv.bias.grad.any() and not conv.weight.grad.any()      # no gradient was added
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7,), (3, 5), ((1 << 16) + 5,), (2, 1 << 16, 1)])    # within / across pieces
+@pytest.mark.parametrize("layout", ["contiguous", "in place", "strided"])
+def test_relu_into_equals_maximum_with_zero(dtype, shape, layout):
+    """ReLU (and BatchNormReLU2d) compare contiguous arrays with a block of zeros, piece by piece, instead of
+    the scalar 0 (faster in NumPy): same values, NaN kept, every piece written."""
+    from numpy_densenet.nn.activation import relu_into
+    rng = np.random.default_rng(len(shape))
+    x = rng.standard_normal(shape).astype(dtype)
+    x.reshape(-1)[::97] = np.nan
+    x.reshape(-1)[1::89] = -0.0
+    expected = np.maximum(x, 0)
+    if layout == "strided":
+        big = np.full(shape + (2,), 5.0, dtype=dtype)
+        big[..., 0] = x
+        x, out = big[..., 0], np.full(shape, 7.0, dtype=dtype)
+    elif layout == "in place":
+        out = x
+    else:
+        out = np.full(shape, 7.0, dtype=dtype)
+    assert relu_into(x, out) is out
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == dtype

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import check_grad, check_input, take_cache
+from .activation import relu_into
 from .module import Parameter, SpatialModule, check_float_dtype, saved
 from .threads import MIN_ELEMENTS_TO_SPLIT, get_num_threads, parallel_for
 
@@ -132,7 +133,7 @@ class BatchNorm2d(SpatialModule):
             np.multiply(x2[c], scale[c, None], out=y[c])
             y[c] += shift[c, None]
             if self.relu:
-                np.maximum(y[c], 0, out=y[c])                                # the fused ReLU, while in cache
+                relu_into(y[c], y[c])                                        # the fused ReLU, while in cache
 
         parallel_for(block, channel_blocks(C, M))
         # Cache the input (usually alive anyway: in a dense block it is a view of the block buffer), not xhat;
