@@ -367,10 +367,14 @@ class DenseNet(Module):
 
     def inference_pieces(self, N):
         """The slices of a batch of N images that :meth:`forward` runs as separate pieces, or None for one
-        batch forward: pieces are used in eval mode inside no_grad() with more than one thread, if each
-        thread gets the same number of pieces or at least two (two per thread, for balance, where N allows)."""
+        batch forward: pieces are used inside no_grad() with more than one thread when *every* layer is in
+        eval mode (a BatchNorm left in train mode needs the whole batch's statistics and updates its running
+        ones once per forward; a Dropout in train mode, as in Monte Carlo dropout, draws its masks in order),
+        if each thread gets the same number of pieces or at least two (two per thread where N allows)."""
         threads = get_num_threads()
-        if self.training or is_grad_enabled() or threads == 1 or N < threads or (N % threads and N < 2 * threads):
+        if is_grad_enabled() or threads == 1 or N < threads or (N % threads and N < 2 * threads):
+            return None
+        if any(m.training for m in self.modules()):
             return None
         return split(N, min(N, 2 * threads))
 

@@ -288,3 +288,36 @@ def test_inference_pieces_only_for_inference_with_threads(restore_threads):
         assert model.inference_pieces(1) is None and model.inference_pieces(0) is None
         nn.set_num_threads(1)
         assert model.inference_pieces(64) is None
+
+
+def test_no_pieces_when_some_layer_is_in_train_mode(restore_threads):
+    """A model in eval mode with one BatchNorm back in train mode (test-time adaptation) or with dropout in
+    train mode (Monte Carlo dropout) runs as one batch: one set of batch statistics and one running-statistics
+    update per forward, masks drawn in order -- the same results with 1 and 2 threads, run after run."""
+    x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+
+    def adapted(n):
+        nn.set_num_threads(n)
+        model = densenet_bc(16, 12, dtype=np.float32, seed=0).eval()
+        model.features.norm5.train()
+        with nn.no_grad():
+            assert model.inference_pieces(8) is None
+            return model(x), model.features.norm5.running_mean.copy(), int(model.features.norm5.num_batches_tracked)
+
+    one, two = adapted(1), adapted(2)
+    np.testing.assert_allclose(one[0], two[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(one[1], two[1], rtol=1e-5, atol=1e-6)
+    assert one[2] == two[2] == 1
+
+    def mc_dropout():
+        nn.set_num_threads(2)
+        model = _eval_model_with_running_stats(np.float32, seed=4, growth_rate=4, block_config=(2, 2),
+                                               num_init_features=8, num_classes=5, stem="cifar", drop_rate=0.3)
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.train()
+        with nn.no_grad():
+            assert model.inference_pieces(8) is None
+            return model(x)
+
+    np.testing.assert_array_equal(mc_dropout(), mc_dropout())
