@@ -23,6 +23,9 @@ What is measured
 * --depths: peak memory of densenet_bc(depth, 12) at batch 64 for each depth, one train step each, reported
   against a least-squares line in depth and against naive quadratic growth (every layer storing its own
   concatenated input), both anchored at the first depth.
+* --rounds R: every measurement R times, numpy and torch processes interleaved (the order reversed every other
+  round); time cells are the median of the R run medians, and a table lists each round's numpy/torch ratio
+  (two runs back to back) with their median, the figure least exposed to the machine's drift.
 * --profile: one numpy train step with each leaf layer's forward/backward timed (wrappers set on the model's
   instances; library code untouched), grouped by operation, plus torch.profiler's top ops for the same step.
 """
@@ -55,6 +58,9 @@ threads = 0              # 0: numpy's BLAS thread count; torch gets the same
 depths = ""              # e.g. 100,190,250: memory-vs-depth study of densenet_bc(depth, 12)
 depth_batch = 64
 profile = False          # per-operation profile of one train step of each config (float32)
+rounds = 1               # >1: run every measurement this many times, numpy and torch interleaved (order reversed
+                         # every other round); cells show the median of the rounds' medians, and per-round
+                         # numpy/torch ratios are listed (paired in time, so less exposed to the machine's drift)
 json_out = ""            # write all results to this JSON file
 timeout = 7200           # seconds per subprocess
 # ------------------------------------------------------------------------------------------------------------
@@ -358,6 +364,38 @@ def main_table(results, use_torch, use_me):
     return markdown_table(th, trows), markdown_table(mh, mrows)
 
 
+def merge_rounds(results):
+    """One result from the runs of one measurement in several rounds: median of the rounds' medians, min of
+    all steps, the highest peak memory; each round's own result is kept under "rounds"."""
+    ok = [r for r in results if "error" not in r]
+    if len(results) == 1 or not ok:
+        return results[0]
+    merged = dict(max(ok, key=lambda r: r["peak_mb"]))              # memory fields of the highest peak
+    merged.update(times=[t for r in ok for t in r["times"]],
+                  median_s=statistics.median(r["median_s"] for r in ok), min_s=min(r["min_s"] for r in ok),
+                  rounds=[{k: v for k, v in r.items() if k != "spec"} for r in results])
+    return merged
+
+
+def round_ratio_table(results):
+    """numpy/torch ratio of each round's medians, per (config, dtype, mode), for runs with rounds."""
+    rows = []
+    for n in results:
+        s = n["spec"]
+        if s["framework"] != "numpy" or "rounds" not in n:
+            continue
+        for t in results:
+            ts = t["spec"]
+            if ts["framework"] == "torch" and not ts.get("memory_efficient") and "rounds" in t and \
+                    (ts["name"], ts["dtype"], ts["mode"]) == (s["name"], s["dtype"], s["mode"]):
+                ratios = [a_["median_s"] / b_["median_s"] for a_, b_ in zip(n["rounds"], t["rounds"])
+                          if "median_s" in a_ and "median_s" in b_]
+                if ratios:
+                    rows.append([s["name"], s["dtype"], s["mode"], " ".join(f"{x:.2f}" for x in ratios),
+                                 f"{statistics.median(ratios):.2f}"])
+    return markdown_table(["config", "dtype", "mode", "numpy/torch per round", "median"], rows)
+
+
 def feature_elements(depth, k=12, size=32):
     """(linear, naive) feature-map element counts per image of densenet_bc(depth, k).
 
@@ -431,6 +469,7 @@ def parse_args(argv=None):
     ap.add_argument("--depths", default=depths)
     ap.add_argument("--depth-batch", type=int, default=depth_batch)
     ap.add_argument("--profile", action="store_true", default=profile)
+    ap.add_argument("--rounds", type=int, default=rounds)
     ap.add_argument("--json", dest="json_out", default=json_out)
     ap.add_argument("--src", default="", help="import numpy_densenet from this directory (a snapshot), see common.py")
     ap.add_argument("--timeout", type=int, default=timeout)
@@ -471,12 +510,20 @@ def main(argv=None):
                 specs.append(spec_for(cfg, "numpy", dt, "eval", a))
                 if use_torch:
                     specs.append(spec_for(cfg, "torch", dt, "eval", a))
-            for s in specs:
-                out["results"].append(run_spec(s, a))
+            runs = [[] for _ in specs]
+            for r in range(max(a.rounds, 1)):
+                order = list(range(len(specs))) if r % 2 == 0 else list(reversed(range(len(specs))))
+                for i in order:
+                    runs[i].append(run_spec(specs[i], a))
+            out["results"] += [merge_rounds(rs) for rs in runs]
     if out["results"]:
         t_table, m_table = main_table(out["results"], use_torch, a.torch_me)
-        print("\nTrain step (forward + CrossEntropyLoss + backward) and eval forward, median seconds:\n")
+        print("\nTrain step (forward + CrossEntropyLoss + backward) and eval forward, median seconds"
+              f"{f' (median of {a.rounds} rounds)' if a.rounds > 1 else ''}:\n")
         print(t_table)
+        if a.rounds > 1 and use_torch:
+            print("\nnumpy/torch per round (each round's two runs back to back), and their median:\n")
+            print(round_ratio_table(out["results"]))
         print("\nPeak RSS (ru_maxrss) / baseline after imports+model+batch / delta, MB; one process per cell:\n")
         print(m_table)
     if a.profile:
