@@ -36,7 +36,7 @@ def positive_int(text):
 # -- gradcheck ----------------------------------------------------------------------------------------------
 def layer_cases(rng):
     """(label, module, input) for every layer type at a few small default shapes."""
-    from . import nn
+    from . import fast, nn
     x = lambda *shape: rng.standard_normal(shape)  # noqa: E731
     return [
         ("Conv2d 3x3 pad 1", nn.Conv2d(3, 4, 3, padding=1, generator=rng), x(2, 3, 5, 5)),
@@ -46,7 +46,7 @@ def layer_cases(rng):
                                                            dilation=2, generator=rng), x(2, 2, 6, 7)),
         ("BatchNorm2d (train)", nn.BatchNorm2d(3), x(4, 3, 3, 3)),
         ("BatchNorm2d (eval)", _with_stats(nn.BatchNorm2d(3), rng).eval(), x(4, 3, 3, 3)),
-        ("BatchNormReLU2d (train; a dense layer's BN -> ReLU)", nn.BatchNormReLU2d(3), x(4, 3, 3, 3)),
+        ("BatchNormReLU2d (train; a dense layer's BN -> ReLU)", fast.BatchNormReLU2d(3), x(4, 3, 3, 3)),
         ("ReLU", nn.ReLU(), x(2, 3, 4, 4)),
         ("MaxPool2d 3 stride 2 pad 1", nn.MaxPool2d(3, stride=2, padding=1), x(2, 3, 7, 6)),
         ("AvgPool2d 2 stride 2", nn.AvgPool2d(2), x(2, 3, 6, 5)),

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .data import BatchIterator, DatasetError, channel_stats, load_dataset
+from .nn.module import restore_buffers
 from .io import WeightsFileError, load_npz, save_npz
 from .model import MODELS, DenseNet
 from .nn import CrossEntropyLoss, no_grad
@@ -133,7 +134,7 @@ def first_nonfinite_output(model, x):
                     return name
         return "none (the logits are finite; the loss overflowed)"
     finally:
-        model.load_state_dict(buffers, strict=False)
+        restore_buffers(model, buffers)
 
 
 def evaluate(model, x, y, batch_size=256, mean=None, std=None, num_classes=None):

@@ -83,7 +83,7 @@ class DenseLayer(ChannelMajor, Module):
         if self.bottleneck:
             h = self.conv2.forward_cnhw(self.norm2.forward_cnhw(h))          # BN -> ReLU -> conv: (k, N, H, W)
         if self.drop_rate > 0:
-            h = self.dropout(h)
+            h = swap01(self.dropout(swap01(h)))                          # masks drawn in NCHW order, as plain
         return h
 
     def backward_cnhw(self, dnew, workspace=None):
@@ -92,7 +92,7 @@ class DenseLayer(ChannelMajor, Module):
         ``workspace``: a C-contiguous array of the input's shape where the input gradient is computed and
         returned, instead of new arrays (the block shares one between its layers).
         """
-        d = self.dropout.backward(dnew) if self.drop_rate > 0 else dnew
+        d = swap01(self.dropout.backward(swap01(dnew))) if self.drop_rate > 0 else dnew
         if self.bottleneck:
             d = self.norm2.backward_cnhw(self.conv2.backward_cnhw(d))
         dinput = workspace

@@ -318,6 +318,15 @@ class Module:
         return lines[0] + ")"
 
 
+def restore_buffers(module, buffers):
+    """Put back buffers saved from ``module.named_buffers()`` (a dict name -> array copy), unchecked: for
+    tools that run a forward and leave the model as it was, even one whose statistics are already NaN."""
+    slots = module._state_slots()
+    for key, value in buffers.items():
+        mod, name, _ = slots[key]
+        object.__setattr__(mod, name, np.array(value, copy=True))
+
+
 def _convert(value, dtype, is_variance=False):
     """(problem, array): ``value`` as a new array of ``dtype``, or a description of why it cannot be."""
     try:
