@@ -533,7 +533,7 @@ def explain_block(num_layers=5, growth_rate=4, in_channels=8, bn_size=4, batch=2
     add(f"batch N = {N}, H x W = {size} x {size}, float64, seed {seed}; BatchNorm in {'train' if train else 'eval'} "
         f"mode ({'batch' if train else 'running'} statistics)")
     add(f"each layer H_l: {h}")
-    add(f"arrays are NCHW; channel c of the block output is the first axis-1 index; tier: "
+    add(f"arrays are NCHW: x_i is channels offsets[i]:offsets[i+1] (axis 1) of the block output; tier: "
         f"{'fast (one channel-major buffer)' if fast else 'plain (Concat forward, split backward)'}")
     add("")
 
@@ -555,7 +555,7 @@ def explain_block(num_layers=5, growth_rate=4, in_channels=8, bn_size=4, batch=2
             add(f"  layer {l}: concat{inputs} -> {start} = {k0} + {l - 1}*{k} channels, offsets {off[:l + 1]}; "
                 f"H{l} makes x{l} ({k} channels)")
     out = block(x0)                                             # (N, k0 + L*k, H, W)
-    add(f"  out = concat[{', '.join(names)}]: shape {out.shape}")
+    add(f"  out = concat[{', '.join(names)}]: k0 + L*k = {k0} + {L}*{k} = {off[-1]} channels, shape {out.shape}")
     add("")
 
     # -- backward ---------------------------------------------------------------------------------------
@@ -574,7 +574,7 @@ def explain_block(num_layers=5, growth_rate=4, in_channels=8, bn_size=4, batch=2
         add(f"  layer {j}: dL/dx{j} = grad[:, {start}:{stop}] is complete (consumers {', '.join(consumers)}), "
             f"norm {_g(np.linalg.norm(received[j - 1]))}")
         read = names[0] if j == 1 else f"{names[0]}..{names[j - 1]}"
-        add(f"           backward through H{j}: ({k}, {N}, {size}, {size}) -> dL/d[{read}], "
+        add(f"           backward through H{j}: ({N}, {k}, {size}, {size}) -> dL/d[{read}], "
             f"shape {block.flow[j - 1].shape}, split at offsets {off[:j + 1]}:")
         for i in range(j):
             add(f"             {names[i]} <- channels [{off[i]}:{off[i + 1]}]".ljust(38)

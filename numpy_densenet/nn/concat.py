@@ -55,9 +55,11 @@ class Concat(Module):
             if not isinstance(x, np.ndarray) or x.dtype not in FLOAT_DTYPES:
                 raise TypeError(f"Concat: input {i} must be a float32 or float64 NumPy array, got "
                                 f"{getattr(x, 'dtype', type(x).__name__)}")
-            if x.ndim != 4 or x.shape[0] != xs[0].shape[0] or x.shape[2:] != xs[0].shape[2:]:
-                raise ValueError(f"Concat: all inputs must be 4-D (N, C, H, W) and share N, H and W; input 0 "
-                                 f"has shape {xs[0].shape}, input {i} has {x.shape}")
+            if x.ndim != 4:
+                raise ValueError(f"Concat: input {i} must be 4-D (N, C, H, W), got shape {x.shape}")
+            if x.shape[0] != xs[0].shape[0] or x.shape[2:] != xs[0].shape[2:]:
+                raise ValueError(f"Concat: all inputs must share N, H and W; input 0 has (N, C, H, W) = "
+                                 f"{xs[0].shape}, input {i} has {x.shape}")
             if x.dtype != xs[0].dtype:
                 raise TypeError(f"Concat: input {i} has dtype {x.dtype}, input 0 has {xs[0].dtype}")
         offsets = channel_offsets([x.shape[1] for x in xs])

@@ -73,12 +73,13 @@ class BatchNorm2d(Module):
     def check(self, x, channel_axis):
         """Check the input's channel count and, in train mode, that each channel has more than one value."""
         C = x.shape[channel_axis]
+        nchw = x.shape if channel_axis == 1 else (x.shape[1], x.shape[0]) + x.shape[2:]
         if C != self.num_features:
             raise ValueError(f"{type(self).__name__}: input has {C} channels, expected "
-                             f"num_features={self.num_features}")
+                             f"num_features={self.num_features} (input shape {nchw} as NCHW)")
         if self.training and x.size // C <= 1:
             raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when training, "
-                             f"got {x.size // C}")
+                             f"got input of shape {nchw} (NCHW)")
 
     def update_running_stats(self, mean, var, count):
         """running = (1 - m) running + m batch, with the unbiased variance var * M/(M-1)."""
