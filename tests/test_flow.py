@@ -272,7 +272,7 @@ def test_explain_default(capsys):
     assert "L = 5 layers, growth rate k = 4, on an input x0 of k0 = 8 channels" in out
     assert "tier: plain (Concat forward, split backward)" in out
     assert "layer 3: concat[x0, x1, x2] -> 16 = 8 + 2*4 channels, offsets [0, 8, 12, 16]" in out
-    assert "out = concat[x0, x1, x2, x3, x4, x5]: shape (2, 28, 4, 4)" in out
+    assert "out = concat[x0, x1, x2, x3, x4, x5]: k0 + L*k = 8 + 5*4 = 28 channels, shape (2, 28, 4, 4)" in out
     assert "split at offsets [0, 8, 12, 16, 20, 24]" in out
     assert "floor(0.5*28) = 14" in out
     worst = float(re.search(r"gradient the block used\| over every x_i: (\S+)", out).group(1))
@@ -447,6 +447,20 @@ def test_walkthrough_commands_reproduce_their_output(capsys, tmp_path, monkeypat
         output = capsys.readouterr().out.rstrip("\n").split("\n")
         missing = match_excerpt(expected, output)
         assert missing is None, f"`{command}` no longer prints:\n" + "\n".join(missing)
+
+
+def test_walkthrough_links_point_at_the_code_they_name():
+    """Every link to a line range of the package's code lands on the function the text names."""
+    text = WALKTHROUGH.read_text(encoding="utf-8")
+    links = re.findall(r"\[`([\w./]+)`\]\(\.\./(numpy_densenet/[\w/]+\.py)#L(\d+)-L(\d+)\)", text)
+    assert len(links) >= 3
+    root = WALKTHROUGH.parents[1]
+    for name, path, first, last in links:
+        lines = (root / path).read_text(encoding="utf-8").split("\n")[int(first) - 1:int(last)]
+        assert lines[0].lstrip().startswith("def "), (path, first, lines[0])
+        function = name.rsplit(".", 1)[-1] if not name.endswith(".py") else "backward"
+        assert function in lines[0], (name, path, first, lines[0])
+        assert "return" in lines[-1], (name, path, last, lines[-1])         # the whole function
 
 
 def test_walkthrough_arithmetic():
