@@ -207,6 +207,41 @@ def test_openblas_is_found_without_numpy_config(monkeypatch):
     assert bool(threads._find_openblas()) == bool(found)
 
 
+def test_threadpoolctl_and_the_ctypes_search_control_the_same_blas():
+    """With threadpoolctl installed (the test extra has it) NumPy's BLAS is found through it; the hand-written
+    OpenBLAS search, used without threadpoolctl, finds the same library: a setting made through one is read
+    back through the other."""
+    pytest.importorskip("threadpoolctl")
+    via_threadpoolctl, via_ctypes = threads._find_blas_with_threadpoolctl(), threads._find_openblas()
+    assert via_threadpoolctl is not None and via_ctypes is not None
+    before = via_ctypes[0]()
+    try:
+        for n in (1, 2):
+            via_threadpoolctl[1](n)
+            assert via_ctypes[0]() == n
+            via_ctypes[1](3 - n)
+            assert via_threadpoolctl[0]() == 3 - n
+    finally:
+        via_ctypes[1](before)
+
+
+def test_without_threadpoolctl_the_ctypes_search_is_used(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_threadpoolctl(name, *args, **kwargs):
+        if name == "threadpoolctl":
+            raise ImportError("not installed")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_threadpoolctl)
+    assert threads._find_blas_with_threadpoolctl() is None
+    monkeypatch.setitem(threads._state, "blas", None)
+    found = threads._blas()
+    assert type(found[0]).__name__ == "_FuncPtr"                      # ctypes functions, not threadpoolctl's
+    assert found[0]() == threads._find_openblas()[0]()
+
+
 def test_matmul_rejects_mismatched_inner_dimensions(restore_threads):
     nn.set_num_threads(2)
     for split_inner in (False, True):
