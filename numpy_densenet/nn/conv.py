@@ -5,7 +5,7 @@ patch matrix with one strided-slice copy per kernel offset (a kh x kw loop, no f
 ``cols[n, c, i, j]`` is channel c of image n shifted by kernel offset (i, j), seen at every output position.
 Then the forward pass is one GEMM of the weight, reshaped to (C_out, C_in*kh*kw), with the patch matrix.
 
-Backward is two GEMMs and the adjoint of im2col:
+Backward is two GEMMs and the adjoint of im2col (with dy laid out as (C_out, N*Ho*Wo)):
 
 * dW = dy @ cols^T        (every output position contributes its window, times its gradient)
 * dcols = W^T @ dy        (each window position receives the weight times the output gradient)
@@ -40,21 +40,22 @@ def im2col(x, kernel, stride, padding, dilation):
 
     Returns
     -------
-    cols : ndarray, shape (N, C, kh, kw, Ho, Wo)
-        ``cols[n, c, i, j, h, w] = x_padded[n, c, h*sh + i*dh, w*sw + j*dw]``: the value kernel offset (i, j)
-        sees at output (h, w). Reshaped to (N, C*kh*kw, Ho*Wo) it is one column per output position.
+    cols : ndarray, shape (C, kh, kw, N, Ho, Wo)
+        ``cols[c, i, j, n, h, w] = x_padded[n, c, h*sh + i*dh, w*sw + j*dw]``: the value kernel offset (i, j)
+        sees at output (h, w). Reshaped to (C*kh*kw, N*Ho*Wo) it has one column per output position, and row
+        (c, i, j) matches the weight (C_out, C, kh, kw) reshaped to (C_out, C*kh*kw).
     """
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     Ho = conv_output_size(H, kh, sh, ph, dh)
     Wo = conv_output_size(W, kw, sw, pw, dw)
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))                 # zero padding: (N, C, H+2ph, W+2pw)
-    cols = np.empty((N, C, kh, kw, Ho, Wo), dtype=x.dtype)
+    cols = np.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
             rows = slice(i * dh, i * dh + sh * (Ho - 1) + 1, sh)           # the rows offset i reads
             columns = slice(j * dw, j * dw + sw * (Wo - 1) + 1, sw)
-            cols[:, :, i, j] = xp[:, :, rows, columns]                     # (N, C, Ho, Wo) strided copy
+            cols[:, i, j] = xp[:, :, rows, columns].transpose(1, 0, 2, 3)  # (C, N, Ho, Wo) strided copy
     return cols
 
 
@@ -63,7 +64,7 @@ def col2im(cols, x_shape, stride, padding, dilation):
 
     Parameters
     ----------
-    cols : ndarray, shape (N, C, kh, kw, Ho, Wo)
+    cols : ndarray, shape (C, kh, kw, N, Ho, Wo)
     x_shape : tuple (N, C, H, W)
 
     Returns
@@ -71,14 +72,14 @@ def col2im(cols, x_shape, stride, padding, dilation):
     dx : ndarray, shape (N, C, H, W)
     """
     N, C, H, W = x_shape
-    _, _, kh, kw, Ho, Wo = cols.shape
+    _, kh, kw, _, Ho, Wo = cols.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
             rows = slice(i * dh, i * dh + sh * (Ho - 1) + 1, sh)
             columns = slice(j * dw, j * dw + sw * (Wo - 1) + 1, sw)
-            dxp[:, :, rows, columns] += cols[:, :, i, j]                   # overlapping windows add up
+            dxp[:, :, rows, columns] += cols[:, i, j].transpose(1, 0, 2, 3)   # overlapping windows add up
     return dxp[:, :, ph:ph + H, pw:pw + W].copy()                          # drop the padding's gradient
 
 
@@ -150,14 +151,14 @@ class Conv2d(Module):
         x = check_input(self, x, 4, "(N, C, H, W)", self.weight.dtype)
         Ho, Wo = self.check(x)
         N, O = x.shape[0], self.out_channels
-        cols = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)  # (N, C, kh, kw, Ho, Wo)
-        cols = cols.reshape(N, -1, Ho * Wo)                                 # (N, C*kh*kw, Ho*Wo)
+        cols = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)  # (C, kh, kw, N, Ho, Wo)
+        cols = cols.reshape(-1, N * Ho * Wo)                                # (C*kh*kw, N*Ho*Wo)
         w = self.weight.data.reshape(O, -1)                                 # (O, C*kh*kw)
-        y = np.matmul(w, cols)                                              # (N, O, Ho*Wo): one GEMM per image
+        y = w @ cols                                                        # (O, N*Ho*Wo): one GEMM
         if self.bias is not None:
             y += self.bias.data[:, None]
         self._cache = saved(x)            # the input, not cols (kh*kw times larger): backward rebuilds cols
-        return y.reshape(N, O, Ho, Wo)
+        return np.ascontiguousarray(y.reshape(O, N, Ho, Wo).transpose(1, 0, 2, 3))  # (N, O, Ho, Wo)
 
     def backward(self, dout):
         """dout: (N, C_out, Ho, Wo) -> dx: (N, C_in, H, W); adds into weight.grad and bias.grad."""
@@ -165,12 +166,11 @@ class Conv2d(Module):
         (N, C, H, W), O = x.shape, self.out_channels
         Ho, Wo = self.output_shape(H, W)
         dout = check_grad(self, dout, (N, O, Ho, Wo), self.weight.dtype)
-        cols = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation).reshape(N, -1, Ho * Wo)
-        K = cols.shape[1]                                                   # C*kh*kw
-        dy = dout.reshape(N, O, Ho * Wo)                                    # (N, O, Ho*Wo)
+        dy = dout.transpose(1, 0, 2, 3).reshape(O, N * Ho * Wo)             # (O, N*Ho*Wo), the GEMMs' layout
+        cols = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation).reshape(-1, N * Ho * Wo)
         if self.bias is not None:
-            self.bias.grad += dy.sum(axis=(0, 2))                           # sum over N, Ho, Wo
-        self.weight.grad += np.tensordot(dy, cols, axes=([0, 2], [0, 2])).reshape(self.weight.shape)  # (O, K)
-        dcols = np.matmul(self.weight.data.reshape(O, K).T, dy)             # (N, K, Ho*Wo)
-        dcols = dcols.reshape((N, C) + self.kernel_size + (Ho, Wo))         # (N, C, kh, kw, Ho, Wo)
+            self.bias.grad += dy.sum(axis=1)                                # sum over N, Ho, Wo
+        self.weight.grad += (dy @ cols.T).reshape(self.weight.shape)        # (O, C*kh*kw)
+        dcols = self.weight.data.reshape(O, -1).T @ dy                      # (C*kh*kw, N*Ho*Wo)
+        dcols = dcols.reshape((C,) + self.kernel_size + (N, Ho, Wo))        # (C, kh, kw, N, Ho, Wo)
         return col2im(dcols, x.shape, self.stride, self.padding, self.dilation)   # (N, C, H, W)
