@@ -313,3 +313,21 @@ def test_plain_tier_uses_only_plain_layers_and_concat():
     kinds = {type(x) for x in m.modules()}
     assert nn.Concat in kinds and not any(issubclass(t, fast.ChannelMajor) for t in kinds)
     assert fast_densenet.DenseBlock not in kinds
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_forward_stages_agree_between_tiers(name):
+    """summary's and the NaN locator's stage-by-stage forward: same names, NCHW outputs equal to rounding."""
+    config = dict(MODELS[name])
+    shape = config.pop("shape")
+    plain = DenseNet(**config, dtype=np.float64, seed=3, fast=False).eval()
+    quick = DenseNet(**config, dtype=np.float64, seed=3).eval()
+    x = np.random.default_rng(2).standard_normal(shape)
+    with nn.no_grad():
+        a, b = list(plain.forward_stages(x)), list(quick.forward_stages(x))
+        logits = plain(x)
+    assert [n for n, _, _ in a] == [n for n, _, _ in b]
+    assert any(".denselayer" in n for n, _, _ in a) and a[-1][0] == "classifier"
+    for (n, _, ya), (_, _, yb) in zip(a, b):
+        assert_close(yb, ya, np.float64, n)
+    assert_close(a[-1][2], logits, np.float64, "forward_stages' logits against forward's")

@@ -147,7 +147,12 @@ class DenseBlock(ChannelMajor, Module):
     def layers(self):
         return [getattr(self, f"denselayer{i + 1}") for i in range(self.num_layers)]
 
-    def forward_cnhw(self, x0):
+    def forward_cnhw(self, x0, each_layer=None):
+        """x0: (k0, N, H, W) -> the block buffer [x0 | x1 | ... | xL]: (k0 + L*k, N, H, W).
+
+        ``each_layer(l, view)``, if given, is called after layer l (1-based) with the buffer's first
+        k0 + l*k channels (:meth:`DenseNet.forward_stages` uses it).
+        """
         x0 = check_input(self, x0, 4, "(C, N, H, W)")
         k0, N, H, W = x0.shape
         if k0 != self.num_input_features:
@@ -163,12 +168,14 @@ class DenseBlock(ChannelMajor, Module):
             mean[:k0], var[:k0] = BatchNorm2d.batch_statistics(x0)
         # Memory-efficient layers write their first BN -> ReLU output into one workspace shared by all.
         shared = np.empty((self.offsets[-2], N, H, W), dtype=x0.dtype) if self.memory_efficient else None
-        for layer, start, stop in zip(self.layers(), self.offsets[1:-1], self.offsets[2:]):
+        for l, (layer, start, stop) in enumerate(zip(self.layers(), self.offsets[1:-1], self.offsets[2:]), 1):
             stats = (mean[:start], var[:start]) if share else None
             workspace = shared[:start] if shared is not None else None
             buffer[start:stop] = layer.forward_cnhw(buffer[:start], stats, workspace)  # reads [x0..x(l-1)], writes x_l
             if share:
                 mean[start:stop], var[start:stop] = BatchNorm2d.batch_statistics(buffer[start:stop])
+            if each_layer is not None:
+                each_layer(l, buffer[:stop])
         self._cache = saved((buffer.shape, buffer.dtype))
         return buffer
 
@@ -257,13 +264,10 @@ def forward_stages(model, x):
     h = swap01(x)
     for name, stage in model.features.named_children():
         if isinstance(stage, DenseBlock):
-            buffer = np.empty((stage.num_output_features,) + h.shape[1:], dtype=h.dtype)
-            buffer[:stage.offsets[1]] = h
-            for i, layer in enumerate(stage.layers()):
-                start, stop = stage.offsets[i + 1], stage.offsets[i + 2]
-                buffer[start:stop] = layer.forward_cnhw(buffer[:start])
-                yield f"features.{name}.denselayer{i + 1}", layer, swap01(buffer[:stop])
-            h = buffer
+            seen = []
+            h = stage.forward_cnhw(h, each_layer=lambda l, view: seen.append((l, view)))
+            for l, view in seen:
+                yield f"features.{name}.denselayer{l}", getattr(stage, f"denselayer{l}"), swap01(view)
         else:
             h = stage.forward_cnhw(h)
             yield f"features.{name}", stage, swap01(h)
