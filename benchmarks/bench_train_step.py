@@ -315,7 +315,7 @@ def run_spec(spec, a):
 
 def spec_for(cfg, framework, dtype, mode, a, **extra):
     s = dict(cfg, framework=framework, dtype=dtype, mode=mode, steps=a.steps, warmup=a.warmup, threads=a.nthreads,
-             tier=a.tier)
+             tier=getattr(a, "tier", "fast"))
     s.update(extra)
     return s
 
