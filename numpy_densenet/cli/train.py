@@ -9,7 +9,7 @@ DATASETS = ["digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "npz"]
 
 
 def register(sub):
-    from .cli import add_model_args, nonneg_int, positive_int
+    from .common import add_model_args, nonneg_int, positive_int
     p = sub.add_parser("train", help="train a DenseNet (default: a small DenseNet-BC on the bundled digits)",
                        description="Train a DenseNet. With no options: DenseNet-BC (depth 16, k 12) on the bundled "
                                    "UCI digits for 30 epochs, about a minute on 2 cores.")
@@ -66,9 +66,9 @@ def cmd_train(args, parser):
     """Train; with --resume the run's options come from the checkpoint (options given again must match)."""
     import json
 
-    from .cli import UserError
-    from .io import WeightsFileError, load_npz
-    from .train import TrainConfig, TrainingError, train
+    from .common import UserError
+    from ..io import WeightsFileError, load_npz
+    from ..train import TrainConfig, TrainingError, train
     try:
         if args.resume:
             arrays = load_npz(args.resume, what="checkpoint")
@@ -93,10 +93,10 @@ def cmd_train(args, parser):
 
 
 def _load_for_eval(args, dataset):
-    from .cli import UserError, build_model
-    from .data import channel_stats
-    from .io import load_npz
-    from .train import load_model_file
+    from .common import UserError, build_model
+    from ..data import channel_stats
+    from ..io import load_npz
+    from ..train import load_model_file
     arrays_have_config = "_model_config" in load_npz(args.weights)
     if arrays_have_config:
         model, meta = load_model_file(args.weights)
@@ -108,7 +108,7 @@ def _load_for_eval(args, dataset):
         depth = 16                                              # train's default on the small digits
     model = build_model(args.model, depth, args.growth_rate, num_classes=dataset.num_classes,
                         in_channels=dataset.in_channels)
-    from .io import load_weights
+    from ..io import load_weights
     load_weights(model, args.weights)
     mean, std = channel_stats(dataset.x_train)
     return model, mean, std
@@ -118,7 +118,7 @@ def _trained_on(path):
     """The dataset a weights file written by ``train`` was trained on, or None."""
     import json
 
-    from .io import load_npz
+    from ..io import load_npz
     arrays = load_npz(path)
     if "_train_config" not in arrays:
         return None
@@ -126,9 +126,9 @@ def _trained_on(path):
 
 
 def cmd_evaluate(args):
-    from .cli import UserError
-    from .data import DatasetError, load_dataset
-    from .train import evaluate
+    from .common import UserError
+    from ..data import DatasetError, load_dataset
+    from ..train import evaluate
     try:
         data = load_dataset(args.dataset, args.data_dir)
     except DatasetError as e:
@@ -160,7 +160,7 @@ def cmd_evaluate(args):
 
 def _read_inputs(paths, in_channels):
     """Images from .npy / .png files as float (N, C, H, W) in [0, 1] units, with a label per image."""
-    from .cli import UserError
+    from .common import UserError
     images, labels = [], []
     for path in paths:
         if path.lower().endswith(".npy"):
@@ -211,14 +211,14 @@ def _read_inputs(paths, in_channels):
 
 
 def cmd_predict(args):
-    from .train import load_model_file
+    from ..train import load_model_file
     model, meta = load_model_file(args.weights)
     x, labels = _read_inputs(args.inputs, model.in_channels)
     mean = meta["mean"] if meta["mean"] is not None else np.zeros(model.in_channels)
     std = meta["std"] if meta["std"] is not None else np.ones(model.in_channels)
     x = ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(model.dtype)
-    from .cli import UserError
-    from .nn import no_grad
+    from .common import UserError
+    from ..nn import no_grad
     model.eval()
     try:
         with no_grad():
