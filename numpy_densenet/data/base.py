@@ -11,10 +11,13 @@ Conventions for every :class:`Dataset`:
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from .files import MAX_CLASSES, MAX_IMAGE_PIXELS
 
 __all__ = ["DatasetError", "Dataset", "to_float"]
 
@@ -139,11 +142,30 @@ def _fail(path, problem, hint=None):
 
 def _existing_dir(data_dir, title):
     root = Path(os.path.expanduser(os.fspath(data_dir)))
-    if not root.exists():
-        raise DatasetError(f"{root}: the {title} data directory does not exist.")
-    if not root.is_dir():
+    try:
+        st = os.stat(root)
+    except OSError as e:
+        from .files import _os_problem
+        problem = _os_problem(e).replace("not found (no such file)", "does not exist")
+        raise DatasetError(f"{root}: the {title} data directory {problem}.") from None
+    if not stat.S_ISDIR(st.st_mode):
         raise DatasetError(f"{root}: the {title} data directory is a file, not a folder.")
     return root
+
+
+def _check_label_range(path, labels, what):
+    """Raise DatasetError if a label is at or above ``MAX_CLASSES``: nothing may be sized by such a label."""
+    if labels.size and labels.max() >= MAX_CLASSES:
+        bad = int(np.flatnonzero(labels >= MAX_CLASSES)[0])
+        _fail(path, f"{what!r} holds the label {labels[bad]} at index {bad}; labels must be below "
+                    f"{MAX_CLASSES} (2**16 classes at most)")
+
+
+def _check_pixels(path, shape, what):
+    """Raise DatasetError if one image of an (N, C, H, W) array has more than ``MAX_IMAGE_PIXELS`` pixels."""
+    if shape[2] * shape[3] > MAX_IMAGE_PIXELS:
+        _fail(path, f"{what!r} holds {shape[2]}x{shape[3]} images, more than the limit of {MAX_IMAGE_PIXELS:,} "
+                    "pixels (1024x1024) per image")
 
 
 def _check_labels(path, labels, num_classes, what="label", count=None):

@@ -1,9 +1,12 @@
 """CIFAR-10 and CIFAR-100 from their official *binary* version (the pickled "python version" is refused)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .base import Dataset, DatasetError, _check_labels, _existing_dir, _fail
+from .files import FileFormatError, check_regular_file, format_bytes, memory_budget
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR100_FINE_CLASSES", "CIFAR100_COARSE_CLASSES", "load_cifar10", "load_cifar100"]
 
@@ -134,14 +137,26 @@ def _read_cifar_file(path, labels, official_records):
     Returns ``x`` uint8 (N, 3, 32, 32) and a list of int64 (N,) label arrays, in the order of ``labels``.
     """
     record = len(labels) + _CIFAR_PIXELS
-    if not path.is_file():
+    if not os.path.lexists(path):
         _fail(path, "file not found", f"the official file holds {official_records} records of {record} bytes")
-    size = path.stat().st_size
+    try:
+        size = check_regular_file(path, "CIFAR file")
+    except FileFormatError as e:
+        raise DatasetError(f"{e}.") from None
+    if size > memory_budget():
+        _fail(path, f"is {format_bytes(size)}, more than the memory budget of {format_bytes(memory_budget())}; "
+                    "set NUMPY_DENSENET_MAX_BYTES to allow more")
     if size == 0 or size % record:
         _fail(path, f"size {size} bytes is not a whole, non-zero number of {record}-byte records "
                     f"(the official file is {official_records * record} bytes = {official_records} records); "
                     "the file is truncated or corrupt, download and extract it again")
-    data = np.fromfile(path, dtype=np.uint8).reshape(-1, record)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        _fail(path, f"cannot be read: {e.strerror or e}")
+    if data.size != size:
+        _fail(path, f"changed while it was read ({data.size} of {size} bytes)")
+    data = data.reshape(-1, record)
     ys = []
     for byte, num_classes, what in labels:
         _check_labels(path, data[:, byte], num_classes, what=what)

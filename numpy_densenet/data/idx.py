@@ -1,12 +1,13 @@
 """MNIST and Fashion-MNIST from their official IDX files, gzipped or not."""
 from __future__ import annotations
 
-import gzip
-import zlib
+import math
+import os
 
 import numpy as np
 
 from .base import Dataset, DatasetError, _check_labels, _existing_dir, _fail
+from .files import MAX_IMAGE_PIXELS, FileFormatError, read_gzip
 
 __all__ = ["MNIST_CLASSES", "FASHION_MNIST_CLASSES", "load_mnist"]
 
@@ -85,41 +86,46 @@ def load_mnist(data_dir, variant="mnist") -> Dataset:
 
 
 def _find_idx(folder, stem):
-    """Path of ``stem`` in ``folder``: gzipped or not, and the ``train-images.idx3-ubyte`` spelling too."""
+    """Path of ``stem`` in ``folder``: gzipped or not, and the ``train-images.idx3-ubyte`` spelling too.
+
+    Anything at that path counts (a folder or a broken link too), so that reading it says what is wrong.
+    """
     dotted = stem.replace("-idx", ".idx")
     for fname in (stem, stem + ".gz", dotted, dotted + ".gz"):
-        if (folder / fname).is_file():
+        if os.path.lexists(folder / fname):
             return folder / fname
     return None
 
 
 def _read_idx(path, magic, ndim):
-    """Read an unsigned-byte IDX file (gzipped if its name ends in ``.gz``) and check it fully."""
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:
-        _fail(path, f"cannot be decompressed ({exc}); the download is truncated or corrupt")
+    """Read an unsigned-byte IDX file (gzipped if its name ends in ``.gz``) and check it fully.
+
+    The header is checked first: magic number, no zero dimension, images below ``MAX_IMAGE_PIXELS``, and the
+    data size (computed with Python integers, so no overflow) within the memory budget; then exactly that many
+    bytes are read, decompressing incrementally.
+    """
     header_size = 4 + 4 * ndim
-    if len(raw) < header_size:
-        _fail(path, f"only {len(raw)} bytes, shorter than the {header_size}-byte IDX header")
-    found_magic = int.from_bytes(raw[:4], "big")
-    if found_magic != magic:
-        kind = "images" if magic == _IDX_IMAGES_MAGIC else "labels"
-        _fail(path, f"magic number is {found_magic} (0x{found_magic:08x}), expected {magic} (0x{magic:08x}) for "
-                    f"an IDX file of {kind}; this is not the right file or it is corrupt")
-    dims = tuple(int.from_bytes(raw[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
-    if dims[0] == 0:
-        _fail(path, "header announces 0 items; the file is empty or corrupt")
-    if ndim == 3 and 0 in dims[1:]:
-        _fail(path, f"header gives an image size of {dims[1]}x{dims[2]} pixels")
-    expected = header_size + int(np.prod(dims, dtype=np.int64))
-    if len(raw) != expected:
-        shape = " x ".join(str(d) for d in dims)
-        what = "decompressed size" if path.suffix == ".gz" else "size"
-        _fail(path, f"{what} is {len(raw)} bytes but its header promises {shape} bytes of data, i.e. {expected} "
-                    f"bytes; the file is {'truncated' if len(raw) < expected else 'longer than it should be'}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims).copy()
+    kind = "images" if magic == _IDX_IMAGES_MAGIC else "labels"
+
+    def data_size(header):
+        found_magic = int.from_bytes(header[:4], "big")
+        if found_magic != magic:
+            _fail(path, f"magic number is {found_magic} (0x{found_magic:08x}), expected {magic} (0x{magic:08x}) "
+                        f"for an IDX file of {kind}; this is not the right file or it is corrupt")
+        dims = tuple(int.from_bytes(header[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
+        if dims[0] == 0:
+            _fail(path, "header announces 0 items; the file is empty or corrupt")
+        if ndim == 3 and 0 in dims[1:]:
+            _fail(path, f"header gives an image size of {dims[1]}x{dims[2]} pixels")
+        if ndim == 3 and dims[1] * dims[2] > MAX_IMAGE_PIXELS:
+            _fail(path, f"header gives an image size of {dims[1]}x{dims[2]} pixels, more than the limit of "
+                        f"{MAX_IMAGE_PIXELS:,} (1024x1024)")
+        dims_of[0] = dims
+        return math.prod(dims)
+
+    dims_of = [None]
+    try:
+        _, data = read_gzip(path, header_size, data_size, what=f"{kind} file")
+    except FileFormatError as e:
+        raise DatasetError(f"{e}.") from None
+    return data.reshape(dims_of[0])

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import os
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from .base import Dataset, DatasetError, _check_labels, _fail
+from .base import Dataset, DatasetError, _check_label_range, _check_labels, _check_pixels, _fail
+from .files import MAX_CLASSES, FileFormatError, read_npz
 
 __all__ = ["load_npz"]
 
@@ -50,7 +49,7 @@ def load_npz(path, *, test_fraction=0.2, seed=0) -> Dataset:
     path = Path(os.path.expanduser(os.fspath(path)))
     if path.is_dir():
         _fail(path, "is a folder; for the 'npz' data set give the path of the .npz file itself")
-    arrays = _read_npz(path, required=("x", "y"))
+    arrays = _read_npz(path, required=("x", "y"), optional=("x_test", "y_test", "classes"))
     has_test = ("x_test" in arrays, "y_test" in arrays)
     if any(has_test) and not all(has_test):
         _fail(path, "holds only one of 'x_test' and 'y_test'; give both or neither")
@@ -77,12 +76,14 @@ def load_npz(path, *, test_fraction=0.2, seed=0) -> Dataset:
         if classes.ndim != 1 or classes.dtype.kind not in "US" or classes.size == 0:
             _fail(path, f"'classes' should be a non-empty 1-D array of strings, found {classes.dtype} "
                         f"{classes.shape}")
+        if classes.size > MAX_CLASSES:
+            _fail(path, f"'classes' names {classes.size} classes; at most {MAX_CLASSES} are supported")
         classes = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in classes.tolist())
         num_classes = len(classes)
         for key, labels in (("y", y), ("y_test", y_test)):
             _check_labels(path, labels, num_classes, what=f"{key!r} (with {num_classes} names in 'classes')")
     else:
-        num_classes = int(max(y_train.max(), y_test.max())) + 1
+        num_classes = int(max(y_train.max(), y_test.max())) + 1       # labels are < MAX_CLASSES (checked)
         classes = tuple(str(k) for k in range(num_classes))
     return Dataset(path.stem, x_train, y_train, x_test, y_test, num_classes, classes)
 
@@ -96,8 +97,9 @@ def _npz_images(path, x, key):
             x = x.transpose(0, 3, 1, 2)
     else:
         _fail(path, f"{key!r} should be 3-D (N, H, W) or 4-D (N, C, H, W) / (N, H, W, C), found shape {x.shape}")
-    if x.shape[0] == 0 or 0 in x.shape[2:]:
+    if x.shape[0] == 0 or 0 in x.shape[1:]:
         _fail(path, f"{key!r} is empty (shape {x.shape} after conversion to N, C, H, W)")
+    _check_pixels(path, x.shape, key)
     if x.dtype == np.uint8:
         pass
     elif x.dtype.kind in "iu":
@@ -122,30 +124,22 @@ def _npz_labels(path, y, key, n, x_key):
         _fail(path, f"{key!r} has dtype {y.dtype}; labels must be integers")
     if y.size and y.min() < 0:
         _fail(path, f"{key!r} holds the negative label {y.min()}; labels must be 0 .. num_classes - 1")
+    _check_label_range(path, y, key)
     return y.astype(np.int64)
 
 
-def _read_npz(path, required):
-    """Load every array of an ``.npz`` file into memory (``allow_pickle=False``), checking ``required`` keys."""
-    if not path.is_file():
-        _fail(path, "file not found")
+def _read_npz(path, required, optional=()):
+    """Read the ``required`` and ``optional`` arrays of an ``.npz`` file within the memory budget.
+
+    Declared sizes are checked before anything is read (:func:`numpy_densenet.data.files.read_npz`); other
+    arrays in the file are not read at all. Nothing is unpickled.
+    """
     try:
-        with open(path, "rb") as f:  # our own handle: closed even when np.load fails half-way
-            npz = np.load(f, allow_pickle=False)
-            if not hasattr(npz, "files"):
-                _fail(path, "is a single .npy array, not an .npz archive of named arrays")
-            missing = [k for k in required if k not in npz.files]
-            if missing:
-                _fail(path, f"missing the array(s) {', '.join(map(repr, missing))} (found: "
-                            f"{', '.join(map(repr, npz.files)) or 'none'})")
-            arrays = {k: npz[k] for k in npz.files}
-            npz.close()
-            return arrays
-    except DatasetError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc):
-            _fail(path, "holds object arrays, which would need unpickling; store plain numeric or string arrays")
-        _fail(path, f"is not a valid .npz file ({exc})")
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        _fail(path, f"is not a valid .npz file or is truncated ({type(exc).__name__}: {exc})")
+        arrays = read_npz(path, what="data set", keys=set(required) | set(optional))
+    except FileFormatError as e:
+        raise DatasetError(f"{e}.") from None
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        _fail(path, f"missing the array(s) {', '.join(map(repr, missing))} (found: "
+                    f"{', '.join(map(repr, arrays)) or 'none'})")
+    return arrays
