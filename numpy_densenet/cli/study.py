@@ -142,9 +142,10 @@ def cmd_inspect(args):
 
     dataset = _load_dataset(args)
     model, description, mean, std = _make_model(args, dataset)
+    if dataset.in_channels != model.in_channels:        # checked before normalising with the file's statistics
+        raise UserError(f"the model takes {model.in_channels}-channel images, {dataset.name} has "
+                        f"{dataset.in_channels}; give the data set it was trained on with --dataset / --data-dir")
     x, y = _batch(args, dataset, mean, std)
-    if x.shape[1] != model.in_channels:
-        raise UserError(f"the model takes {model.in_channels}-channel images, {dataset.name} has {x.shape[1]}")
     if y.max() >= model.config["num_classes"]:
         raise UserError(f"the model has {model.config['num_classes']} classes, {dataset.name} has "
                         f"{dataset.num_classes}")

@@ -146,7 +146,7 @@ def _existing_dir(data_dir, title):
         st = os.stat(root)
     except OSError as e:
         from .files import _os_problem
-        problem = _os_problem(e).replace("not found (no such file)", "does not exist")
+        problem = _os_problem(e).replace("does not exist (file not found)", "does not exist")
         raise DatasetError(f"{root}: the {title} data directory {problem}.") from None
     if not stat.S_ISDIR(st.st_mode):
         raise DatasetError(f"{root}: the {title} data directory is a file, not a folder.")

@@ -84,7 +84,7 @@ def _os_problem(exc):
     """What an OSError means for a file that should be read, in words."""
     code = getattr(exc, "errno", None)
     if code == errno.ENOENT:
-        return "not found (no such file)"
+        return "does not exist (file not found)"
     if code == errno.ELOOP:
         return "is a symbolic link loop (or too many nested links), not a file"
     if code == errno.ENOTDIR:
@@ -392,7 +392,8 @@ def open_image(path, mode, what="image"):
     except FileFormatError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise FileFormatError(f"{where} declares too many pixels ({e})") from None
+        raise FileFormatError(f"{where} declares more pixels than the limit of {MAX_IMAGE_PIXELS:,} (1024x1024): "
+                              f"{e}") from None
     except MemoryError:
         raise
     except Exception as e:                          # Pillow raises many kinds (OSError, ValueError, SyntaxError, ...)

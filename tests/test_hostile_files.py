@@ -1,0 +1,280 @@
+"""Hostile files (issue 15): every one ends in one clean error line naming the file, in bounded memory.
+
+The corpus (``tests/hostile.py``) holds the files of the issue's report - tiny files declaring huge sizes, zip
+and gzip bombs, a 69-byte PNG declaring 20000x20000 pixels, IDX headers overflowing int64, NaN / negative-variance
+/ int / complex weights, 25 kinds of malformed metadata, folders and link loops where files should be - and
+runs each through the command line. They all run in one subprocess under an address-space limit, which reports
+its peak resident memory. A hypothesis fuzz suite then runs every parser on random, truncated and mutated
+bytes: each either returns or raises its documented error, nothing else.
+"""
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hostile import build_corpus, idx_bytes, npy_bytes, npz_bytes, png_declaring, tiny_model_arrays
+
+from numpy_densenet.data import DatasetError, load_dataset
+from numpy_densenet.data.files import FileFormatError, open_image, read_gzip, read_npy, read_npz
+from numpy_densenet.io import WeightsFileError, load_npz
+from numpy_densenet.train import load_model_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEAK_LIMIT_MB = 400          # the corpus used to reach 22.8 GB; importing numpy and building a tiny model is ~100 MB
+
+DRIVER = textwrap.dedent("""
+    import contextlib, io, json, resource, sys
+    resource.setrlimit(resource.RLIMIT_AS, (3 * 2 ** 30, 3 * 2 ** 30))   # a safety net: 3 GiB of address space
+    from numpy_densenet.cli import main
+    results = []
+    for name, argv, fragments in json.load(open(sys.argv[1])):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except BaseException as e:                      # anything escaping main() is a failure
+                code = f"escaped {type(e).__name__}: {e}"
+        results.append(dict(name=name, code=code, stdout=out.getvalue(), stderr=err.getvalue(),
+                            fragments=fragments))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    json.dump(dict(results=results, peak_mb=peak_mb), open(sys.argv[2], "w"))
+""")
+
+
+@pytest.fixture(scope="module")
+def corpus_results(tmp_path_factory):
+    pytest.importorskip("PIL")
+    root = tmp_path_factory.mktemp("hostile")
+    cases = build_corpus(root / "files")
+    (root / "cases.json").write_text(json.dumps(cases))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               NUMPY_DENSENET_MAX_BYTES=str(2 ** 30), OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(root / "cases.json"), str(root / "results.json")],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((root / "results.json").read_text())
+
+
+def test_every_hostile_file_ends_in_one_clean_error_line(corpus_results):
+    bad = []
+    for r in corpus_results["results"]:
+        message = r["stderr"].strip()
+        problems = []
+        if r["code"] != 2:
+            problems.append(f"exit status {r['code']}")
+        if "Traceback" in r["stderr"] + r["stdout"] or len(message.splitlines()) != 1:
+            problems.append("not one line")
+        if not message.startswith("numpy-densenet ") or ": error: " not in message:
+            problems.append("not an error line")
+        problems += [f"lacks {f!r}" for f in r["fragments"] if f not in message]
+        if "(nan)" in r["stdout"]:
+            problems.append("printed a nan probability")
+        if problems:
+            bad.append((r["name"], problems, message[:300]))
+    assert not bad, "\n".join(map(str, bad))
+    assert len(corpus_results["results"]) >= 50
+
+
+def test_the_hostile_corpus_runs_in_bounded_memory(corpus_results):
+    print(f"\nhostile corpus: {len(corpus_results['results'])} command lines, all clean errors; "
+          f"peak RSS {corpus_results['peak_mb']:.0f} MB")
+    assert corpus_results["peak_mb"] < PEAK_LIMIT_MB
+
+
+# -- fuzzing every parser ----------------------------------------------------------------------------------------
+COUNTS = {}
+
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _count(parser, clean):
+    tried, errors = COUNTS.get(parser, (0, 0))
+    COUNTS[parser] = (tried + 1, errors + int(clean))
+
+
+def mutate(seed_bytes, data):
+    """A truncated, bit-flipped, spliced or random variant of ``seed_bytes``."""
+    how = data.draw(st.sampled_from(["truncate", "flip", "splice", "random", "header"]))
+    b = bytearray(seed_bytes)
+    if how == "truncate":
+        return bytes(b[:data.draw(st.integers(0, len(b)))])
+    if how == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, len(b) - 1))
+            b[i] ^= 1 << data.draw(st.integers(0, 7))
+        return bytes(b)
+    if how == "splice":
+        i = data.draw(st.integers(0, len(b)))
+        return bytes(b[:i]) + data.draw(st.binary(max_size=64)) + bytes(b[i:])
+    if how == "header":
+        i = data.draw(st.integers(0, min(len(b), 128) - 1))
+        return bytes(b[:i]) + data.draw(st.binary(min_size=1, max_size=16)) + bytes(b[i + 1:])
+    return data.draw(st.binary(max_size=512))
+
+
+def _seed_npz():
+    return npz_bytes(x=np.arange(96, dtype=np.uint8).reshape(2, 3, 4, 4), y=np.array([0, 1]),
+                     classes=np.array(["a", "b"]))
+
+
+def _seed_weights():
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, **tiny_model_arrays())
+    return buf.getvalue()
+
+
+SEEDS = {}
+
+
+def seed(name):
+    if name not in SEEDS:
+        SEEDS[name] = {"npz": _seed_npz, "weights": _seed_weights,
+                       "npy": lambda: npy_bytes((2, 3), "<f8", data=np.arange(6.0).tobytes()),
+                       "idx": lambda: idx_bytes(2051, (2, 3, 3), bytes(range(18))),
+                       "png": lambda: _png_bytes()}[name]()
+    return SEEDS[name]
+
+
+def _png_bytes():
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (5, 4), (10, 20, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run_parser(parser, path):
+    """Run one parser on a file; True for its documented clean error, False for success; anything else raises."""
+    try:
+        if parser == "read_npz":
+            read_npz(path, budget=2 ** 24)
+        elif parser == "read_npy":
+            read_npy(path, budget=2 ** 24)
+        elif parser == "load_npz data set":
+            load_dataset("npz", path)
+        elif parser == "load_npz weights":
+            load_npz(path)
+        elif parser == "load_model_file":
+            load_model_file(path)
+        elif parser == "read_gzip idx":
+            read_gzip(path, 16, lambda h: struct.unpack(">I", h[4:8])[0] * 9, budget=2 ** 24)
+        elif parser == "open_image":
+            open_image(path, "RGB")
+    except (FileFormatError, DatasetError, WeightsFileError):
+        return True
+    return False
+
+
+PARSERS = [("read_npz", "npz"), ("read_npy", "npy"), ("load_npz data set", "npz"), ("load_npz weights", "weights"),
+           ("load_model_file", "weights"), ("read_gzip idx", "idx"), ("open_image", "png")]
+
+
+@pytest.mark.parametrize("parser, kind", PARSERS)
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_bytes_give_a_result_or_the_documented_error(parser, kind, data, tmp_path):
+    if kind == "png":
+        pytest.importorskip("PIL")
+    raw = mutate(seed(kind), data)
+    path = tmp_path / ("f.npy.gz" if parser == "read_gzip idx" and data.draw(st.booleans()) else "f.bin")
+    if path.name.endswith(".gz"):
+        import gzip
+        raw = gzip.compress(raw)
+    path.write_bytes(raw)
+    _count(parser, run_parser(parser, str(path)))
+
+
+def test_fuzz_counts():
+    """Report what the fuzz tests tried (run with -s to see it); every case was a result or a clean error."""
+    if not COUNTS:
+        pytest.skip("run together with the fuzz tests")
+    total = sum(t for t, _ in COUNTS.values())
+    errors = sum(e for _, e in COUNTS.values())
+    print(f"\nfuzz: {total} cases over {len(COUNTS)} parsers, {errors} clean errors, {total - errors} parsed; "
+          + ", ".join(f"{k} {t}/{e}" for k, (t, e) in sorted(COUNTS.items())))
+    assert total >= len(PARSERS) * 20
+
+
+# -- specific formats ------------------------------------------------------------------------------------------
+def test_npy_declared_size_checked_before_reading(tmp_path):
+    path = tmp_path / "huge.npy"
+    path.write_bytes(npy_bytes((2 ** 40,), "<f8"))
+    with pytest.raises(FileFormatError, match="truncated"):
+        read_npy(path)
+    path.write_bytes(npy_bytes((2 ** 62, 2 ** 62), "<f8"))             # overflows int64: seen at its true size
+    with pytest.raises(FileFormatError, match="truncated"):
+        read_npy(path)
+    path.write_bytes(npy_bytes((4,), "|O"))
+    with pytest.raises(FileFormatError, match="object arrays"):
+        read_npy(path)
+
+
+def test_npz_member_over_the_budget_is_refused_before_reading(tmp_path):
+    path = tmp_path / "a.npz"
+    np.savez(path, a=np.zeros(1000), b=np.zeros(1000))
+    assert set(read_npz(path, budget=16000)) == {"a", "b"}
+    with pytest.raises(FileFormatError, match="memory budget") as e:
+        read_npz(path, budget=12000)
+    assert "'b'" in str(e.value) and "8000 bytes already read" in str(e.value).replace("7.8 KiB", "8000 bytes")
+
+
+def test_round_trips_match_numpy(tmp_path):
+    """The bounded reader returns what np.load returns: dtypes, byte order, Fortran order, strings, 0-d."""
+    arrays = dict(f=np.asfortranarray(np.arange(12.0).reshape(3, 4)), be=np.arange(5, dtype=">i4"),
+                  s=np.array(["ab", "c"]), b=np.array([b"x", b"yz"]), z=np.array(3.5), e=np.zeros((0, 3)),
+                  c=np.array([1 + 2j]), t=np.arange(24, dtype=np.uint16).reshape(2, 3, 4).transpose(2, 0, 1))
+    for compress in (np.savez, np.savez_compressed):
+        compress(tmp_path / "a.npz", **arrays)
+        got = read_npz(tmp_path / "a.npz")
+        with np.load(tmp_path / "a.npz") as ref:
+            for k in arrays:
+                assert got[k].dtype == ref[k].dtype and got[k].shape == ref[k].shape
+                np.testing.assert_array_equal(got[k], ref[k])
+    np.save(tmp_path / "a.npy", arrays["f"])
+    np.testing.assert_array_equal(read_npy(tmp_path / "a.npy"), arrays["f"])
+    np.testing.assert_array_equal(read_npy(tmp_path / "a.npy", mmap=True), arrays["f"])
+
+
+def test_png_declaring_too_many_pixels_is_refused_from_its_header(tmp_path):
+    pytest.importorskip("PIL")
+    path = tmp_path / "a.png"
+    path.write_bytes(png_declaring(2000, 2000))
+    assert path.stat().st_size < 100
+    from PIL import Image
+    before = Image.MAX_IMAGE_PIXELS
+    for width in (2000, 1100):                      # above twice Pillow's limit (an error), and between (a warning)
+        path.write_bytes(png_declaring(width, width))
+        with pytest.raises(FileFormatError, match=r"1024x1024.*\(%d pixels\)" % (width * width)):
+            open_image(path, "L")
+    assert Image.MAX_IMAGE_PIXELS == before                              # Pillow's global setting is restored
+
+
+def test_object_member_in_npz_is_refused_without_reading_other_members(tmp_path):
+    path = tmp_path / "o.npz"
+    np.savez(path, y=np.array([0, 1]), objects=np.array([{"a": 1}], dtype=object))
+    assert set(read_npz(path, keys={"y"})) == {"y"}                     # not read at all
+    with pytest.raises(FileFormatError, match="object arrays"):
+        read_npz(path)
+
+
+def test_zip_with_a_non_npy_member_and_a_lying_size(tmp_path):
+    path = tmp_path / "z.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("notes.txt", "hello")
+    with pytest.raises(FileFormatError, match="not a .npy array"):
+        read_npz(path)
+    with pytest.raises(FileFormatError, match="single .npy"):
+        p = tmp_path / "single.npz"
+        np.save(tmp_path / "single.npy", np.zeros(3))
+        os.replace(tmp_path / "single.npy", p)
+        read_npz(p)
