@@ -389,7 +389,7 @@ class Run:
         def part(prefix):
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
-        check_state_values(part("model."), path, "checkpoint")
+        check_state_values({k: v for k, v in arrays.items() if k.startswith("model.")}, path, "checkpoint")
         gens = [m.generator for m in self.model.modules() if hasattr(m, "generator")]
         if len(state["dropout_rng_states"]) != len(gens):
             raise WeightsFileError(f"checkpoint {os.fspath(path)!r} has {len(state['dropout_rng_states'])} dropout "
