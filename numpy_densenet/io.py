@@ -45,6 +45,8 @@ def atomic_write(path, write, mode="wb"):
         os.replace(tmp, path)
         tmp = None
     except OSError as e:
+        if e.errno is None:
+            raise
         raise type(e)(e.errno, e.strerror, path) from None
     finally:
         if tmp is not None:

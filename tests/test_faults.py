@@ -405,3 +405,26 @@ def test_object_arrays_are_never_unpickled_on_any_path(data, reference, tmp_path
     with pytest.raises(DatasetError, match="object arrays"):
         load_dataset("npz", files["data"])
     assert not canary.exists()
+
+
+# -- many classes ------------------------------------------------------------------------------------------------
+def test_many_classes_train_and_evaluate_without_a_k_by_k_matrix(tmp_path):
+    """Labels up to 2**16 - 1 are accepted; evaluate then keeps per-class counts, not a K x K matrix."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (24, 1, 6, 6)).astype(np.uint8)
+    y = np.arange(24) % 3
+    y[-1] = 2 ** 16 - 1
+    np.savez(tmp_path / "many.npz", x=x, y=y)
+    out = tmp_path / "run"
+    code, _, stderr = cli(["train", "--dataset", "npz", "--data-dir", tmp_path / "many.npz", "--depth", 10,
+                           "--growth-rate", 4, "--batch-size", 8, "--epochs", 1, "--out", out])
+    assert code == 0, stderr
+    code, stdout, stderr = cli(["evaluate", "--weights", out / "best.npz", "--dataset", "npz", "--data-dir",
+                                tmp_path / "many.npz"])
+    assert code == 0, stderr
+    assert "no confusion matrix printed: 65536 classes" in stdout
+    assert len(stdout.splitlines()) < 20                                 # only the classes present are listed
+    y[-1] = 2 ** 16
+    np.savez(tmp_path / "too_many.npz", x=x, y=y)
+    code, _, stderr = cli(["train", "--dataset", "npz", "--data-dir", tmp_path / "too_many.npz", "--out", out])
+    error_line(code, stderr, "65536", "too_many.npz")

@@ -69,6 +69,9 @@ class Dataset:
     classes: tuple = field(default=())
 
     def __post_init__(self):
+        if not isinstance(self.num_classes, (int, np.integer)) or isinstance(self.num_classes, bool) or \
+                not 1 <= self.num_classes <= MAX_CLASSES:
+            raise ValueError(f"num_classes must be an integer in 1..{MAX_CLASSES}, got {self.num_classes!r}")
         self.classes = tuple(str(c) for c in self.classes) or tuple(str(k) for k in range(self.num_classes))
         for split in ("train", "test"):
             x, y = getattr(self, "x_" + split), getattr(self, "y_" + split)

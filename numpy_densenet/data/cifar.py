@@ -109,7 +109,7 @@ def load_cifar100(data_dir, label_mode="fine") -> Dataset:
 def _find_cifar_folder(data_dir, title, bin_dir, marker, py_dir, py_markers, archive):
     """Return the folder holding the binary files: ``data_dir`` itself or ``data_dir / bin_dir``."""
     root = _existing_dir(data_dir, title)
-    if (root / marker).is_file():
+    if os.path.lexists(root / marker):           # a link loop or folder there is reported when read
         return root
     if (root / bin_dir).is_dir():
         return root / bin_dir

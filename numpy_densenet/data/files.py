@@ -162,8 +162,8 @@ def read_npy_header(f, where):
     except (TypeError, ValueError, KeyError, SyntaxError):
         raise FileFormatError(f"{where} has a malformed .npy header: dtype {header['descr']!r}") from None
     if dtype.hasobject:
-        raise FileFormatError(f"{where} holds object arrays (Python objects), which would need unpickling; they "
-                              "are never loaded. Store plain numeric or string arrays")
+        raise FileFormatError(f"{where} holds object arrays (pickled Python objects), which are never unpickled; "
+                              "store plain numeric or string arrays")
     if dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None or dtype.subdtype is not None or \
             dtype.itemsize == 0:
         raise FileFormatError(f"{where} has dtype {dtype}; only plain numbers and strings are read")

@@ -1,4 +1,4 @@
-"""Generic data sets stored in ``.npz`` files, read with ``allow_pickle=False``."""
+"""Generic data sets stored in ``.npz`` files, read within the memory budget and never unpickled."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,7 @@ __all__ = ["load_npz"]
 
 
 def load_npz(path, *, test_fraction=0.2, seed=0) -> Dataset:
-    """A data set stored in a ``.npz`` file (read with ``allow_pickle=False``).
+    """A data set stored in a ``.npz`` file (never unpickled; sizes checked before reading, see :mod:`.files`).
 
     Keys
     ----
@@ -23,7 +23,7 @@ def load_npz(path, *, test_fraction=0.2, seed=0) -> Dataset:
         **Layout rule** for 4-D arrays: channels-last when the last dimension is 1 or 3 and the second is
         not (so ``(N, 32, 32, 3)`` and ``(N, 28, 28, 1)`` are transposed to NCHW), channels-first otherwise;
         an ambiguous shape such as ``(N, 3, 3, 3)`` is read as channels-first.
-    ``y`` : (N,) integers >= 0
+    ``y`` : (N,) integers in 0 .. 65535 (``MAX_CLASSES`` - 1)
     ``x_test``, ``y_test`` : optional, same conventions; give both or neither.
     ``classes`` : optional 1-D array of strings, the class names; then labels must be ``< len(classes)``.
 
