@@ -207,7 +207,6 @@ def build_corpus(root):
     empty = p("empty.npy")
     np.save(empty, np.zeros((0, 8, 8), np.uint8))
     cases.append(("empty_npy", ["predict", "--weights", weights, empty], (empty, "no images")))
-    cases.append(("memory_error", ["summary", "densenet121", "--image-size", "8192"], ("out of memory",)))
     cases.append(("momentum_2", ["train", "--momentum", "2", "--epochs", "1", "--out", p("o_m")], ("--momentum",)))
     cases.append(("out_empty", ["train", "--out", ""], ("--out",)))
 

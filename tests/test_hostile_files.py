@@ -89,10 +89,25 @@ def test_the_hostile_corpus_runs_in_bounded_memory(corpus_results):
     assert corpus_results["peak_mb"] < PEAK_LIMIT_MB
 
 
+def test_memory_error_ends_in_one_clean_line(tmp_path):
+    """Running out of memory (here: a 1 GiB address-space limit and a 8192x8192 image) is one line, exit 2."""
+    driver = textwrap.dedent("""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, (2 ** 30, 2 ** 30))
+        from numpy_densenet.cli import main
+        sys.exit(main(["summary", "densenet121", "--image-size", "8192"]))
+    """)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", driver], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("numpy-densenet summary: error: out of memory"), proc.stderr
+
+
 # -- fuzzing every parser ----------------------------------------------------------------------------------------
 COUNTS = {}
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 

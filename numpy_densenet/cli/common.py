@@ -33,9 +33,9 @@ def add_model_args(p, default="densenet_bc", given_only=False):
     p.add_argument("--model", default=argparse.SUPPRESS if given_only else default,
                    choices=["densenet121", "densenet161", "densenet169", "densenet201", "densenet_bc", "densenet"],
                    help=f"architecture (default: {default})")
-    p.add_argument("--depth", type=positive_int, default=unset,
+    p.add_argument("--depth", type=int, default=unset,
                    help="depth L of densenet_bc / densenet (default 100 / 40; 16 on digits)")
-    p.add_argument("--growth-rate", type=positive_int, default=unset, help="k of densenet_bc / densenet (default 12)")
+    p.add_argument("--growth-rate", type=int, default=unset, help="k of densenet_bc / densenet (default 12)")
 
 
 def build_model(name, depth=None, growth_rate=None, num_classes=None, **kwargs):
