@@ -213,6 +213,7 @@ def load_model_file(path, dtype=None):
         raise WeightsFileError(f"weights file {os.fspath(path)!r} has no model description (_model_config): it was "
                                f"not written by `numpy-densenet train`. Converted torchvision weights can be "
                                f"evaluated with --model, or loaded from Python with numpy_densenet.io.load_weights")
+    check_metadata_keys(arrays, path)
     prefix = "model." if any(k.startswith("model.") for k in arrays) else ""
     cfg = model_config_from_arrays(arrays, path, prefix=prefix)
     state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix) and not k[len(prefix):].startswith("_")
@@ -246,6 +247,17 @@ def load_model_file(path, dtype=None):
 
 
 TRAIN_CONFIG_FIELDS = tuple(f.name for f in fields(TrainConfig))
+METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
+METADATA_KEYS = {"_model_config", "_train_config", "_mean", "_std", "_classes"}
+
+
+def check_metadata_keys(arrays, path, what="weights file"):
+    """Refuse metadata (``_``-prefixed) or checkpoint entries this version does not know (a newer file)."""
+    unknown = [k for k in arrays if (k.startswith("_") and k not in METADATA_KEYS)
+               or (k.startswith("run.") and k != "run.state")]
+    if unknown:
+        raise WeightsFileError(f"{what} {os.fspath(path)!r} has entries this version does not know: "
+                               f"{', '.join(unknown[:5])}; it was written by a newer numpy_densenet")
 RUN_STATE_KEYS = {"version", "epoch", "step", "sums", "history", "best_acc", "epoch_rng_state",
                   "dropout_rng_states"}
 
@@ -284,7 +296,9 @@ def run_state_from_arrays(arrays, path):
           and all(isinstance(v, (int, float)) for v in state["sums"]) and isinstance(state["history"], list)
           and all(isinstance(r, dict) for r in state["history"]) and len(state["history"]) == state["epoch"]
           and isinstance(state["best_acc"], (int, float)) and isinstance(state["epoch_rng_state"], dict)
-          and isinstance(state["dropout_rng_states"], list))
+          and isinstance(state["dropout_rng_states"], list)
+          and all(set(r) == METRIC_KEYS and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 for v in r.values()) for r in state["history"]))
     if not ok:
         raise WeightsFileError(f"{where}: run.state holds malformed values (epoch, step, sums, history, ...)")
     return state
@@ -378,6 +392,7 @@ class Run:
         if "run.state" not in arrays or "_train_config" not in arrays:
             raise WeightsFileError(f"checkpoint {os.fspath(path)!r} is not a training checkpoint (no run.state); "
                                    f"weights-only files can be evaluated, not resumed")
+        check_metadata_keys(arrays, path, "checkpoint")
         state = run_state_from_arrays(arrays, path)
         saved = train_config_from_arrays(arrays, path)
         mine = asdict(self.config)
@@ -390,6 +405,10 @@ class Run:
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
         check_state_values({k: v for k, v in arrays.items() if k.startswith("model.")}, path, "checkpoint")
+        if state["epoch"] > self.config.epochs or state["step"] > len(self.batches):
+            raise WeightsFileError(f"checkpoint {os.fspath(path)!r} is at epoch {state['epoch']}, step "
+                                   f"{state['step']}, outside this run's {self.config.epochs} epochs of "
+                                   f"{len(self.batches)} steps")
         gens = [m.generator for m in self.model.modules() if hasattr(m, "generator")]
         if len(state["dropout_rng_states"]) != len(gens):
             raise WeightsFileError(f"checkpoint {os.fspath(path)!r} has {len(state['dropout_rng_states'])} dropout "

@@ -348,6 +348,13 @@ def test_resume_keeps_options_refuses_conflicts_and_checks_the_version(data, ref
     error_line(*cli(["train", "--resume", unknown])[::2], "colour", "newer numpy_densenet")
     bad_state = edit("bad_state", set_json("run.state", epoch="two"))
     error_line(*cli(["train", "--resume", bad_state])[::2], "run.state")
+    rows = edit("rows", set_json("run.state", history=[{"epoch": 1}, {"epoch": 2}]))
+    error_line(*cli(["train", "--resume", rows])[::2], "run.state")
+    step = edit("step", set_json("run.state", step=99))
+    error_line(*cli(["train", "--resume", step])[::2], "step 99")
+    extra = edit("extra", lambda a: a.__setitem__("_provenance", np.array("x")))
+    error_line(*cli(["train", "--resume", extra])[::2], "_provenance", "newer numpy_densenet")
+    error_line(*cli(["predict", "--weights", extra, tmp_path / "x.npy"])[::2], "_provenance")
     nan = edit("nan", lambda a: a["model.classifier.weight"].__setitem__((0, 0), np.nan))
     error_line(*cli(["train", "--resume", nan])[::2], "model.classifier.weight", "finite")
 
@@ -428,3 +435,33 @@ def test_many_classes_train_and_evaluate_without_a_k_by_k_matrix(tmp_path):
     np.savez(tmp_path / "too_many.npz", x=x, y=y)
     code, _, stderr = cli(["train", "--dataset", "npz", "--data-dir", tmp_path / "too_many.npz", "--out", out])
     error_line(code, stderr, "65536", "too_many.npz")
+
+
+# -- permission denied -------------------------------------------------------------------------------------------
+def test_unreadable_files_and_unwritable_out_are_one_line(data, reference, tmp_path, monkeypatch):
+    """Real permissions when not root; as root (who may read anything) EACCES is simulated at the system call."""
+    weights = tmp_path / "weights.npz"
+    shutil.copy(os.path.join(reference, "best.npz"), weights)
+    locked_out = tmp_path / "locked"
+    locked_out.mkdir()
+    if os.getuid() != 0:
+        weights.chmod(0)
+        locked_out.chmod(0o500)
+    else:
+        real_access, real_open = os.access, os.open
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(weights)
+                            else real_access(p, mode, **kw))
+
+        def fake_open(path, flags, *args, **kw):
+            if str(path).startswith(str(locked_out)):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_open(path, flags, *args, **kw)
+        monkeypatch.setattr(os, "open", fake_open)
+    try:
+        error_line(*cli(["predict", "--weights", weights, tmp_path / "x.npy"])[::2], str(weights),
+                   "permission denied")
+        error_line(*cli(["evaluate", "--weights", weights])[::2], str(weights), "permission denied")
+        error_line(*cli(train_argv(data, locked_out))[::2], str(locked_out), "EACCES")
+    finally:
+        weights.chmod(0o644)
+        locked_out.chmod(0o755)
