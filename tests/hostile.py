@@ -141,11 +141,14 @@ def build_corpus(root):
     wbomb = write_zip(p("zip_bomb_weights.npz"), {"classifier.weight": lambda f: (
         f.write(npy_bytes((2 ** 24, 4), "<f4")), zero_stream(2 ** 28)(f))}, compress=zipfile.ZIP_DEFLATED)
     cases.append(("zip_bomb_weights", ["predict", "--weights", wbomb, grey], (wbomb, "zip bomb")))
-    huge = write_zip(p("huge_header.npz"), {"x": npy_bytes((2 ** 40,), "|u1"), "y": npy_bytes((2 ** 40,), "<i8")})
-    train_npz("npy_header_2_40", huge, "memory budget")
-    cases.append(("npy_header_2_40_predict", ["predict", "--weights", huge, grey], (huge, "memory budget")))
-    cases.append(("npy_header_2_40_evaluate", ["evaluate", "--weights", huge, "--model", "densenet_bc", "--depth",
-                                               "10", "--growth-rate", "4"], (huge, "memory budget")))
+    for kind, compress, fragment in (("stored", zipfile.ZIP_STORED, "truncated"),
+                                     ("deflated", zipfile.ZIP_DEFLATED, "zip bomb")):
+        huge = write_zip(p(f"huge_header_{kind}.npz"), {"x": npy_bytes((2 ** 40,), "|u1"),
+                                                        "y": npy_bytes((2 ** 40,), "<i8")}, compress=compress)
+        train_npz(f"npy_header_2_40_{kind}", huge, fragment, "(1099511627776,)")
+        cases.append((f"npy_header_2_40_{kind}_predict", ["predict", "--weights", huge, grey], (huge, fragment)))
+        cases.append((f"npy_header_2_40_{kind}_evaluate", ["evaluate", "--weights", huge, "--model", "densenet_bc",
+                                                           "--depth", "10", "--growth-rate", "4"], (huge, fragment)))
     big_png = p("big.png")
     from PIL import Image
     Image.new("L", (4000, 4000)).save(big_png, optimize=True)

@@ -253,10 +253,16 @@ def read_npz(path, what="file", keys=None, budget=None):
                     member = f"{where}, array {name!r}"
                     with archive.open(info) as stream:
                         shape, fortran, dtype, nbytes = read_npy_header(stream, member)
+                        header_bytes = stream.tell()
+                    if info.compress_type == zipfile.ZIP_STORED and header_bytes + nbytes != info.file_size:
+                        state = "truncated" if header_bytes + nbytes > info.file_size else "longer than declared"
+                        raise FileFormatError(f"{member} is {state}: its header declares shape {shape} {dtype}, "
+                                              f"{nbytes} bytes of data, the archive holds "
+                                              f"{info.file_size - header_bytes}")
                     if info.compress_type != zipfile.ZIP_STORED and nbytes > RATIO_CHECK_BYTES and \
                             nbytes > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
                         raise FileFormatError(
-                            f"{member} declares {format_bytes(nbytes)} compressed into "
+                            f"{member} declares shape {shape} {dtype}, {format_bytes(nbytes)}, compressed into "
                             f"{format_bytes(info.compress_size)}, a ratio over {MAX_COMPRESSION_RATIO}: refused as "
                             "a likely zip bomb; store such data uncompressed (np.savez)")
                     _check_budget(member, shape, dtype, nbytes, budget, total)
