@@ -107,7 +107,8 @@ def test_memory_error_ends_in_one_clean_line(tmp_path):
 # -- fuzzing every parser ----------------------------------------------------------------------------------------
 COUNTS = {}
 
-FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=int(os.environ.get("NUMPY_DENSENET_FUZZ_EXAMPLES", "100")), deadline=None,
+                derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
