@@ -270,3 +270,84 @@ def build_corpus(root):
     through = os.path.join(weights, "inside.npy")
     cases.append(("path_through_file", ["predict", "--weights", weights, through], (through, "not a folder")))
     return cases
+
+
+# -- seeded fuzzing in the memory-limited subprocess ---------------------------------------------------------------
+
+def seed_files():
+    """One valid file per parser, as bytes: the starting points of the mutations."""
+    from PIL import Image
+    buf = io.BytesIO()
+    np.savez(buf, **tiny_model_arrays())
+    png = io.BytesIO()
+    Image.new("RGB", (5, 4), (10, 20, 30)).save(png, format="PNG")
+    return {"npz": npz_bytes(x=np.arange(96, dtype=np.uint8).reshape(2, 3, 4, 4), y=np.array([0, 1]),
+                             classes=np.array(["a", "b"])),
+            "weights": buf.getvalue(), "npy": npy_bytes((2, 3), "<f8", data=np.arange(6.0).tobytes()),
+            "idx": idx_bytes(2051, (2, 3, 3), bytes(range(18))), "png": png.getvalue()}
+
+
+PARSER_SEEDS = {"read_npz": "npz", "read_npy": "npy", "load_npz data set": "npz", "load_npz weights": "weights",
+                "load_model_file": "weights", "read_gzip idx": "idx", "open_image": "png"}
+
+
+def run_parser(parser, path):
+    """Run one parser on a file: True for its documented clean error, False for a result; anything else raises."""
+    from numpy_densenet.data import DatasetError, load_dataset
+    from numpy_densenet.data.files import FileFormatError, open_image, read_gzip, read_npy, read_npz
+    from numpy_densenet.io import WeightsFileError, load_npz
+    from numpy_densenet.train import load_model_file
+    try:
+        if parser == "read_npz":
+            read_npz(path)
+        elif parser == "read_npy":
+            read_npy(path)
+        elif parser == "load_npz data set":
+            load_dataset("npz", path)
+        elif parser == "load_npz weights":
+            load_npz(path)
+        elif parser == "load_model_file":
+            load_model_file(path)
+        elif parser == "read_gzip idx":
+            read_gzip(path, 16, lambda h: struct.unpack(">I", h[4:8])[0] * 9)
+        elif parser == "open_image":
+            open_image(path, "RGB")
+    except (FileFormatError, DatasetError, WeightsFileError):
+        return True
+    return False
+
+
+def seeded_mutations(raw, rng, n):
+    """``n`` variants of ``raw``: truncated, with bits flipped (sizes in headers included), spliced or random."""
+    for i in range(n):
+        b = bytearray(raw)
+        how = i % 4
+        if how == 0:
+            yield bytes(b[:rng.integers(0, len(b) + 1)])
+        elif how == 1:
+            for _ in range(rng.integers(1, 9)):
+                j = int(rng.integers(0, min(len(b), 160)) if rng.random() < 0.7 else rng.integers(0, len(b)))
+                b[j] ^= 1 << int(rng.integers(0, 8))
+            yield bytes(b)
+        elif how == 2:
+            j = int(rng.integers(0, len(b) + 1))
+            yield bytes(b[:j]) + rng.bytes(int(rng.integers(1, 64))) + bytes(b[j:])
+        else:
+            yield rng.bytes(int(rng.integers(0, 512)))
+
+
+def fuzz_all(root, n_per_parser, seed=0):
+    """Run every parser on ``n_per_parser`` mutated files; returns {parser: (tried, clean errors)}."""
+    rng = np.random.default_rng(seed)
+    seeds, counts = seed_files(), {}
+    for parser, kind in PARSER_SEEDS.items():
+        tried = clean = 0
+        for k, raw in enumerate(seeded_mutations(seeds[kind], rng, n_per_parser)):
+            path = os.path.join(root, f"fuzz{k}" + (".gz" if parser == "read_gzip idx" and k % 2 else ""))
+            with open(path, "wb") as f:
+                f.write(gzip.compress(raw) if path.endswith(".gz") else raw)
+            clean += run_parser(parser, path)
+            tried += 1
+            os.unlink(path)
+        counts[parser] = (tried, clean)
+    return counts
