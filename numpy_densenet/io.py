@@ -162,10 +162,15 @@ def model_config_from_arrays(arrays, path, what="weights file", prefix=""):
     ...), so building the model can never allocate more than the file itself holds. Returns a dict of
     :class:`~numpy_densenet.DenseNet` keyword arguments.
     """
+    import inspect
+
+    from .model import DenseNet
     where = _where(path, what)
     cfg = json_entry(arrays, "_model_config", path, what, dict)
+    # Other DenseNet arguments (flags such as a tier choice) may be recorded too; they are checked by DenseNet.
+    known = set(MODEL_CONFIG_KEYS) | (set(inspect.signature(DenseNet).parameters) - {"dtype", "seed"})
     missing = [k for k in MODEL_CONFIG_KEYS if k not in cfg]
-    extra = [k for k in cfg if k not in MODEL_CONFIG_KEYS]
+    extra = [k for k in cfg if k not in known]
     if missing or extra:
         raise WeightsFileError(f"{where}: '_model_config' " + "; ".join(
             part for part in (f"lacks {', '.join(missing)}" if missing else "",

@@ -271,3 +271,23 @@ def test_zip_with_a_non_npy_member_and_a_lying_size(tmp_path):
         np.save(tmp_path / "single.npy", np.zeros(3))
         os.replace(tmp_path / "single.npy", p)
         read_npz(p)
+
+
+def test_model_config_may_record_other_densenet_arguments(tmp_path):
+    """A flag DenseNet takes (memory_efficient here; a tier choice later) is accepted; an unknown key is not."""
+    import json
+
+    from hostile import tiny_model_arrays
+
+    from numpy_densenet.io import WeightsFileError
+    from numpy_densenet.train import load_model_file
+    arrays = tiny_model_arrays()
+    cfg = json.loads(str(arrays["_model_config"][()]))
+    arrays["_model_config"] = np.array(json.dumps({**cfg, "memory_efficient": False}))
+    np.savez(tmp_path / "a.npz", **arrays)
+    model, meta = load_model_file(tmp_path / "a.npz")
+    assert model.config["growth_rate"] == 4 and meta["classes"] == [str(k) for k in range(10)]
+    arrays["_model_config"] = np.array(json.dumps({**cfg, "colour": "red"}))
+    np.savez(tmp_path / "b.npz", **arrays)
+    with pytest.raises(WeightsFileError, match="unknown key.*colour"):
+        load_model_file(tmp_path / "b.npz")
