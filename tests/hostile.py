@@ -281,14 +281,39 @@ def seed_files():
     np.savez(buf, **tiny_model_arrays())
     png = io.BytesIO()
     Image.new("RGB", (5, 4), (10, 20, 30)).save(png, format="PNG")
+    run = checkpoint_run()
+    with open(os.path.join(run.config.out, "checkpoint.npz"), "rb") as f:
+        checkpoint = f.read()
     return {"npz": npz_bytes(x=np.arange(96, dtype=np.uint8).reshape(2, 3, 4, 4), y=np.array([0, 1]),
                              classes=np.array(["a", "b"])),
             "weights": buf.getvalue(), "npy": npy_bytes((2, 3), "<f8", data=np.arange(6.0).tobytes()),
-            "idx": idx_bytes(2051, (2, 3, 3), bytes(range(18))), "png": png.getvalue()}
+            "idx": idx_bytes(2051, (2, 3, 3), bytes(range(18))), "png": png.getvalue(), "checkpoint": checkpoint}
+
+
+_RUN = []
+
+
+def checkpoint_run():
+    """A tiny run (12 grey 4x4 images, 1 epoch of 3 steps) with its checkpoint written: the Run object that
+    mutated checkpoints are loaded into, made once per process."""
+    if not _RUN:
+        import tempfile
+
+        from numpy_densenet.train import Run, TrainConfig, train
+        folder = tempfile.mkdtemp(prefix="hostile-run-")
+        rng = np.random.default_rng(0)
+        np.savez(os.path.join(folder, "d.npz"), x=rng.integers(0, 255, (12, 1, 4, 4)).astype(np.uint8),
+                 y=np.arange(12) % 2, x_test=np.zeros((2, 1, 4, 4), np.uint8), y_test=np.array([0, 1]))
+        config = TrainConfig(dataset="npz", data_dir=os.path.join(folder, "d.npz"), depth=10, growth_rate=2,
+                             batch_size=4, epochs=1, drop_rate=0.2, out=os.path.join(folder, "run"))
+        train(config, log=lambda line: None)
+        _RUN.append(Run(config, log=lambda line: None))
+    return _RUN[0]
 
 
 PARSER_SEEDS = {"read_npz": "npz", "read_npy": "npy", "load_npz data set": "npz", "load_npz weights": "weights",
-                "load_model_file": "weights", "read_gzip idx": "idx", "open_image": "png"}
+                "load_model_file": "weights", "read_gzip idx": "idx", "open_image": "png",
+                "Run.load_checkpoint": "checkpoint", "load_model_file (checkpoint)": "checkpoint"}
 
 
 def run_parser(parser, path):
@@ -296,7 +321,7 @@ def run_parser(parser, path):
     from numpy_densenet.data import DatasetError, load_dataset
     from numpy_densenet.data.files import FileFormatError, open_image, read_gzip, read_npy, read_npz
     from numpy_densenet.io import WeightsFileError, load_npz
-    from numpy_densenet.train import load_model_file
+    from numpy_densenet.train import TrainingError, load_model_file
     try:
         if parser == "read_npz":
             read_npz(path)
@@ -312,7 +337,11 @@ def run_parser(parser, path):
             read_gzip(path, 16, lambda h: struct.unpack(">I", h[4:8])[0] * 9)
         elif parser == "open_image":
             open_image(path, "RGB")
-    except (FileFormatError, DatasetError, WeightsFileError):
+        elif parser == "Run.load_checkpoint":
+            checkpoint_run().load_checkpoint(path)
+        elif parser == "load_model_file (checkpoint)":
+            load_model_file(path)
+    except (FileFormatError, DatasetError, WeightsFileError, TrainingError):
         return True
     return False
 
