@@ -214,12 +214,15 @@ def build_corpus(root):
     cases.append(("out_empty", ["train", "--out", ""], ("--out",)))
 
     # 4. malformed metadata
-    def meta_case(name, change, *fragments, command="predict"):
+    def meta_case(name, change, *fragments, command=None):
+        """The malformed file through predict, evaluate and inspect (or only ``command``)."""
         arrays = tiny_model_arrays()
         change(arrays)
         path = save_arrays(p(f"meta_{name}.npz"), arrays)
-        argv = ["predict", "--weights", path, grey] if command == "predict" else ["evaluate", "--weights", path]
-        cases.append((f"meta_{name}", argv, (path,) + fragments))
+        for argv in (["predict", "--weights", path, grey], ["evaluate", "--weights", path],
+                     ["inspect", "--weights", path]):
+            if command in (None, argv[0]):
+                cases.append((f"meta_{name}_{argv[0]}", argv, (path,) + fragments))
 
     def set_key(k, v):
         return lambda a: a.__setitem__(k, v)

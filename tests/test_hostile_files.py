@@ -85,7 +85,7 @@ def test_every_hostile_file_ends_in_one_clean_error_line(corpus_results):
         if problems:
             bad.append((r["name"], problems, message[:300]))
     assert not bad, "\n".join(map(str, bad))
-    assert len(corpus_results["results"]) >= 50
+    assert len(corpus_results["results"]) >= 90
 
 
 def test_the_hostile_corpus_and_seeded_fuzzing_run_in_bounded_memory(corpus_results):
