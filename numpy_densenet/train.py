@@ -13,24 +13,28 @@ Resuming from a checkpoint continues the run so that it ends bit-identical to an
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from .data import BatchIterator, DatasetError, channel_stats, load_dataset
-from .nn.module import restore_buffers
-from .io import WeightsFileError, load_npz, save_npz
+from .data.files import format_bytes
+from .io import (WeightsFileError, atomic_write, check_state_values, json_entry, load_npz, model_config_from_arrays,
+                 remove_stale_temp_files, save_npz)
 from .model import MODELS, DenseNet
 from .nn import CrossEntropyLoss, no_grad
+from .nn.module import restore_buffers
 from .optim import SGD, CosineAnnealingLR, paper_schedule
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2          # 2: run.state records given_options; version 1 files are still read
+MAX_CONFUSION_CLASSES = 1024    # evaluate() builds the (K, K) confusion matrix up to this many classes
 
 
 class TrainingError(Exception):
@@ -147,13 +151,15 @@ def evaluate(model, x, y, batch_size=256, mean=None, std=None, num_classes=None)
 
     Returns
     -------
-    dict with loss, acc, confusion ((K, K) counts, rows = true class) and per_class_acc (K,).
+    dict with loss, acc, per_class_acc (K,), per_class_count (K,) and confusion: (K, K) counts, rows = true
+    class, or None when K is above ``MAX_CONFUSION_CLASSES`` (memory grows as K**2).
     """
     was_training = model.training
     model.eval()
     criterion = CrossEntropyLoss(reduction="sum")
     K = num_classes or model.config["num_classes"]
-    confusion = np.zeros((K, K), dtype=np.int64)
+    confusion = np.zeros((K, K), dtype=np.int64) if K <= MAX_CONFUSION_CLASSES else None
+    counts, hits = np.zeros(K, dtype=np.int64), np.zeros(K, dtype=np.int64)
     total_loss = 0.0
     it = BatchIterator(x, y, batch_size, shuffle=False, mean=mean, std=std, dtype=model.dtype)
     try:
@@ -161,14 +167,16 @@ def evaluate(model, x, y, batch_size=256, mean=None, std=None, num_classes=None)
             with no_grad():
                 logits = model(xb)
             total_loss += float(criterion(logits, yb))
-            pairs = yb * K + logits.argmax(axis=1)                        # (true, predicted) as one index
-            confusion += np.bincount(pairs, minlength=K * K).reshape(K, K)
+            predicted = logits.argmax(axis=1)
+            counts += np.bincount(yb, minlength=K)
+            hits += np.bincount(yb[predicted == yb], minlength=K)
+            if confusion is not None:
+                np.add.at(confusion, (yb, predicted), 1)
     finally:
         model.train(was_training)
-    n = max(int(confusion.sum()), 1)
-    per_class = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
-    return dict(loss=total_loss / n, acc=float(np.trace(confusion)) / n, confusion=confusion,
-                per_class_acc=per_class)
+    n = max(int(counts.sum()), 1)
+    return dict(loss=total_loss / n, acc=float(hits.sum()) / n, confusion=confusion,
+                per_class_acc=hits / np.maximum(counts, 1), per_class_count=counts)
 
 
 # -- checkpoints ----------------------------------------------------------------------------------------------
@@ -194,6 +202,11 @@ def weights_arrays(model, config, mean, std, classes):
 def load_model_file(path, dtype=None):
     """Rebuild a model saved by ``train`` (best.npz / checkpoint.npz / a weights file with ``_model_config``).
 
+    The file is checked before the model is built: ``_model_config`` against the tensors present (so its
+    sizes cannot make the model larger than the file), every tensor finite floating point with running
+    variances >= 0, ``_mean`` / ``_std`` one finite value per input channel (std > 0), ``_classes`` one
+    name per class. Every problem raises :class:`~numpy_densenet.io.WeightsFileError` naming the file.
+
     Returns (model, metadata dict with mean, std, classes).
     """
     arrays = load_npz(path)
@@ -201,22 +214,95 @@ def load_model_file(path, dtype=None):
         raise WeightsFileError(f"weights file {os.fspath(path)!r} has no model description (_model_config): it was "
                                f"not written by `numpy-densenet train`. Converted torchvision weights can be "
                                f"evaluated with --model, or loaded from Python with numpy_densenet.io.load_weights")
-    cfg = _from_json_array(arrays["_model_config"])
-    cfg["block_config"] = tuple(cfg["block_config"])
-    dt = np.dtype(dtype) if dtype else arrays["classifier.weight"].dtype if "classifier.weight" in arrays \
-        else np.dtype(np.float32)
-    model = DenseNet(**cfg, dtype=dt)
+    check_metadata_keys(arrays, path)
     prefix = "model." if any(k.startswith("model.") for k in arrays) else ""
+    cfg = model_config_from_arrays(arrays, path, prefix=prefix)
     state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix) and not k[len(prefix):].startswith("_")
              and not k.startswith(("optim.", "sched.", "run."))}
+    check_state_values(state, path)
+    where = f"weights file {os.fspath(path)!r}"
+    stored = arrays[prefix + "classifier.weight"].dtype
+    dt = np.dtype(dtype) if dtype else (stored if stored in (np.float32, np.float64) else np.dtype(np.float32))
+    meta = dict(mean=None, std=None, classes=None)
+    for key in ("_mean", "_std"):
+        if key in arrays:
+            a = arrays[key]
+            if a.dtype.kind != "f" or a.shape != (cfg["in_channels"],) or not np.isfinite(a).all() or \
+                    (key == "_std" and (a <= 0).any()):
+                raise WeightsFileError(f"{where}: {key!r} should hold one finite value per input channel "
+                                       f"({cfg['in_channels']}){', all > 0' if key == '_std' else ''}, found "
+                                       f"{a.dtype} {a.shape}" + (f" {a.tolist()}" if a.size <= 8 else ""))
+            meta[key[1:]] = a.astype(np.float64)
+    if "_classes" in arrays:
+        classes = json_entry(arrays, "_classes", path, kind=list)
+        if len(classes) != cfg["num_classes"] or not all(isinstance(c, str) for c in classes):
+            raise WeightsFileError(f"{where}: '_classes' should be a list of {cfg['num_classes']} names (one per "
+                                   f"class), found {len(classes)} entries")
+        meta["classes"] = classes
     try:
+        model = DenseNet(**cfg, dtype=dt)
         model.load_state_dict(state)
-    except ValueError as e:
-        raise WeightsFileError(f"weights file {os.fspath(path)!r} does not fit its own model description: {e}") \
-            from None
-    meta = dict(mean=arrays.get("_mean"), std=arrays.get("_std"),
-                classes=_from_json_array(arrays["_classes"]) if "_classes" in arrays else None)
+    except (ValueError, TypeError) as e:
+        raise WeightsFileError(f"{where} does not fit its own model description: {e}") from None
     return model, meta
+
+
+TRAIN_CONFIG_FIELDS = tuple(f.name for f in fields(TrainConfig))
+METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
+METADATA_KEYS = {"_model_config", "_train_config", "_mean", "_std", "_classes"}
+
+
+def check_metadata_keys(arrays, path, what="weights file"):
+    """Refuse metadata (``_``-prefixed) or checkpoint entries this version does not know (a newer file)."""
+    unknown = [k for k in arrays if (k.startswith("_") and k not in METADATA_KEYS)
+               or (k.startswith("run.") and k != "run.state")]
+    if unknown:
+        raise WeightsFileError(f"{what} {os.fspath(path)!r} has entries this version does not know: "
+                               f"{', '.join(unknown[:5])}; it was written by a newer numpy_densenet")
+RUN_STATE_KEYS = {"version", "epoch", "step", "sums", "history", "best_acc", "epoch_rng_state",
+                  "dropout_rng_states"}
+
+
+def train_config_from_arrays(arrays, path):
+    """The ``_train_config`` of a checkpoint as a dict of :class:`TrainConfig` fields; unknown fields refused."""
+    saved = json_entry(arrays, "_train_config", path, "checkpoint", dict)
+    unknown = [k for k in saved if k not in TRAIN_CONFIG_FIELDS]
+    if unknown:
+        raise WeightsFileError(f"checkpoint {os.fspath(path)!r} has training option(s) this version does not know: "
+                               f"{', '.join(unknown)}; it was written by a newer numpy_densenet, upgrade to resume it")
+    missing = [k for k in TRAIN_CONFIG_FIELDS if k not in saved]
+    if missing:
+        raise WeightsFileError(f"checkpoint {os.fspath(path)!r}: '_train_config' lacks {', '.join(missing)}")
+    return saved
+
+
+def run_state_from_arrays(arrays, path):
+    """The ``run.state`` of a checkpoint, its version checked (1 to ``CHECKPOINT_VERSION``)."""
+    where = f"checkpoint {os.fspath(path)!r}"
+    state = json_entry(arrays, "run.state", path, "checkpoint", dict)
+    version = state.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise WeightsFileError(f"{where}: run.state has no valid version ({version!r})")
+    if version > CHECKPOINT_VERSION:
+        raise WeightsFileError(f"{where} is checkpoint version {version}, written by a newer numpy_densenet; this "
+                               f"one reads versions 1 to {CHECKPOINT_VERSION}: upgrade to resume it")
+    known = RUN_STATE_KEYS | ({"given_options"} if version >= 2 else set())
+    unknown, missing = sorted(set(state) - known), sorted(RUN_STATE_KEYS - set(state))
+    if unknown or missing:
+        raise WeightsFileError(f"{where}: run.state " + "; ".join(
+            p for p in (f"has unknown field(s) {', '.join(unknown)}" if unknown else "",
+                        f"lacks {', '.join(missing)}" if missing else "") if p))
+    ok = (isinstance(state["epoch"], int) and state["epoch"] >= 0 and isinstance(state["step"], int)
+          and state["step"] >= 0 and isinstance(state["sums"], list) and len(state["sums"]) == 3
+          and all(isinstance(v, (int, float)) for v in state["sums"]) and isinstance(state["history"], list)
+          and all(isinstance(r, dict) for r in state["history"]) and len(state["history"]) == state["epoch"]
+          and isinstance(state["best_acc"], (int, float)) and isinstance(state["epoch_rng_state"], dict)
+          and isinstance(state["dropout_rng_states"], list)
+          and all(set(r) == METRIC_KEYS and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 for v in r.values()) for r in state["history"]))
+    if not ok:
+        raise WeightsFileError(f"{where}: run.state holds malformed values (epoch, step, sums, history, ...)")
+    return state
 
 
 class Run:
@@ -231,8 +317,18 @@ class Run:
             v = getattr(config, name)
             if not isinstance(v, int) or v < 1:
                 raise TrainingError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        if not config.lr > 0:
-            raise TrainingError(f"--lr must be positive, got {config.lr!r}")
+        for name, value, low, high, high_open in (("lr", config.lr, 0, math.inf, True),
+                                                  ("momentum", config.momentum, 0, 1, True),
+                                                  ("weight_decay", config.weight_decay, 0, math.inf, True),
+                                                  ("drop_rate", config.drop_rate, 0, 1, True)):
+            option = "--" + name.replace("_", "-")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or \
+                    value < low or (value >= high if high_open else value > high) or (name == "lr" and value == 0):
+                bounds = {"lr": "a positive finite number", "weight_decay": "a finite number >= 0",
+                          "momentum": "in [0, 1)", "drop_rate": "in [0, 1)"}[name]
+                raise TrainingError(f"{option} must be {bounds}, got {value!r}")
+        if not isinstance(config.out, str) or not config.out.strip():
+            raise TrainingError(f"--out must name an output folder, got {config.out!r}")
         if config.schedule not in ("step", "cosine"):
             raise TrainingError(f"--schedule must be 'step' or 'cosine', got {config.schedule!r}")
         try:
@@ -268,6 +364,7 @@ class Run:
         self.history = []
         self.best_acc = -1.0
         self.stop = False               # a stop (Ctrl-C, on_step) was requested
+        self.given_options = []         # the options the run was started with explicitly (recorded, version 2)
 
     # -- state as plain arrays --------------------------------------------------------------------------------
     def state_arrays(self):
@@ -277,22 +374,30 @@ class Run:
         dropout_states = [m.generator.bit_generator.state for m in self.model.modules() if hasattr(m, "generator")]
         arrays["run.state"] = _json_array(dict(
             version=CHECKPOINT_VERSION, epoch=self.epoch, step=self.step, sums=self.sums, history=self.history,
-            best_acc=self.best_acc, epoch_rng_state=self.epoch_rng_state, dropout_rng_states=dropout_states))
+            best_acc=self.best_acc, epoch_rng_state=self.epoch_rng_state, dropout_rng_states=dropout_states,
+            given_options=list(self.given_options)))
         arrays.update(metadata_arrays(self.model, self.config, self.mean, self.std, self.data.classes))
         return arrays
 
     def save_checkpoint(self, path):
-        save_npz(path, self.state_arrays())
+        _write(path, lambda: save_npz(path, self.state_arrays()), os.path.join(self.config.out, "checkpoint.npz"))
 
     def load_checkpoint(self, path):
+        """Restore the state saved by :meth:`save_checkpoint`, after checking the file fully.
+
+        The checkpoint's version and fields are checked (a newer version or unknown fields are refused), its
+        options must equal this run's (``out`` and ``data_dir`` may differ: they say where things are), its
+        tensors must be finite; nothing is changed unless every check passes.
+        """
         arrays = load_npz(path, what="checkpoint")
-        if "run.state" not in arrays:
+        if "run.state" not in arrays or "_train_config" not in arrays:
             raise WeightsFileError(f"checkpoint {os.fspath(path)!r} is not a training checkpoint (no run.state); "
                                    f"weights-only files can be evaluated, not resumed")
-        state = _from_json_array(arrays["run.state"])
-        saved = _from_json_array(arrays["_train_config"])
+        check_metadata_keys(arrays, path, "checkpoint")
+        state = run_state_from_arrays(arrays, path)
+        saved = train_config_from_arrays(arrays, path)
         mine = asdict(self.config)
-        differ = [k for k in mine if k != "out" and saved.get(k) != mine[k]]
+        differ = [k for k in mine if k not in ("out", "data_dir") and saved.get(k) != mine[k]]
         if differ:
             raise TrainingError(f"checkpoint {os.fspath(path)!r} was made with different options: "
                                 + ", ".join(f"{k}={saved.get(k)!r} (now {mine[k]!r})" for k in differ))
@@ -300,19 +405,28 @@ class Run:
         def part(prefix):
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
+        check_state_values({k: v for k, v in arrays.items() if k.startswith("model.")}, path, "checkpoint")
+        if state["epoch"] > self.config.epochs or state["step"] > len(self.batches):
+            raise WeightsFileError(f"checkpoint {os.fspath(path)!r} is at epoch {state['epoch']}, step "
+                                   f"{state['step']}, outside this run's {self.config.epochs} epochs of "
+                                   f"{len(self.batches)} steps")
+        gens = [m.generator for m in self.model.modules() if hasattr(m, "generator")]
+        if len(state["dropout_rng_states"]) != len(gens):
+            raise WeightsFileError(f"checkpoint {os.fspath(path)!r} has {len(state['dropout_rng_states'])} dropout "
+                                   f"generator states for {len(gens)} dropout layers")
         try:
             self.model.load_state_dict(part("model."))
             self.optimizer.load_state_dict(part("optim."))
             self.scheduler.load_state_dict(part("sched."))
-        except ValueError as e:
+            for g, s in zip(gens, state["dropout_rng_states"]):
+                g.bit_generator.state = s
+            self.batches.rng.bit_generator.state = state["epoch_rng_state"]
+        except (ValueError, TypeError, KeyError) as e:
             raise WeightsFileError(f"checkpoint {os.fspath(path)!r} does not fit this run: {e}") from None
-        gens = [m.generator for m in self.model.modules() if hasattr(m, "generator")]
-        for g, s in zip(gens, state["dropout_rng_states"]):
-            g.bit_generator.state = s
         self.epoch, self.step, self.sums = state["epoch"], state["step"], state["sums"]
         self.history, self.best_acc = state["history"], state["best_acc"]
         self.epoch_rng_state = state["epoch_rng_state"]
-        self.batches.rng.bit_generator.state = self.epoch_rng_state
+        self.given_options = state.get("given_options", self.given_options)
 
     # -- the loop -----------------------------------------------------------------------------------------------
     def run_epoch(self, progress, stop_requested):
@@ -356,22 +470,191 @@ class Run:
         self.scheduler.step()
         self.epoch_rng_state = self.batches.rng.bit_generator.state    # the next epoch starts from here
         improved = test["acc"] > self.best_acc
+        checkpoint = os.path.join(cfg.out, "checkpoint.npz")
         if improved:
             self.best_acc = test["acc"]
-            save_npz(os.path.join(cfg.out, "best.npz"),
-                     weights_arrays(self.model, cfg, self.mean, self.std, self.data.classes))
-        self.save_checkpoint(os.path.join(cfg.out, "checkpoint.npz"))
-        write_metrics(os.path.join(cfg.out, "metrics.jsonl"), self.history)
+            best = os.path.join(cfg.out, "best.npz")
+            _write(best, lambda: save_npz(best, weights_arrays(self.model, cfg, self.mean, self.std,
+                                                                self.data.classes)), checkpoint)
+        self.save_checkpoint(checkpoint)
+        metrics = os.path.join(cfg.out, "metrics.jsonl")
+        _write(metrics, lambda: write_metrics(metrics, self.history), checkpoint)
         return row
 
 
 def write_metrics(path, history):
     """Rewrite metrics.jsonl (one JSON object per epoch) atomically."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for row in history:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+_HINTS = {errno.ENOSPC: "free disk space or choose another --out", errno.EDQUOT: "free disk space (quota exceeded)",
+          errno.EROFS: "the file system is read-only: choose another --out",
+          errno.EACCES: "permission denied: choose a folder you can write to as --out",
+          errno.EPERM: "permission denied: choose a folder you can write to as --out"}
+
+
+def _write(path, write, checkpoint):
+    """Run ``write()``; turn an OSError into a :class:`TrainingError` saying the last checkpoint is intact."""
+    try:
+        write()
+    except OSError as e:
+        hint = _HINTS.get(e.errno, "fix the problem")
+        raise OutputError(f"cannot write {path}: {e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}). "
+                          f"The last checkpoint, {checkpoint}, is intact if it exists: {hint}, then continue "
+                          f"with --resume {checkpoint}") from None
+
+
+class OutputError(TrainingError):
+    """The output folder cannot be used or written (disk full, read-only, locked by another run)."""
+
+
+LOCK_NAME = ".lock"
+
+
+class OutputFolder:
+    """Exclusive use of a run's output folder: a lock file holding the owner's pid, probed for space.
+
+    :meth:`acquire` creates the folder, takes the lock (a second run on the same folder is refused naming the
+    holder's pid; the lock of a killed run is stale and taken over), removes stale temporary files of killed
+    writers and checks that ``probe_bytes`` can be written (disk full and read-only are found before training).
+    The lock is an ``flock`` on ``<out>/.lock``, released by the kernel when the process dies, where available;
+    elsewhere the lock file is created exclusively and a lock whose pid is not running is stale.
+    """
+
+    def __init__(self, out, log=print):
+        self.out, self.log = out, log
+        self.path = os.path.join(out, LOCK_NAME)
+        self.fd = None
+
+    def acquire(self, probe_bytes=0):
+        out = self.out
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"--out {out!r} cannot be used as an output folder: {e.strerror} "
+                              f"({errno.errorcode.get(e.errno, e.errno)}); "
+                              f"{_HINTS.get(e.errno, 'choose another --out')}") from None
+        if not os.path.isdir(out):
+            raise OutputError(f"--out {out!r} is not a folder")
+        try:
+            self._lock()
+        except OSError as e:
+            raise OutputError(f"--out {out!r} is not writable: cannot create {self.path}: {e.strerror} "
+                              f"({errno.errorcode.get(e.errno, e.errno)}); "
+                              f"{_HINTS.get(e.errno, 'choose another --out')}") from None
+        try:
+            removed = remove_stale_temp_files(out)
+            if removed:
+                self.log(f"note: removed {len(removed)} temporary file(s) left by a killed run in {out}")
+            self._probe(probe_bytes)
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def _lock(self):
+        try:
+            import fcntl
+        except ImportError:                                               # pragma: no cover - not POSIX
+            return self._lock_exclusive()
+        for _ in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                raise OutputError(f"another run (pid {holder or 'unknown'}) is writing to --out {self.out!r}; "
+                                  "wait for it to finish, or give this run another --out") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:                                  # the holder released (unlinked) it meanwhile: retry
+                os.close(fd)
+                continue
+            stale = _read_pid(fd)
+            if stale and stale != os.getpid():
+                self.log(f"note: took over the stale lock of pid {stale} (not running) in {self.out}")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self.fd = fd
+            return
+        raise OutputError(f"could not lock --out {self.out!r}: the lock file keeps changing")  # pragma: no cover
+
+    def _lock_exclusive(self):                                            # pragma: no cover - not POSIX
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                with open(self.path) as f:
+                    text = f.read().strip()
+                pid = int(text) if text.isdigit() else None
+                if pid and _pid_running(pid):
+                    raise OutputError(f"another run (pid {pid}) is writing to --out {self.out!r}; wait for it to "
+                                      "finish, or give this run another --out") from None
+                self.log(f"note: removed the stale lock of pid {pid} (not running) in {self.out}")
+                os.unlink(self.path)
+                continue
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self.fd = fd
+            return
+        raise OutputError(f"could not lock --out {self.out!r}")
+
+    def _probe(self, nbytes):
+        """Write ``nbytes`` to a temporary file and delete it: disk full / quota found before training."""
+        if nbytes <= 0:
+            return
+        path = os.path.join(self.out, f".probe.tmp-{os.getpid()}")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                try:
+                    os.posix_fallocate(fd, 0, nbytes)
+                except (AttributeError, OSError) as e:
+                    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                        raise
+                    block = bytes(2 ** 20)
+                    left = nbytes
+                    while left > 0:
+                        left -= os.write(fd, block[:min(left, len(block))])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(path)
+        except OSError as e:
+            raise OutputError(f"--out {self.out!r} cannot hold this run's files ({format_bytes(nbytes)} for a "
+                              f"checkpoint and best.npz): {e.strerror} ({errno.errorcode.get(e.errno, e.errno)}); "
+                              f"{_HINTS.get(e.errno, 'choose another --out')}") from None
+
+    def release(self):
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)                          # unlink first: a waiting run then locks a fresh file
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def _read_pid(fd):
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _pid_running(pid):                                                   # pragma: no cover - not POSIX
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 class Progress:
@@ -404,7 +687,7 @@ class Progress:
             self.stream.flush()
 
 
-def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=None):
+def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=None, given_options=None):
     """Run (or resume) a training run. Returns the run's history (a list of per-epoch dicts).
 
     Parameters
@@ -412,23 +695,50 @@ def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=No
     config : TrainConfig
     resume : path, optional
         A ``checkpoint.npz`` to continue from; the run then ends bit-identical to an uninterrupted one.
+        ``metrics.jsonl`` is rewritten from the checkpoint's history first, so no row is ever lost.
     log : callable
         Receives one line per epoch and the messages.
     progress : Progress, optional
         Defaults to a progress bar when stderr is a terminal.
     on_step : callable, optional
         Called after every step with the :class:`Run`; returning True stops the run cleanly (a checkpoint is
-        saved, as on Ctrl-C).
+        saved, as on Ctrl-C) and ``train`` returns.
+    given_options : list of str, optional
+        The options given explicitly on the command line, recorded in the checkpoint.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        After Ctrl-C (SIGINT), once the current step is finished and a checkpoint saved.
+    TrainingError
+        Bad options, unusable data, a model that does not fit the data, divergence, or an output folder that
+        cannot be used (:class:`OutputError`: locked by another run, read-only, full); the last checkpoint
+        is never damaged.
     """
     run = Run(config, log)
     cfg = run.config
-    try:
-        os.makedirs(cfg.out, exist_ok=True)
-    except OSError as e:
-        raise TrainingError(f"--out {cfg.out!r} cannot be used as an output folder: {e.strerror}") from None
     if resume:
         run.load_checkpoint(resume)
+    if given_options is not None and not resume:
+        run.given_options = list(given_options)
+    folder = OutputFolder(cfg.out, log)
+    arrays = run.state_arrays()
+    probe = 2 * sum(a.nbytes for a in arrays.values()) + 2 ** 20          # a checkpoint, a best.npz and a margin
+    del arrays
+    folder.acquire(probe)
+    try:
+        return _train_locked(run, resume, log, progress, on_step)
+    finally:
+        folder.release()
+
+
+def _train_locked(run, resume, log, progress, on_step):
+    cfg = run.config
+    checkpoint = os.path.join(cfg.out, "checkpoint.npz")
+    if resume:
         log(f"resumed from {resume} at epoch {run.epoch + 1}, step {run.step}")
+        metrics = os.path.join(cfg.out, "metrics.jsonl")
+        _write(metrics, lambda: write_metrics(metrics, run.history), checkpoint)     # the rows up to the checkpoint
     progress = progress or Progress()
     d = run.data
     log(f"training {cfg.model} ({run.model.num_parameters():,} parameters) on {d.name}: {len(d.y_train)} train / "
@@ -450,24 +760,28 @@ def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=No
             finished = run.run_epoch(progress, stop_requested)
             progress.end_line()
             if not finished:
-                path = os.path.join(cfg.out, "checkpoint.npz")
-                run.save_checkpoint(path)
-                log(f"stopped at epoch {run.epoch + 1}, step {run.step}: checkpoint saved to {path}; continue with "
-                    f"--resume {path}")
+                run.save_checkpoint(checkpoint)
+                log(f"stopped at epoch {run.epoch + 1}, step {run.step}: checkpoint saved to {checkpoint}; continue "
+                    f"with --resume {checkpoint}")
+                if interrupted:
+                    raise KeyboardInterrupt
                 return run.history
             row = run.finish_epoch(time.perf_counter() - start)
             log(f"epoch {row['epoch']:3d}/{cfg.epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f} "
                 f"acc {row['train_acc']:.4f}  test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
                 f"{row['seconds']:.1f}s")
             if run.stop and run.epoch < cfg.epochs:     # requested during the epoch's last step
-                path = os.path.join(cfg.out, "checkpoint.npz")
-                log(f"stopped after epoch {run.epoch}: checkpoint saved to {path}; continue with --resume {path}")
+                log(f"stopped after epoch {run.epoch}: checkpoint saved to {checkpoint}; continue with "
+                    f"--resume {checkpoint}")
+                if interrupted:
+                    raise KeyboardInterrupt
                 return run.history
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     log(f"done: best test accuracy {run.best_acc:.4f}; weights in {os.path.join(cfg.out, 'best.npz')}")
-    plot_curves(run.history, os.path.join(cfg.out, "curves.png"), log)
+    curves = os.path.join(cfg.out, "curves.png")
+    _write(curves, lambda: plot_curves(run.history, curves, log), checkpoint)
     return run.history
 
 
@@ -494,9 +808,9 @@ def plot_curves(history, path, log=print):
     ax2.plot(epochs, [r["test_acc"] for r in history], label="test")
     ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
     log(f"learning curves: {path}")
     return path

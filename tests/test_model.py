@@ -554,7 +554,7 @@ def test_load_weights_never_unpickles(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "load", spy)
     load_weights(tiny(seed=2), path)
-    assert calls and all(c is False for c in calls)
+    assert all(c is False for c in calls)        # io reads .npy headers itself: np.load may not be called
 
 
 def test_failed_save_leaves_previous_file_and_no_temporary(tmp_path, monkeypatch):

@@ -1,8 +1,7 @@
 """The study commands of ``numpy-densenet``: ``inspect`` (gradient flow and feature reuse of a model on a batch)
 and ``explain`` (one small dense block's forward and backward pass, step by step).
 
-:func:`register` is called by :func:`numpy_densenet.cli.make_parser`; the helpers of :mod:`numpy_densenet.cli`
-are imported inside the functions, as that module imports this one.
+:func:`register` is called by :func:`numpy_densenet.cli.main.make_parser`.
 """
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ PLOT_NOTE = 'no PNG heatmaps: matplotlib is not installed; pip install "numpy_de
 
 def register(subparsers):
     """Add the ``inspect`` and ``explain`` subcommands to the ``numpy-densenet`` parser."""
-    from .cli import add_model_args, nonneg_int, positive_int
+    from .common import add_model_args, nonneg_int, positive_int
 
     p = subparsers.add_parser(
         "inspect", help="gradient-flow and feature-reuse matrices of every dense block, on one batch",
@@ -62,8 +61,8 @@ def register(subparsers):
 
 # -- explain -------------------------------------------------------------------------------------------------
 def cmd_explain(args):
-    from .cli import UserError
-    from .flow import explain_block
+    from .common import UserError
+    from ..flow import explain_block
     for name, value, low in (("--layers", args.layers, 1), ("--growth-rate", args.growth_rate, 1),
                              ("--in-channels", args.in_channels, 1), ("--bn-size", args.bn_size, 1),
                              ("--batch", args.batch, 1), ("--size", args.size, 1)):
@@ -83,8 +82,8 @@ def cmd_explain(args):
 
 # -- inspect -------------------------------------------------------------------------------------------------
 def _load_dataset(args):
-    from .cli import UserError
-    from .data import DatasetError, load_dataset
+    from .common import UserError
+    from ..data import DatasetError, load_dataset
     try:
         return load_dataset(args.dataset, args.data_dir)
     except DatasetError as e:
@@ -93,8 +92,8 @@ def _load_dataset(args):
 
 def _batch(args, dataset, mean=None, std=None):
     """The first ``--batch-size`` images of the split, normalised per channel: (x, y)."""
-    from .cli import UserError
-    from .data import channel_stats, normalize
+    from .common import UserError
+    from ..data import channel_stats, normalize
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     x = dataset.x_train if args.split == "train" else dataset.x_test
@@ -110,9 +109,9 @@ def _make_model(args, dataset):
 
     ``mean`` and ``std`` are the normalisation statistics stored in a file written by ``train`` (else None).
     """
-    from .cli import build_model
-    from .io import load_npz, load_weights
-    from .train import load_model_file
+    from .common import build_model
+    from ..io import load_npz, load_weights
+    from ..train import load_model_file
     if args.weights is not None and "_model_config" in load_npz(args.weights):   # written by `train`
         model, meta = load_model_file(args.weights)                 # best.npz or checkpoint.npz
         return (model, f"DenseNet: {model.extra_repr()} (weights {args.weights}, model from the file)",
@@ -141,15 +140,16 @@ def _block_header(model, index, name, block):
 
 
 def cmd_inspect(args):
-    from .cli import UserError
-    from .flow import block_gradient_flow, feature_reuse, have_matplotlib, save_heatmap
-    from .io import save_npz
+    from .common import UserError
+    from ..flow import block_gradient_flow, feature_reuse, have_matplotlib, save_heatmap
+    from ..io import save_npz
 
     dataset = _load_dataset(args)
     model, description, mean, std = _make_model(args, dataset)
+    if dataset.in_channels != model.in_channels:        # checked before normalising with the file's statistics
+        raise UserError(f"the model takes {model.in_channels}-channel images, {dataset.name} has "
+                        f"{dataset.in_channels}; give the data set it was trained on with --dataset / --data-dir")
     x, y = _batch(args, dataset, mean, std)
-    if x.shape[1] != model.in_channels:
-        raise UserError(f"the model takes {model.in_channels}-channel images, {dataset.name} has {x.shape[1]}")
     if y.max() >= model.config["num_classes"]:
         raise UserError(f"the model has {model.config['num_classes']} classes, {dataset.name} has "
                         f"{dataset.num_classes}")
