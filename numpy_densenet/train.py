@@ -2,11 +2,15 @@
 
 A run is described by a :class:`TrainConfig`; :func:`train` runs it, writing to ``config.out``:
 
-* ``metrics.jsonl`` - one JSON object per epoch (epoch, lr, train_loss, train_acc, test_loss, test_acc, seconds);
+* ``metrics.jsonl`` - one JSON object per epoch (epoch, lr, train_loss, train_acc, val_loss, val_acc, test_loss,
+  test_acc, seconds; val_* are null without a validation set);
 * ``checkpoint.npz`` - the latest state, written atomically after every epoch (and on Ctrl-C): weights, BatchNorm
   buffers, optimizer momentum, schedule position, RNG states, epoch and step - plain arrays, no pickle;
-* ``best.npz`` - the weights with the best test accuracy so far, with the model config and the normalisation
-  statistics, so ``evaluate``/``predict`` can rebuild the model from the file alone;
+* ``best.npz`` - the weights of the epoch with the best *validation* accuracy so far (ties: the lower validation
+  loss, then the earlier epoch), with the model config and the normalisation statistics, so ``evaluate``/``predict``
+  can rebuild the model from the file alone. The validation set is the data set's official one or a stratified,
+  seeded ``val_fraction`` of the training images; the test set never chooses anything. With ``val_fraction=0``
+  there is nothing to select on and ``best.npz`` holds the last epoch's weights;
 * ``curves.png`` - the learning curves, when matplotlib is installed.
 
 Resuming from a checkpoint continues the run so that it ends bit-identical to an uninterrupted one.
@@ -24,6 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .data import BatchIterator, DatasetError, channel_stats, load_dataset
+from .data.splits import validation_split
 from .nn.module import restore_buffers
 from .io import WeightsFileError, load_npz, save_npz
 from .model import MODELS, DenseNet
@@ -60,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     out: str = "runs/digits"
+    val_fraction: float = 0.1           # held out of the training set for model selection (0: off)
 
     def resolved(self):
         """A copy with every default that depends on the dataset filled in."""
@@ -240,7 +246,12 @@ class Run:
         except (DatasetError, ValueError) as e:
             raise TrainingError(str(e)) from None
         d = self.data
-        self.mean, self.std = channel_stats(d.x_train)                   # per channel, training set only
+        try:
+            self.split = validation_split(d, config.val_fraction, config.seed)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+        self.x_train, self.y_train = self.split.x_train, self.split.y_train
+        self.mean, self.std = channel_stats(self.x_train)                # per channel, training images only
         if (self.std == 0).any():                                        # a constant channel carries nothing:
             log(f"note: channel(s) {np.flatnonzero(self.std == 0).tolist()} of the training images are constant; "
                 f"they are centred but not scaled")
@@ -249,13 +260,13 @@ class Run:
         _check_fits(self.model, d.x_train.shape[1:])
         self.criterion = CrossEntropyLoss()
         # BatchNorm cannot train on a batch of one image: drop a last batch that would hold just one.
-        drop_last = len(d.y_train) % config.batch_size == 1 and len(d.y_train) > 1
+        drop_last = len(self.y_train) % config.batch_size == 1 and len(self.y_train) > 1
         try:
             self.optimizer = SGD(self.model.named_parameters(), lr=config.lr, momentum=config.momentum,
                                  weight_decay=config.weight_decay, nesterov=config.momentum > 0)
             self.scheduler = (paper_schedule(self.optimizer, config.epochs) if config.schedule == "step"
                               else CosineAnnealingLR(self.optimizer, config.epochs))
-            self.batches = BatchIterator(d.x_train, d.y_train, config.batch_size, shuffle=True,
+            self.batches = BatchIterator(self.x_train, self.y_train, config.batch_size, shuffle=True,
                                          augment=config.augment, mean=self.mean, std=self.std,
                                          dtype=np.dtype(config.dtype), seed=np.random.default_rng([config.seed, 1]),
                                          drop_last=drop_last)
@@ -266,7 +277,9 @@ class Run:
         self.epoch_rng_state = self.batches.rng.bit_generator.state
         self.sums = [0.0, 0, 0]         # loss * batch, correct, seen: this epoch so far
         self.history = []
-        self.best_acc = -1.0
+        self.best_acc = -1.0            # the selection score of best.npz: validation accuracy
+        self.best_loss = math.inf       # its validation loss (breaks ties)
+        self.best_epoch = 0
         self.stop = False               # a stop (Ctrl-C, on_step) was requested
 
     # -- state as plain arrays --------------------------------------------------------------------------------
@@ -277,7 +290,7 @@ class Run:
         dropout_states = [m.generator.bit_generator.state for m in self.model.modules() if hasattr(m, "generator")]
         arrays["run.state"] = _json_array(dict(
             version=CHECKPOINT_VERSION, epoch=self.epoch, step=self.step, sums=self.sums, history=self.history,
-            best_acc=self.best_acc, epoch_rng_state=self.epoch_rng_state, dropout_rng_states=dropout_states))
+            best_acc=self.best_acc, best_loss=self.best_loss, best_epoch=self.best_epoch, epoch_rng_state=self.epoch_rng_state, dropout_rng_states=dropout_states))
         arrays.update(metadata_arrays(self.model, self.config, self.mean, self.std, self.data.classes))
         return arrays
 
@@ -311,6 +324,7 @@ class Run:
             g.bit_generator.state = s
         self.epoch, self.step, self.sums = state["epoch"], state["step"], state["sums"]
         self.history, self.best_acc = state["history"], state["best_acc"]
+        self.best_loss, self.best_epoch = state.get("best_loss", math.inf), state.get("best_epoch", 0)
         self.epoch_rng_state = state["epoch_rng_state"]
         self.batches.rng.bit_generator.state = self.epoch_rng_state
 
@@ -344,20 +358,29 @@ class Run:
 
     def finish_epoch(self, seconds):
         cfg = self.config
+        split = self.split
+        val = (evaluate(self.model, split.x_val, split.y_val, mean=self.mean, std=self.std) if split.size
+               else dict(loss=None, acc=None))
         test = evaluate(self.model, self.data.x_test, self.data.y_test, mean=self.mean, std=self.std)
         loss_sum, correct, seen = self.sums
         row = dict(epoch=self.epoch + 1, lr=self.optimizer.lr, train_loss=loss_sum / max(seen, 1),
-                   train_acc=correct / max(seen, 1), test_loss=test["loss"], test_acc=test["acc"],
-                   seconds=round(seconds, 3))
+                   train_acc=correct / max(seen, 1), val_loss=val["loss"], val_acc=val["acc"],
+                   test_loss=test["loss"], test_acc=test["acc"], seconds=round(seconds, 3))
         self.history.append(row)
         self.epoch += 1
         self.step = 0
         self.sums = [0.0, 0, 0]
         self.scheduler.step()
         self.epoch_rng_state = self.batches.rng.bit_generator.state    # the next epoch starts from here
-        improved = test["acc"] > self.best_acc
+        if split.size:                  # select on validation accuracy, ties by validation loss
+            improved = (val["acc"] > self.best_acc
+                        or (val["acc"] == self.best_acc and val["loss"] < self.best_loss))
+        else:                           # nothing to select on: best.npz is the latest epoch
+            improved = True
         if improved:
-            self.best_acc = test["acc"]
+            self.best_acc = val["acc"] if split.size else -1.0
+            self.best_loss = val["loss"] if split.size else math.inf
+            self.best_epoch = row["epoch"]
             save_npz(os.path.join(cfg.out, "best.npz"),
                      weights_arrays(self.model, cfg, self.mean, self.std, self.data.classes))
         self.save_checkpoint(os.path.join(cfg.out, "checkpoint.npz"))
@@ -404,7 +427,15 @@ class Progress:
             self.stream.flush()
 
 
-def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=None):
+RUN_FILES = ("metrics.jsonl", "checkpoint.npz", "best.npz", "curves.png")
+
+
+def existing_run_files(out):
+    """The files of an earlier run in folder ``out`` (empty when there are none)."""
+    return [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
+
+
+def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=None, overwrite=False):
     """Run (or resume) a training run. Returns the run's history (a list of per-epoch dicts).
 
     Parameters
@@ -419,20 +450,31 @@ def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=No
     on_step : callable, optional
         Called after every step with the :class:`Run`; returning True stops the run cleanly (a checkpoint is
         saved, as on Ctrl-C).
+    overwrite : bool
+        Without ``resume``, a ``config.out`` that already holds a run (metrics.jsonl, checkpoint.npz, best.npz)
+        is refused, naming ``--resume`` and ``--overwrite``, before anything is written; with ``overwrite=True``
+        the earlier run's files are deleted once the new run has been set up.
     """
+    earlier = [] if resume else existing_run_files(config.out)
+    if earlier and not overwrite:
+        raise TrainingError(f"--out {config.out!r} already holds a run ({', '.join(earlier)}); nothing was changed. "
+                            f"Continue it with --resume {os.path.join(config.out, 'checkpoint.npz')}, replace it "
+                            f"with --overwrite, or choose another --out")
     run = Run(config, log)
     cfg = run.config
     try:
         os.makedirs(cfg.out, exist_ok=True)
     except OSError as e:
         raise TrainingError(f"--out {cfg.out!r} cannot be used as an output folder: {e.strerror}") from None
+    for name in earlier:                # --overwrite: no file of the earlier run may mix with the new one
+        os.remove(os.path.join(cfg.out, name))
     if resume:
         run.load_checkpoint(resume)
         log(f"resumed from {resume} at epoch {run.epoch + 1}, step {run.step}")
     progress = progress or Progress()
     d = run.data
-    log(f"training {cfg.model} ({run.model.num_parameters():,} parameters) on {d.name}: {len(d.y_train)} train / "
-        f"{len(d.y_test)} test images {d.in_channels}x{d.image_size[0]}x{d.image_size[1]}, {cfg.epochs} epochs, "
+    log(f"training {cfg.model} ({run.model.num_parameters():,} parameters) on {d.name}: {len(run.y_train)} train / "
+        f"{run.split.size} validation / {len(d.y_test)} test images {d.in_channels}x{d.image_size[0]}x{d.image_size[1]}, {cfg.epochs} epochs, "
         f"batch {cfg.batch_size}, {cfg.dtype}, augment={'on' if cfg.augment else 'off'}; output in {cfg.out}")
 
     interrupted = []
@@ -456,8 +498,10 @@ def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=No
                     f"--resume {path}")
                 return run.history
             row = run.finish_epoch(time.perf_counter() - start)
+            val = (f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  " if row["val_acc"] is not None
+                   else "")
             log(f"epoch {row['epoch']:3d}/{cfg.epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f} "
-                f"acc {row['train_acc']:.4f}  test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
+                f"acc {row['train_acc']:.4f}  {val}test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
                 f"{row['seconds']:.1f}s")
             if run.stop and run.epoch < cfg.epochs:     # requested during the epoch's last step
                 path = os.path.join(cfg.out, "checkpoint.npz")
@@ -466,9 +510,21 @@ def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=No
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    log(f"done: best test accuracy {run.best_acc:.4f}; weights in {os.path.join(cfg.out, 'best.npz')}")
+    log(closing_line(run.history, run.best_epoch, os.path.join(cfg.out, "best.npz")))
     plot_curves(run.history, os.path.join(cfg.out, "curves.png"), log)
     return run.history
+
+
+def closing_line(history, best_epoch, best_path):
+    """The run's last line: the final epoch's test accuracy, then the epoch chosen on validation and its test
+    accuracy (the test set chooses nothing)."""
+    last = history[-1]
+    line = f"done: final epoch {last['epoch']}: test accuracy {last['test_acc']:.4f}"
+    if last.get("val_acc") is None:
+        return line + f"; no validation set, so {best_path} holds the final epoch's weights"
+    best = history[best_epoch - 1]
+    return (line + f"; best validation accuracy {best['val_acc']:.4f} at epoch {best['epoch']}, test accuracy "
+            f"{best['test_acc']:.4f} there; its weights in {best_path}")
 
 
 def _main_thread():
@@ -488,6 +544,9 @@ def plot_curves(history, path, log=print):
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax1.plot(epochs, [r["train_loss"] for r in history], label="train")
+    if history and history[0].get("val_loss") is not None:
+        ax1.plot(epochs, [r["val_loss"] for r in history], label="validation")
+        ax2.plot(epochs, [r["val_acc"] for r in history], label="validation")
     ax1.plot(epochs, [r["test_loss"] for r in history], label="test")
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend()
     ax2.plot(epochs, [r["train_acc"] for r in history], label="train")

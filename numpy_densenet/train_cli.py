@@ -31,6 +31,12 @@ def register(sub):
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--out", default=None, help="output folder (default runs/DATASET)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a checkpoint.npz")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it, train refuses to touch an earlier run)")
+    p.add_argument("--val-fraction", type=_fraction, default=0.1, metavar="F",
+                   help="share of the training images held out (stratified, seeded by --seed) to choose the best "
+                        "epoch on; data sets with an official validation split use it instead; 0 turns "
+                        "validation off (default 0.1)")
     p.set_defaults(func=lambda args, parser=p: cmd_train(args, parser), model=None)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of saved weights")
@@ -51,6 +57,18 @@ def register(sub):
     p.set_defaults(func=cmd_predict)
 
 
+def _fraction(text):
+    """argparse type for --val-fraction: a number in [0, 1)."""
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) (0 turns validation off), got {value}")
+    return value
+
+
 def _add_data_args(p):
     p.add_argument("--dataset", choices=DATASETS, default="digits", help="default: the bundled UCI digits")
     p.add_argument("--data-dir", default=None, help="folder with the dataset's official files (an .npz path for npz)")
@@ -59,7 +77,8 @@ def _add_data_args(p):
 _OPTION_FIELDS = {"dataset": "dataset", "data_dir": "data_dir", "model": "model", "depth": "depth",
                   "growth_rate": "growth_rate", "drop_rate": "drop_rate", "epochs": "epochs",
                   "batch_size": "batch_size", "lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay",
-                  "schedule": "schedule", "augment": "augment", "seed": "seed", "dtype": "dtype", "out": "out"}
+                  "schedule": "schedule", "augment": "augment", "seed": "seed", "dtype": "dtype", "out": "out",
+                  "val_fraction": "val_fraction"}
 
 
 def cmd_train(args, parser):
@@ -85,8 +104,9 @@ def cmd_train(args, parser):
                               depth=args.depth, growth_rate=args.growth_rate, drop_rate=args.drop_rate,
                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                               weight_decay=args.weight_decay, schedule=args.schedule, augment=args.augment,
-                              seed=args.seed, dtype=args.dtype, out=args.out or os.path.join("runs", args.dataset))
-        train(cfg, resume=args.resume, log=lambda line: print(line, flush=True))
+                              seed=args.seed, dtype=args.dtype, out=args.out or os.path.join("runs", args.dataset),
+                              val_fraction=args.val_fraction)
+        train(cfg, resume=args.resume, log=lambda line: print(line, flush=True), overwrite=args.overwrite)
     except (TrainingError, WeightsFileError) as e:
         raise UserError(str(e)) from None
     return 0

@@ -108,6 +108,8 @@ class Dataset:
         Test images, same dtype and image shape as ``x_train``.
     y_test : ndarray of int64, shape (N_test,)
         Test labels.
+    x_val, y_val : ndarray or None
+        The data set's official validation split, when it has one (``train`` then selects on it); None otherwise.
     num_classes : int
         Number of classes.
     classes : tuple of str
@@ -125,10 +127,14 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     classes: tuple = field(default=())
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
     def __post_init__(self):
         self.classes = tuple(str(c) for c in self.classes) or tuple(str(k) for k in range(self.num_classes))
-        for split in ("train", "test"):
+        if (self.x_val is None) != (self.y_val is None):
+            raise ValueError("give both x_val and y_val (an official validation split) or neither")
+        for split in ("train", "test") + (("val",) if self.x_val is not None else ()):
             x, y = getattr(self, "x_" + split), getattr(self, "y_" + split)
             if not isinstance(x, np.ndarray) or x.ndim != 4:
                 raise ValueError(f"x_{split} must be a 4-D array (N, C, H, W), got {_describe(x)}")
@@ -137,6 +143,9 @@ class Dataset:
                                  f"({x.shape[0]}), got {_describe(y)}")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(f"x_train images {self.x_train.shape[1:]} and x_test images {self.x_test.shape[1:]} "
+                             "differ in shape")
+        if self.x_val is not None and self.x_val.shape[1:] != self.x_train.shape[1:]:
+            raise ValueError(f"x_train images {self.x_train.shape[1:]} and x_val images {self.x_val.shape[1:]} "
                              "differ in shape")
         if len(self.classes) != self.num_classes:
             raise ValueError(f"classes has {len(self.classes)} names but num_classes is {self.num_classes}")
@@ -151,7 +160,8 @@ class Dataset:
 
     def as_float(self, dtype=np.float32) -> "Dataset":
         """Return a copy whose images are ``dtype`` values in [0, 1] (see :func:`to_float`); labels are shared."""
-        return replace(self, x_train=to_float(self.x_train, dtype), x_test=to_float(self.x_test, dtype))
+        return replace(self, x_train=to_float(self.x_train, dtype), x_test=to_float(self.x_test, dtype),
+                       x_val=None if self.x_val is None else to_float(self.x_val, dtype))
 
     def __repr__(self):
         c, (h, w) = self.in_channels, self.image_size
@@ -543,6 +553,8 @@ def load_npz(path, *, test_fraction=0.2, seed=0) -> Dataset:
         an ambiguous shape such as ``(N, 3, 3, 3)`` is read as channels-first.
     ``y`` : (N,) integers >= 0
     ``x_test``, ``y_test`` : optional, same conventions; give both or neither.
+    ``x_val``, ``y_val`` : optional, same conventions; an official validation split (``train`` selects its
+        best epoch on it instead of holding out part of ``x``); give both or neither.
     ``classes`` : optional 1-D array of strings, the class names; then labels must be ``< len(classes)``.
 
     Without ``x_test``, a fixed split is made: the images are permuted by ``np.random.default_rng(seed)`` and
@@ -589,6 +601,18 @@ def load_npz(path, *, test_fraction=0.2, seed=0) -> Dataset:
         test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
         x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
 
+    x_val = y_val = None
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        _fail(path, "holds only one of 'x_val' and 'y_val'; give both or neither")
+    if "x_val" in arrays:
+        x_val = _npz_images(path, arrays["x_val"], "x_val")
+        if x_val.shape[0] == 0:
+            _fail(path, "'x_val' holds no images; leave 'x_val' and 'y_val' out to hold out part of 'x' instead")
+        y_val = _npz_labels(path, arrays["y_val"], "y_val", x_val.shape[0], "x_val")
+        if x_val.shape[1:] != x_train.shape[1:] or x_val.dtype != x_train.dtype:
+            _fail(path, f"'x_val' images are {x_val.dtype} {x_val.shape[1:]} (C, H, W) but 'x' images are "
+                        f"{x_train.dtype} {x_train.shape[1:]}")
+
     if "classes" in arrays:
         classes = arrays["classes"]
         if classes.ndim != 1 or classes.dtype.kind not in "US" or classes.size == 0:
@@ -596,12 +620,12 @@ def load_npz(path, *, test_fraction=0.2, seed=0) -> Dataset:
                         f"{classes.shape}")
         classes = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in classes.tolist())
         num_classes = len(classes)
-        for key, labels in (("y", y), ("y_test", y_test)):
+        for key, labels in (("y", y), ("y_test", y_test)) + ((("y_val", y_val),) if y_val is not None else ()):
             _check_labels(path, labels, num_classes, what=f"{key!r} (with {num_classes} names in 'classes')")
     else:
-        num_classes = int(max(y_train.max(), y_test.max())) + 1
+        num_classes = int(max(y_train.max(), y_test.max(), -1 if y_val is None else y_val.max())) + 1
         classes = tuple(str(k) for k in range(num_classes))
-    return Dataset(path.stem, x_train, y_train, x_test, y_test, num_classes, classes)
+    return Dataset(path.stem, x_train, y_train, x_test, y_test, num_classes, classes, x_val=x_val, y_val=y_val)
 
 
 def _npz_images(path, x, key):
