@@ -158,9 +158,14 @@ def cmd_convert(args):
 
     from .io import convert_torch_checkpoint
     if importlib.util.find_spec("torch") is None:
-        raise UserError("converting a .pth file needs PyTorch (only for this step): pip install torch")
+        raise UserError("converting a .pth file needs PyTorch (only for this step); the CPU build is enough: "
+                        "pip install torch --index-url https://download.pytorch.org/whl/cpu")
     n = convert_torch_checkpoint(args.src, args.dst)
-    print(f"wrote {n} arrays to {args.dst}")
+    from .train import load_model_file
+    model, meta = load_model_file(args.dst)
+    print(f"wrote {n} arrays to {args.dst}: DenseNet({model.extra_repr()}), {model.config['num_classes']} classes"
+          f"{' (ImageNet names)' if meta['classes'] else ''}, ImageNet preprocessing (resize 256, center-crop 224)")
+    print(f"classify photos with: numpy-densenet predict --weights {args.dst} photo.jpg")
     return 0
 
 

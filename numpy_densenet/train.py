@@ -186,15 +186,29 @@ def _from_json_array(a):
     return json.loads(str(a[()]))
 
 
-def metadata_arrays(model, config, mean, std, classes):
-    """What, besides the weights, a file needs to rebuild and use the model (keys start with "_")."""
-    return {"_model_config": _json_array(model.config), "_train_config": _json_array(asdict(config)),
-            "_mean": np.asarray(mean), "_std": np.asarray(std), "_classes": _json_array(list(classes))}
+def metadata_arrays(model, config, mean, std, classes, inputs=None):
+    """What, besides the weights, a file needs to rebuild and use the model (keys start with "_").
+
+    ``inputs`` (optional) describes the training images for ``predict``: {"image_size": [H, W], "pixel_range":
+    [lo, hi]} with the pixel range in [0, 1] units (8-bit pixels / 255); stored as ``_inputs``.
+    """
+    arrays = {"_model_config": _json_array(model.config), "_train_config": _json_array(asdict(config)),
+              "_mean": np.asarray(mean), "_std": np.asarray(std), "_classes": _json_array(list(classes))}
+    if inputs is not None:
+        arrays["_inputs"] = _json_array(inputs)
+    return arrays
 
 
-def weights_arrays(model, config, mean, std, classes):
+def weights_arrays(model, config, mean, std, classes, inputs=None):
     """The arrays of a weights file (best.npz): state_dict plus the metadata."""
-    return {**model.state_dict(), **metadata_arrays(model, config, mean, std, classes)}
+    return {**model.state_dict(), **metadata_arrays(model, config, mean, std, classes, inputs)}
+
+
+def describe_inputs(x):
+    """{"image_size": [H, W], "pixel_range": [lo, hi]} of training images x (N, C, H, W), in [0, 1] units."""
+    scale = 255.0 if x.dtype.kind in "ui" else 1.0
+    return {"image_size": [int(x.shape[2]), int(x.shape[3])],
+            "pixel_range": [float(x.min()) / scale, float(x.max()) / scale]}
 
 
 def load_model_file(path, dtype=None):
@@ -205,8 +219,9 @@ def load_model_file(path, dtype=None):
     arrays = load_npz(path)
     if "_model_config" not in arrays:
         raise WeightsFileError(f"weights file {os.fspath(path)!r} has no model description (_model_config): it was "
-                               f"not written by `numpy-densenet train`. Converted torchvision weights can be "
-                               f"evaluated with --model, or loaded from Python with numpy_densenet.io.load_weights")
+                               f"neither written by `numpy-densenet train` nor by `numpy-densenet convert` (convert a "
+                               f"torchvision .pth again to get a self-describing file); give --model to evaluate "
+                               f"it, or load it from Python with numpy_densenet.io.load_weights")
     cfg = _from_json_array(arrays["_model_config"])
     cfg["block_config"] = tuple(cfg["block_config"])
     dt = np.dtype(dtype) if dtype else arrays["classifier.weight"].dtype if "classifier.weight" in arrays \
@@ -221,7 +236,9 @@ def load_model_file(path, dtype=None):
         raise WeightsFileError(f"weights file {os.fspath(path)!r} does not fit its own model description: {e}") \
             from None
     meta = dict(mean=arrays.get("_mean"), std=arrays.get("_std"),
-                classes=_from_json_array(arrays["_classes"]) if "_classes" in arrays else None)
+                classes=_from_json_array(arrays["_classes"]) if "_classes" in arrays else None,
+                inputs=_from_json_array(arrays["_inputs"]) if "_inputs" in arrays else None,
+                preprocess=_from_json_array(arrays["_preprocess"]) if "_preprocess" in arrays else None)
     return model, meta
 
 
@@ -252,6 +269,7 @@ class Run:
             raise TrainingError(str(e)) from None
         self.x_train, self.y_train = self.split.x_train, self.split.y_train
         self.mean, self.std = channel_stats(self.x_train)                # per channel, training images only
+        self.inputs = describe_inputs(self.x_train)                     # for predict's checks
         if (self.std == 0).any():                                        # a constant channel carries nothing:
             log(f"note: channel(s) {np.flatnonzero(self.std == 0).tolist()} of the training images are constant; "
                 f"they are centred but not scaled")
@@ -291,7 +309,7 @@ class Run:
         arrays["run.state"] = _json_array(dict(
             version=CHECKPOINT_VERSION, epoch=self.epoch, step=self.step, sums=self.sums, history=self.history,
             best_acc=self.best_acc, best_loss=self.best_loss, best_epoch=self.best_epoch, epoch_rng_state=self.epoch_rng_state, dropout_rng_states=dropout_states))
-        arrays.update(metadata_arrays(self.model, self.config, self.mean, self.std, self.data.classes))
+        arrays.update(metadata_arrays(self.model, self.config, self.mean, self.std, self.data.classes, self.inputs))
         return arrays
 
     def save_checkpoint(self, path):
@@ -382,7 +400,7 @@ class Run:
             self.best_loss = val["loss"] if split.size else math.inf
             self.best_epoch = row["epoch"]
             save_npz(os.path.join(cfg.out, "best.npz"),
-                     weights_arrays(self.model, cfg, self.mean, self.std, self.data.classes))
+                     weights_arrays(self.model, cfg, self.mean, self.std, self.data.classes, self.inputs))
         self.save_checkpoint(os.path.join(cfg.out, "checkpoint.npz"))
         write_metrics(os.path.join(cfg.out, "metrics.jsonl"), self.history)
         return row

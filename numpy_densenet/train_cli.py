@@ -46,14 +46,23 @@ def register(sub):
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="classify images (.npy arrays, or PNG files when Pillow is installed)")
-    p.add_argument("--weights", required=True, help="best.npz / checkpoint.npz from train (they describe the model "
-                                                     "and the normalisation)")
+    p = sub.add_parser("predict", help="classify images (.npy arrays, or image files when Pillow is installed)",
+                       description="Classify images with a model from train (inputs must have its training image "
+                                   "size unless --resize is given) or with converted torchvision weights (photos "
+                                   "are resized to 256, center-cropped to 224 and normalised as PyTorch Hub does). "
+                                   "Prints the most probable classes of each image with their probabilities.")
+    p.add_argument("--weights", required=True, help="best.npz / checkpoint.npz from train, or a .npz from convert "
+                                                     "(they describe the model and its preprocessing)")
     p.add_argument("inputs", nargs="+",
                    help=".npy files: (N, C, H, W), (N, H, W, C), (C, H, W), (H, W, C), (H, W), or (N, H, W) for "
                         "grey models; integer arrays are 8-bit pixels 0..255, float arrays are in [0, 1]. "
-                        "Or .png images (needs Pillow)")
-    p.add_argument("--top", type=positive_int, default=1, help="show the top K classes")
+                        "Or image files: .png, .jpg, ... (needs Pillow)")
+    p.add_argument("--top", type=positive_int, default=None, metavar="K",
+                   help="show the K most probable classes (default 5 for converted ImageNet weights, 1 for models "
+                        "from train)")
+    p.add_argument("--resize", action="store_true",
+                   help="resize inputs of another size than the training images to that size (bilinear; needs "
+                        "Pillow); without it they are refused")
     p.set_defaults(func=cmd_predict)
 
 
@@ -210,7 +219,7 @@ def _read_inputs(paths, in_channels):
                                 f"{' or (N, H, W)' if in_channels == 1 else ''}; the file holds shape {shape}")
             images.append(a)
             labels += [f"{path}[{i}]" for i in range(len(a))] if len(a) > 1 else [path]
-        elif path.lower().endswith(".png"):
+        elif path.lower().endswith(IMAGE_SUFFIXES):
             try:
                 from PIL import Image
             except ImportError:
@@ -223,17 +232,48 @@ def _read_inputs(paths, in_channels):
             images.append(a[None, None] if a.ndim == 2 else a.transpose(2, 0, 1)[None])
             labels.append(path)
         else:
-            raise UserError(f"{path}: inputs must be .npy arrays or .png images")
+            raise UserError(f"{path}: inputs must be .npy arrays or image files ({', '.join(IMAGE_SUFFIXES)})")
     shapes = {im.shape[2:] for im in images}
     if len(shapes) > 1:
         raise UserError(f"all inputs must have the same image size, got {sorted(shapes)}")
     return np.concatenate(images), labels
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
 def cmd_predict(args):
+    import sys
+
+    from .predict import fit_image_size, pixel_range_warning, predict_photos
     from .train import load_model_file
     model, meta = load_model_file(args.weights)
-    x, labels = _read_inputs(args.inputs, model.in_channels)
+    if meta["preprocess"] is not None:                           # converted weights: Hub-style photos
+        from .cli import UserError
+        try:
+            predict_photos(args.weights, args.inputs, top=args.top or 5)
+        except (ValueError, ImportError) as e:
+            raise UserError(str(e)) from None
+        return 0
+    images, labels = [], []
+    for path in args.inputs:                                     # checked one file at a time
+        x, names = _read_inputs([path], model.in_channels)
+        if meta["inputs"] is not None:
+            from .cli import UserError
+            try:
+                x = fit_image_size(x, path, meta["inputs"]["image_size"], args.resize)
+            except (ValueError, ImportError) as e:
+                raise UserError(str(e)) from None
+            warning = pixel_range_warning(x, path, meta["inputs"]["pixel_range"])
+            if warning:
+                print(warning, file=sys.stderr)
+        images.append(x)
+        labels += names
+    shapes = {im.shape[2:] for im in images}
+    if len(shapes) > 1:
+        from .cli import UserError
+        raise UserError(f"all inputs must have the same image size, got {sorted(shapes)}; give --resize")
+    x = np.concatenate(images)
     mean = meta["mean"] if meta["mean"] is not None else np.zeros(model.in_channels)
     std = meta["std"] if meta["std"] is not None else np.ones(model.in_channels)
     x = ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(model.dtype)
@@ -248,7 +288,7 @@ def cmd_predict(args):
     z = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     classes = meta["classes"] or [str(k) for k in range(probs.shape[1])]
-    top = max(1, min(args.top, probs.shape[1]))
+    top = max(1, min(args.top or 1, probs.shape[1]))
     for label, p in zip(labels, probs):
         best = np.argsort(p)[::-1][:top]
         print(f"{label}: " + ", ".join(f"{classes[k]} ({p[k]:.3f})" for k in best))
