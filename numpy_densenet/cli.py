@@ -115,11 +115,16 @@ def cmd_gradcheck(args):
 
 # -- models -------------------------------------------------------------------------------------------------
 def add_model_args(p, default="densenet_bc"):
+    """--model, --depth, --growth-rate. ``default=None``: only for weights files that do not describe a model."""
     p.add_argument("--model", default=default,
                    choices=["densenet121", "densenet161", "densenet169", "densenet201", "densenet_bc", "densenet"],
-                   help=f"architecture (default: {default})")
-    p.add_argument("--depth", type=int, default=None, help="depth L of densenet_bc / densenet (default 100 / 40)")
-    p.add_argument("--growth-rate", type=int, default=None, help="k of densenet_bc / densenet (default 12)")
+                   help=f"architecture (default: {default})" if default else
+                   "architecture, only needed for a weights file that does not describe its model (files from "
+                   "train and convert do)")
+    p.add_argument("--depth", type=int, default=None,
+                   help="depth L of densenet_bc / densenet (default: 16 on digits; otherwise 100 for densenet_bc, "
+                        "40 for densenet)")
+    p.add_argument("--growth-rate", type=int, default=None, help="growth rate k of densenet_bc / densenet (default 12)")
 
 
 def build_model(name, depth=None, growth_rate=None, num_classes=None, **kwargs):
@@ -176,24 +181,37 @@ def make_parser():
     parser.add_argument("--version", action="version", version=f"numpy_densenet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("gradcheck", help="check every layer's (or a tiny DenseNet's) backward pass")
+    p = sub.add_parser("gradcheck", help="check every layer's (or a tiny DenseNet's) backward pass",
+                       description="Compare every layer type's hand-written backward pass (or, with --model, whole "
+                                   "tiny DenseNets') with finite differences in float64, and print one row per "
+                                   "tensor: worst error, where, analytic against numeric. Exit code 1 on a failure.")
     p.add_argument("--model", action="store_true", help="check whole tiny DenseNets instead of single layers")
     p.add_argument("--mode", choices=["full", "sampled", "directional"], default=None,
                    help="full (every coordinate; default for layers), sampled, directional (default for --model)")
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seed of the inputs, weights and probe directions (default 0)")
     p.set_defaults(func=cmd_gradcheck)
 
-    p = sub.add_parser("summary", help="per-layer output shapes, channel growth and parameter counts")
+    p = sub.add_parser("summary", help="per-layer output shapes, channel growth and parameter counts",
+                       description="Print a model's layers with their output shapes, the channel growth k0 + l*k "
+                                   "of every dense block, parameter counts and totals.")
     p.add_argument("model", choices=["densenet121", "densenet161", "densenet169", "densenet201", "densenet_bc",
-                                     "densenet"])
-    p.add_argument("--depth", type=int, default=None)
-    p.add_argument("--growth-rate", type=int, default=None)
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--image-size", type=int, default=None, help="default 224 (ImageNet stem) or 32 (CIFAR stem)")
+                                     "densenet"], help="architecture")
+    p.add_argument("--depth", type=int, default=None,
+                   help="depth L of densenet_bc / densenet (default 100 for densenet_bc, 40 for densenet)")
+    p.add_argument("--growth-rate", type=int, default=None, help="growth rate k of densenet_bc / densenet (default 12)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier outputs (default 1000 for densenet121/161/169/201, 10 otherwise)")
+    p.add_argument("--in-channels", type=int, default=3, help="image channels (default 3)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="height = width of the input (default 224 with the ImageNet stem, 32 with the CIFAR stem)")
     p.set_defaults(func=cmd_summary)
 
-    p = sub.add_parser("convert", help="convert a torchvision DenseNet .pth to .npz (needs PyTorch)")
+    p = sub.add_parser("convert", help="convert a torchvision DenseNet .pth to .npz (needs PyTorch)",
+                       description="Convert a torchvision DenseNet state dict (.pth, read with weights_only=True) "
+                                   "to a self-describing .npz: the architecture inferred from the tensors' shapes, "
+                                   "ImageNet preprocessing and the 1000 ImageNet class names, so that predict and "
+                                   "numpy_densenet.hub.load need nothing else. PyTorch is needed for this step only.")
     p.add_argument("src", help="torchvision state dict (.pth)")
     p.add_argument("dst", help="output .npz")
     p.set_defaults(func=cmd_convert)

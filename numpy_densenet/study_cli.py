@@ -53,7 +53,7 @@ def register(subparsers):
     p.add_argument("--size", type=int, default=4, metavar="HW", help="height = width of the input (default 4)")
     p.add_argument("--compression", type=float, default=0.5, help="theta of the transition arithmetic (default 0.5)")
     p.add_argument("--eval", action="store_true", help="BatchNorm with running statistics")
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the weights, input and R (default 0)")
     p.set_defaults(func=cmd_explain)
 
 

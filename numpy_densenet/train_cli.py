@@ -12,23 +12,29 @@ def register(sub):
     from .cli import add_model_args, nonneg_int, positive_int
     p = sub.add_parser("train", help="train a DenseNet (default: a small DenseNet-BC on the bundled digits)",
                        description="Train a DenseNet. With no options: DenseNet-BC (depth 16, k 12) on the bundled "
-                                   "UCI digits for 30 epochs, about a minute on 2 cores.")
+                                   "UCI digits for 30 epochs, about a minute on 2 cores. The best epoch is chosen on "
+                                   "a validation set (--val-fraction), never on the test set; an --out folder that "
+                                   "already holds a run is refused unless --resume or --overwrite is given.")
     _add_data_args(p)
     add_model_args(p)
-    p.add_argument("--epochs", type=int, default=None, help="default 30 on digits, 300 otherwise")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (0 disables)")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 30 on digits, 300 otherwise)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    p.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
+    p.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (default 0.9; 0 disables)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="L2 weight decay (default 1e-4)")
     p.add_argument("--schedule", choices=["step", "cosine"], default="step",
                    help="step: lr / 10 at 50%% and 75%% of the epochs (the paper); cosine: cosine annealing")
-    p.add_argument("--drop-rate", type=float, default=0.0, help="dropout after each dense layer")
+    p.add_argument("--drop-rate", type=float, default=0.0, help="dropout after each dense layer (default 0)")
     aug = p.add_mutually_exclusive_group()
     aug.add_argument("--augment", dest="augment", action="store_true", default=None,
-                     help="4-pixel zero-pad random crop + horizontal flip (default on for CIFAR and npz)")
-    aug.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--seed", type=nonneg_int, default=0)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+                     help="4-pixel zero-pad random crop + horizontal flip (default on for CIFAR and npz, off for "
+                          "digits and MNIST)")
+    aug.add_argument("--no-augment", dest="augment", action="store_false", help="no data augmentation")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seed of the initialisation, the batch order, augmentation, dropout and the validation "
+                        "split (default 0)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="precision of weights and computation (default float32)")
     p.add_argument("--out", default=None, help="output folder (default runs/DATASET)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a checkpoint.npz")
     p.add_argument("--overwrite", action="store_true",
@@ -39,11 +45,13 @@ def register(sub):
                         "validation off (default 0.1)")
     p.set_defaults(func=lambda args, parser=p: cmd_train(args, parser), model=None)
 
-    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of saved weights")
+    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of saved weights",
+                       description="Evaluate saved weights on a data set's test split: accuracy, loss, per-class "
+                                   "accuracy and the confusion matrix.")
     p.add_argument("--weights", required=True, help="best.npz / checkpoint.npz from train, or converted weights")
     _add_data_args(p)
     add_model_args(p, default=None)
-    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify images (.npy arrays, or image files when Pillow is installed)",
@@ -79,8 +87,10 @@ def _fraction(text):
 
 
 def _add_data_args(p):
-    p.add_argument("--dataset", choices=DATASETS, default="digits", help="default: the bundled UCI digits")
-    p.add_argument("--data-dir", default=None, help="folder with the dataset's official files (an .npz path for npz)")
+    p.add_argument("--dataset", choices=DATASETS, default="digits", help="data set (default: the bundled UCI digits)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the data set's official files (the .npz file itself for npz); not needed for "
+                        "digits")
 
 
 _OPTION_FIELDS = {"dataset": "dataset", "data_dir": "data_dir", "model": "model", "depth": "depth",
