@@ -90,7 +90,8 @@ def convert_torch_checkpoint(src, dst):
     try:
         import torch
     except ImportError:
-        raise RuntimeError("converting a .pth file needs PyTorch: pip install torch") from None
+        raise RuntimeError("converting a .pth file needs PyTorch (the CPU build is enough): pip install torch "
+                           "--index-url https://download.pytorch.org/whl/cpu") from None
     from .model import rename_old_keys
     if not os.path.isfile(src):
         raise WeightsFileError(f"checkpoint {os.fspath(src)!r} does not exist")

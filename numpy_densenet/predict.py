@@ -65,11 +65,18 @@ def pixel_range_warning(x, label, trained_range):
 def predict_photos(weights, paths, top=5, log=print):
     """Hub-style inference on image files with converted weights; prints one line per image.
 
+    Parameters
+    ----------
+    weights : path of a .npz from ``convert``, or a :class:`~numpy_densenet.hub.HubModel`
+    paths : image files
+    top : int
+    log : callable receiving each line
+
     Each line is ``path: name (probability), ...`` with the ``top`` most probable classes, best first.
     Returns the list of (path, [(name, probability), ...]).
     """
-    from .hub import load, top_k
-    model = load(weights)
+    from .hub import HubModel, load, top_k
+    model = weights if isinstance(weights, HubModel) else load(weights)
     results = []
     for path in paths:                                         # one at a time: photos differ in size
         if str(path).lower().endswith(".npy"):

@@ -322,6 +322,7 @@ class Run:
                                    f"weights-only files can be evaluated, not resumed")
         state = _from_json_array(arrays["run.state"])
         saved = _from_json_array(arrays["_train_config"])
+        saved.setdefault("val_fraction", 0.0)           # checkpoints from before validation splits had none
         mine = asdict(self.config)
         differ = [k for k in mine if k != "out" and saved.get(k) != mine[k]]
         if differ:

@@ -112,7 +112,7 @@ def cmd_train(args, parser):
             arrays = load_npz(args.resume, what="checkpoint")
             if "_train_config" not in arrays:
                 raise WeightsFileError(f"checkpoint {args.resume!r} is not a training checkpoint")
-            cfg = TrainConfig(**json.loads(str(arrays["_train_config"][()])))
+            cfg = TrainConfig(**{"val_fraction": 0.0, **json.loads(str(arrays["_train_config"][()]))})
             cfg.out = os.path.dirname(os.path.abspath(args.resume))
             for option, field in _OPTION_FIELDS.items():          # options given on this command line
                 value = getattr(args, option)
@@ -261,7 +261,8 @@ def cmd_predict(args):
     if meta["preprocess"] is not None:                           # converted weights: Hub-style photos
         from .cli import UserError
         try:
-            predict_photos(args.weights, args.inputs, top=args.top or 5)
+            from .hub import HubModel
+            predict_photos(HubModel(model, meta["classes"], meta["preprocess"]), args.inputs, top=args.top or 5)
         except (ValueError, ImportError) as e:
             raise UserError(str(e)) from None
         return 0

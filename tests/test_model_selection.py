@@ -191,3 +191,21 @@ def test_overwrite_replaces_the_earlier_run(tmp_path):
     assert code == 0, stderr
     assert [r["epoch"] for r in read_metrics(out)] == [1]
     assert not (out / "curves.png").exists() or (out / "curves.png").read_bytes() != b"stale"
+
+
+def test_a_checkpoint_from_before_validation_splits_resumes_without_one(tmp_path):
+    """Old checkpoints have no val_fraction in their options: they ran without validation, and resume so."""
+    data = write_npz_dataset(tmp_path / "d.npz")
+    out = tmp_path / "run"
+    cfg = TrainConfig(dataset="npz", data_dir=str(data), depth=10, growth_rate=2, epochs=2, batch_size=32,
+                      val_fraction=0, out=str(out))
+    train(cfg, log=quiet, on_step=lambda run: (run.epoch, run.step) == (1, 1))
+    with np.load(out / "checkpoint.npz", allow_pickle=False) as z:
+        arrays = dict(z)
+    options = json.loads(str(arrays["_train_config"][()]))
+    del options["val_fraction"]
+    arrays["_train_config"] = np.array(json.dumps(options))
+    np.savez(out / "checkpoint.npz", **arrays)
+    code, stdout, stderr = cli(["train", "--resume", out / "checkpoint.npz"])
+    assert code == 0, stderr
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2] and "no validation set" in stdout
