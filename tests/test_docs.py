@@ -3,7 +3,8 @@
 How the blocks are run:
 
 * ```python blocks with ``python``, ```bash blocks with ``bash -e``; ``numpy-densenet`` is this checkout's command
-  (a shim on PATH running ``python -m numpy_densenet``), so a block can use files that earlier blocks made;
+  (a shim on PATH running ``python -m numpy_densenet``) and ``python`` the interpreter running the tests, so a
+  block can use files that earlier blocks made;
 * setting-up lines (``pip install ...``, ``python3 -m venv ...``, activating the environment) are not run: the
   package under test is already importable (``pip install`` in a fresh environment is checked by hand);
 * a block preceded by ``<!-- slow -->`` runs its ``numpy-densenet train`` commands with ``--epochs 1`` added
@@ -14,11 +15,13 @@ How the blocks are run:
 * download lines (``curl``, ``wget``) are not run either;
 * a block preceded by ``<!-- needs: FILE -->`` needs a file that only the network can give (torchvision's
   densenet121 weights, a photo); the test writes a stand-in of the same format (densenet121 with random
-  weights in torchvision's old key style, which needs PyTorch; a synthetic picture), and without PyTorch skips
-  the file's remaining blocks;
+  weights in torchvision's old key style, which needs PyTorch; a synthetic picture). Without PyTorch that block
+  and every later block naming one of the files it names are left out, the others still run, and the test
+  ends as skipped, naming the blocks left out;
 * ```console blocks (command and output) are the walk-through's: tests/test_flow.py runs them and compares the
   output; blocks without a language are printed output, not code.
 """
+import importlib.util
 import os
 import re
 import subprocess
@@ -56,6 +59,9 @@ def shorten_training(body):
     return re.sub(r"(numpy-densenet train\b[^\n#&|;]*?)(\s*(?:#.*)?$)", r"\1 --epochs 1\2", body, flags=re.M)
 
 
+FILE_NAME = re.compile(r"[\w.-]+\.(?:pth|npz|npy|jpg|png)\b")
+
+
 def make_stand_in(name, folder):
     """A file of the format the docs download, with random contents (see the module docstring)."""
     if name.endswith((".jpg", ".png")):                              # a photo: a smooth picture with noise
@@ -66,7 +72,7 @@ def make_stand_in(name, folder):
         a = np.stack([128 + 100 * np.sin(xx / (9 + c) + yy / (13 + c)) for c in range(3)], axis=-1)
         Image.fromarray(np.clip(a + rng.normal(0, 15, a.shape), 0, 255).astype(np.uint8)).save(folder / name)
         return
-    torch = pytest.importorskip("torch", reason=f"the stand-in for {name} needs PyTorch")
+    import torch
     sys.path.insert(0, str(ROOT / "tests"))
     import torch_densenet
     if not name.startswith("densenet121"):
@@ -86,6 +92,9 @@ def shim(tmp_path):
     script = bin_dir / "numpy-densenet"
     script.write_text(f"#!/bin/sh\nexec {sys.executable} -m numpy_densenet \"$@\"\n")
     script.chmod(0o755)
+    for name in ("python", "python3"):                    # the blocks' `python` is the one running the tests
+        (bin_dir / name).write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+        (bin_dir / name).chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", MPLBACKEND="Agg")
     return env
@@ -103,13 +112,18 @@ def test_every_code_block_runs(doc, tmp_path, shim):
     work = tmp_path / "work"
     work.mkdir()
     slow = os.environ.get("NUMPY_DENSENET_SLOW_DOCS") == "1"
-    ran = 0
+    have_torch = importlib.util.find_spec("torch") is not None
+    ran, left_out, unavailable = 0, [], set()
     for number, (lang, body, marker) in enumerate(blocks(doc), 1):
         if lang not in ("bash", "python") or marker.startswith("not run"):
             continue
-        if marker.startswith("needs:"):
-            for name in marker[len("needs:"):].split():
-                make_stand_in(name, work)
+        needs = marker[len("needs:"):].split() if marker.startswith("needs:") else []
+        if (not have_torch and any(n.endswith(".pth") for n in needs)) or unavailable & set(FILE_NAME.findall(body)):
+            unavailable |= set(FILE_NAME.findall(body))
+            left_out.append(number)
+            continue
+        for name in needs:
+            make_stand_in(name, work)
         code = runnable(body)
         if marker == "slow" and not slow:
             code = shorten_training(code)
@@ -122,6 +136,8 @@ def test_every_code_block_runs(doc, tmp_path, shim):
                                         f"--- stderr:\n{result.stderr[-3000:]}")
         ran += 1
     assert ran or doc.name != "README.md"
+    if left_out:
+        pytest.skip(f"{doc.name}: ran {ran} code blocks; blocks {left_out} need PyTorch (for the stand-in weights)")
 
 
 def test_setup_lines_and_shortening():
