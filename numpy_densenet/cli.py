@@ -168,8 +168,11 @@ def cmd_convert(args):
     n = convert_torch_checkpoint(args.src, args.dst)
     from .train import load_model_file
     model, meta = load_model_file(args.dst)
-    print(f"wrote {n} arrays to {args.dst}: DenseNet({model.extra_repr()}), {model.config['num_classes']} classes"
-          f"{' (ImageNet names)' if meta['classes'] else ''}, ImageNet preprocessing (resize 256, center-crop 224)")
+    c = model.config
+    print(f"wrote {n} arrays to {args.dst}: DenseNet(growth_rate={c['growth_rate']}, block_config="
+          f"{c['block_config']}, num_init_features={c['num_init_features']}, bn_size={c['bn_size']}, "
+          f"stem={c['stem']!r}), {c['num_classes']} classes{' (ImageNet names)' if meta['classes'] else ''}, "
+          f"ImageNet preprocessing (resize 256, center-crop 224)")
     print(f"classify photos with: numpy-densenet predict --weights {args.dst} photo.jpg")
     return 0
 

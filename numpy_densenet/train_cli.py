@@ -255,13 +255,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 def cmd_predict(args):
     import sys
 
+    from .cli import UserError
+    from .hub import HubModel
     from .predict import fit_image_size, pixel_range_warning, predict_photos
     from .train import load_model_file
     model, meta = load_model_file(args.weights)
     if meta["preprocess"] is not None:                           # converted weights: Hub-style photos
-        from .cli import UserError
         try:
-            from .hub import HubModel
             predict_photos(HubModel(model, meta["classes"], meta["preprocess"]), args.inputs, top=args.top or 5)
         except (ValueError, ImportError) as e:
             raise UserError(str(e)) from None
@@ -269,8 +269,7 @@ def cmd_predict(args):
     images, labels = [], []
     for path in args.inputs:                                     # checked one file at a time
         x, names = _read_inputs([path], model.in_channels)
-        if meta["inputs"] is not None:
-            from .cli import UserError
+        if meta["inputs"] is not None:                           # what the model was trained on (files from train)
             try:
                 x = fit_image_size(x, path, meta["inputs"]["image_size"], args.resize)
             except (ValueError, ImportError) as e:
@@ -282,8 +281,7 @@ def cmd_predict(args):
         labels += names
     shapes = {im.shape[2:] for im in images}
     if len(shapes) > 1:
-        from .cli import UserError
-        raise UserError(f"all inputs must have the same image size, got {sorted(shapes)}; give --resize")
+        raise UserError(f"all inputs must have the same image size, got {sorted(shapes)}")
     x = np.concatenate(images)
     mean = meta["mean"] if meta["mean"] is not None else np.zeros(model.in_channels)
     std = meta["std"] if meta["std"] is not None else np.ones(model.in_channels)
