@@ -266,12 +266,11 @@ def load(path, dtype=None):
     -------
     HubModel
     """
-    from .io import WeightsFileError, load_npz
+    from .io import WeightsFileError
     from .train import load_model_file
     model, meta = load_model_file(path, dtype=dtype)
-    arrays = load_npz(path)
-    if "_preprocess" not in arrays:
+    if meta["preprocess"] is None:
         raise WeightsFileError(f"weights file {os.fspath(path)!r} has no preprocessing description (_preprocess): "
                                f"it was not written by `numpy-densenet convert`; use numpy_densenet.train."
                                f"load_model_file for files written by `train`")
-    return HubModel(model, meta["classes"], json.loads(str(arrays["_preprocess"][()])))
+    return HubModel(model, meta["classes"], meta["preprocess"])

@@ -139,13 +139,11 @@ def test_describe_names_what_is_missing():
         describe_torchvision_state(state)
 
 
-# -- end to end, against PyTorch -----------------------------------------------------------------------------
-torch = pytest.importorskip("torch")
-import torch_densenet as tdn  # noqa: E402
-
-
+# -- end to end, against PyTorch (these tests skip without it) ---------------------------------------------
 def torch_reference(seed=0):
     """torchvision's densenet121 (the torch.nn replica), random weights, BatchNorm statistics set, eval mode."""
+    torch = pytest.importorskip("torch")
+    import torch_densenet as tdn
     torch.manual_seed(seed)
     ref = tdn.DenseNet().eval()
     with torch.no_grad():
@@ -170,6 +168,7 @@ def old_style_keys(state):
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """densenet121 with random weights: the .pth as torchvision publishes it, converted, plus two photos."""
+    torch = pytest.importorskip("torch")
     folder = tmp_path_factory.mktemp("hub")
     ref = torch_reference()
     torch.save(old_style_keys(ref.state_dict()), folder / "densenet121.pth")
@@ -193,6 +192,7 @@ def test_convert_writes_a_self_describing_file(converted):
 
 
 def test_hub_load_agrees_with_torch_on_the_reference_preprocessing(converted):
+    import torch
     model = load(converted["npz"])
     logits = model.logits([str(p) for p in converted["photos"]])
     x = torch.from_numpy(np.stack([reference_preprocess(p) for p in converted["photos"]]))
@@ -208,6 +208,7 @@ def test_hub_load_agrees_with_torch_on_the_reference_preprocessing(converted):
 
 
 def test_cli_predict_prints_the_top_5_names_per_image(converted):
+    import torch
     code, stdout, stderr = cli(["predict", "--weights", converted["npz"], *converted["photos"]])
     assert code == 0, stderr
     lines = stdout.strip().splitlines()
@@ -233,7 +234,16 @@ def test_cli_predict_with_converted_weights_refuses_arrays_and_non_images(conver
 
 
 def test_convert_refuses_a_state_dict_that_is_not_a_densenet(tmp_path):
+    torch = pytest.importorskip("torch")
     torch.save({"weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
     code, _, stderr = cli(["convert", tmp_path / "other.pth", tmp_path / "o.npz"])
     assert code == 2 and "features.conv0.weight" in stderr
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_hub_load_refuses_a_file_from_train(tmp_path):
+    from numpy_densenet.io import WeightsFileError
+    from numpy_densenet.train import TrainConfig, train
+    train(TrainConfig(depth=10, growth_rate=2, epochs=1, batch_size=256, out=str(tmp_path / "r")), log=lambda _: None)
+    with pytest.raises(WeightsFileError, match="convert"):
+        load(tmp_path / "r" / "best.npz")
