@@ -562,15 +562,20 @@ def plot_curves(history, path, log=print):
         return None
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax1.plot(epochs, [r["train_loss"] for r in history], label="train")
-    if history and history[0].get("val_loss") is not None:
-        ax1.plot(epochs, [r["val_loss"] for r in history], label="validation")
-        ax2.plot(epochs, [r["val_acc"] for r in history], label="validation")
-    ax1.plot(epochs, [r["test_loss"] for r in history], label="test")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend()
-    ax2.plot(epochs, [r["train_acc"] for r in history], label="train")
-    ax2.plot(epochs, [r["test_acc"] for r in history], label="test")
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend()
+    parts = [("train", "C0"), ("val", "C1"), ("test", "C2")]
+    with_val = bool(history) and history[0].get("val_loss") is not None
+    for part, colour in parts:
+        if part == "val" and not with_val:
+            continue
+        label = "validation" if part == "val" else part
+        ax1.plot(epochs, [r[f"{part}_loss"] for r in history], label=label, color=colour)
+        ax2.plot(epochs, [r[f"{part}_acc"] for r in history], label=label, color=colour)
+    if with_val:                                    # the epoch best.npz holds
+        chosen = max(history, key=lambda r: (r["val_acc"], -r["val_loss"], -r["epoch"]))["epoch"]
+        for ax in (ax1, ax2):
+            ax.axvline(chosen, color="0.5", linestyle=":", linewidth=1, label=f"best.npz (epoch {chosen})")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(fontsize=8)
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend(fontsize=8)
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=100)
