@@ -171,9 +171,10 @@ def cmd_convert(args):
     c = model.config
     print(f"wrote {n} arrays to {args.dst}: DenseNet(growth_rate={c['growth_rate']}, block_config="
           f"{c['block_config']}, num_init_features={c['num_init_features']}, bn_size={c['bn_size']}, "
-          f"stem={c['stem']!r}), {c['num_classes']} classes{' (ImageNet names)' if meta['classes'] else ''}, "
-          f"ImageNet preprocessing (resize 256, center-crop 224)")
-    print(f"classify photos with: numpy-densenet predict --weights {args.dst} photo.jpg")
+          f"stem={c['stem']!r}), {c['num_classes']} classes{' (ImageNet names)' if meta['classes'] else ''}"
+          + (", ImageNet preprocessing (resize 256, center-crop 224)" if meta["preprocess"] else ""))
+    if meta["preprocess"]:
+        print(f"classify photos with: numpy-densenet predict --weights {args.dst} photo.jpg")
     return 0
 
 

@@ -123,14 +123,19 @@ def checked_description(state):
 def hub_metadata(model_config, classes=None):
     """The arrays that make converted weights self-describing (keys start with "_", as in ``train``'s files).
 
-    ``_model_config``: the architecture; ``_preprocess``: :data:`IMAGENET_PREPROCESS`; ``_mean`` / ``_std``: the
-    normalisation; ``_classes``: the class names (ImageNet's 1000 when the model has 1000 outputs).
+    ``_model_config``: the architecture. For an ImageNet model (the ImageNet stem on RGB images, as torchvision's
+    DenseNets) also ``_preprocess``: :data:`IMAGENET_PREPROCESS`, ``_mean`` / ``_std``: the normalisation, and
+    ``_classes``: the class names (ImageNet's 1000 when the model has 1000 outputs). Other models (a CIFAR stem,
+    grey images) get the architecture only: their preprocessing is not ImageNet's and is not known here.
     """
     config = dict(model_config, block_config=list(model_config["block_config"]))
+    arrays = {"_model_config": np.array(json.dumps(config))}
+    if config["stem"] != "imagenet" or config["in_channels"] != 3:
+        return arrays
     if classes is None and config["num_classes"] == 1000:
         classes = imagenet_classes()
-    arrays = {"_model_config": np.array(json.dumps(config)), "_preprocess": np.array(json.dumps(IMAGENET_PREPROCESS)),
-              "_mean": np.array(IMAGENET_MEAN), "_std": np.array(IMAGENET_STD)}
+    arrays.update({"_preprocess": np.array(json.dumps(IMAGENET_PREPROCESS)),
+                   "_mean": np.array(IMAGENET_MEAN), "_std": np.array(IMAGENET_STD)})
     if classes is not None:
         arrays["_classes"] = np.array(json.dumps(list(classes)))
     return arrays

@@ -247,3 +247,11 @@ def test_hub_load_refuses_a_file_from_train(tmp_path):
     train(TrainConfig(depth=10, growth_rate=2, epochs=1, batch_size=256, out=str(tmp_path / "r")), log=lambda _: None)
     with pytest.raises(WeightsFileError, match="convert"):
         load(tmp_path / "r" / "best.npz")
+
+
+def test_only_imagenet_models_get_imagenet_preprocessing():
+    from numpy_densenet.hub import hub_metadata
+    imagenet = hub_metadata(small_imagenet_model().config)
+    assert {"_model_config", "_preprocess", "_mean", "_std", "_classes"} == set(imagenet)
+    for kw in (dict(stem="cifar", num_classes=10), dict(in_channels=1)):
+        assert set(hub_metadata(small_imagenet_model(**kw).config)) == {"_model_config"}
