@@ -282,13 +282,16 @@ def convert_torch_checkpoint(src, dst):
     """Convert a torchvision DenseNet ``.pth`` state dict to a numpy_densenet ``.npz``.
 
     Needs PyTorch (only here); the file is read with ``torch.load(weights_only=True)``, which refuses
-    arbitrary pickled objects. Old ``norm.1``-style keys are renamed as torchvision does. Returns the number
-    of arrays written.
+    arbitrary pickled objects. Old ``norm.1``-style keys are renamed as torchvision does. The file is
+    self-describing (see :mod:`numpy_densenet.hub`): the architecture inferred from the tensors' shapes, ImageNet
+    preprocessing and, for 1000 outputs, the ImageNet class names, so ``predict`` and ``hub.load`` need nothing
+    else. Returns the number of weight arrays written.
     """
     try:
         import torch
     except ImportError:
-        raise RuntimeError("converting a .pth file needs PyTorch: pip install torch") from None
+        raise RuntimeError("converting a .pth file needs PyTorch (the CPU build is enough): pip install torch "
+                           "--index-url https://download.pytorch.org/whl/cpu") from None
     from .model import rename_old_keys
     from .data.files import FileFormatError, check_regular_file
     try:
@@ -314,5 +317,11 @@ def convert_torch_checkpoint(src, dst):
         if value.is_floating_point() and value.dtype not in (torch.float32, torch.float64):
             value = value.float()                                       # bfloat16 / float16 have no NumPy twin
         arrays[key] = value.numpy()
-    save_npz(dst, arrays)
+    from .hub import checked_description, hub_metadata
+    try:
+        description = checked_description(arrays)
+    except ValueError as e:
+        raise WeightsFileError(f"checkpoint {os.fspath(src)!r} is not a DenseNet this package can describe: {e}") \
+            from None
+    save_npz(dst, {**arrays, **hub_metadata(description)})
     return len(arrays)

@@ -2,11 +2,15 @@
 
 A run is described by a :class:`TrainConfig`; :func:`train` runs it, writing to ``config.out``:
 
-* ``metrics.jsonl`` - one JSON object per epoch (epoch, lr, train_loss, train_acc, test_loss, test_acc, seconds);
+* ``metrics.jsonl`` - one JSON object per epoch (epoch, lr, train_loss, train_acc, val_loss, val_acc, test_loss,
+  test_acc, seconds; val_* are null without a validation set);
 * ``checkpoint.npz`` - the latest state, written atomically after every epoch (and on Ctrl-C): weights, BatchNorm
   buffers, optimizer momentum, schedule position, RNG states, epoch and step - plain arrays, no pickle;
-* ``best.npz`` - the weights with the best test accuracy so far, with the model config and the normalisation
-  statistics, so ``evaluate``/``predict`` can rebuild the model from the file alone;
+* ``best.npz`` - the weights of the epoch with the best *validation* accuracy so far (ties: the lower validation
+  loss, then the earlier epoch), with the model config and the normalisation statistics, so ``evaluate``/``predict``
+  can rebuild the model from the file alone. The validation set is the data set's official one or a stratified,
+  seeded ``val_fraction`` of the training images; the test set never chooses anything. With ``val_fraction=0``
+  there is nothing to select on and ``best.npz`` holds the last epoch's weights;
 * ``curves.png`` - the learning curves, when matplotlib is installed.
 
 Resuming from a checkpoint continues the run so that it ends bit-identical to an uninterrupted one.
@@ -26,6 +30,7 @@ import numpy as np
 
 from .data import BatchIterator, DatasetError, channel_stats, load_dataset
 from .data.files import format_bytes
+from .data.splits import validation_split
 from .io import (WeightsFileError, atomic_write, check_state_values, json_entry, load_npz, model_config_from_arrays,
                  remove_stale_temp_files, save_npz)
 from .model import MODELS, DenseNet
@@ -33,7 +38,8 @@ from .nn import CrossEntropyLoss, no_grad
 from .nn.module import restore_buffers
 from .optim import SGD, CosineAnnealingLR, paper_schedule
 
-CHECKPOINT_VERSION = 2          # 2: run.state records given_options; version 1 files are still read
+CHECKPOINT_VERSION = 3          # 2: run.state records given_options; 3: validation (best_loss, best_epoch,
+                                # val_fraction, val_loss/val_acc rows); versions 1 and 2 are still read
 MAX_CONFUSION_CLASSES = 1024    # evaluate() builds the (K, K) confusion matrix up to this many classes
 
 
@@ -64,6 +70,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     out: str = "runs/digits"
+    val_fraction: float = 0.1           # held out of the training set for model selection (0: off)
 
     def resolved(self):
         """A copy with every default that depends on the dataset filled in."""
@@ -188,15 +195,60 @@ def _from_json_array(a):
     return json.loads(str(a[()]))
 
 
-def metadata_arrays(model, config, mean, std, classes):
-    """What, besides the weights, a file needs to rebuild and use the model (keys start with "_")."""
-    return {"_model_config": _json_array(model.config), "_train_config": _json_array(asdict(config)),
-            "_mean": np.asarray(mean), "_std": np.asarray(std), "_classes": _json_array(list(classes))}
+def metadata_arrays(model, config, mean, std, classes, inputs=None):
+    """What, besides the weights, a file needs to rebuild and use the model (keys start with "_").
+
+    ``inputs`` (optional) describes the training images for ``predict``: {"image_size": [H, W], "pixel_range":
+    [lo, hi]} with the pixel range in [0, 1] units (8-bit pixels / 255); stored as ``_inputs``.
+    """
+    arrays = {"_model_config": _json_array(model.config), "_train_config": _json_array(asdict(config)),
+              "_mean": np.asarray(mean), "_std": np.asarray(std), "_classes": _json_array(list(classes))}
+    if inputs is not None:
+        arrays["_inputs"] = _json_array(inputs)
+    return arrays
 
 
-def weights_arrays(model, config, mean, std, classes):
+def weights_arrays(model, config, mean, std, classes, inputs=None):
     """The arrays of a weights file (best.npz): state_dict plus the metadata."""
-    return {**model.state_dict(), **metadata_arrays(model, config, mean, std, classes)}
+    return {**model.state_dict(), **metadata_arrays(model, config, mean, std, classes, inputs)}
+
+
+def describe_inputs(x):
+    """{"image_size": [H, W], "pixel_range": [lo, hi]} of training images x (N, C, H, W), in [0, 1] units."""
+    scale = 255.0 if x.dtype.kind in "ui" else 1.0
+    return {"image_size": [int(x.shape[2]), int(x.shape[3])],
+            "pixel_range": [float(x.min()) / scale, float(x.max()) / scale]}
+
+
+def _inputs_entry(arrays, path):
+    """``_inputs`` of a file from train: {"image_size": [H, W], "pixel_range": [lo, hi]}, checked."""
+    v = json_entry(arrays, "_inputs", path, kind=dict)
+    size, rng = v.get("image_size"), v.get("pixel_range")
+    ok = (set(v) == {"image_size", "pixel_range"} and isinstance(size, list) and len(size) == 2
+          and all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 1024 for n in size)
+          and isinstance(rng, list) and len(rng) == 2 and all(isinstance(r, (int, float)) and math.isfinite(r)
+                                                              and not isinstance(r, bool) for r in rng))
+    if not ok:
+        raise WeightsFileError(f"weights file {os.fspath(path)!r}: '_inputs' should be {{\"image_size\": [H, W], "
+                               f"\"pixel_range\": [lo, hi]}}, found {str(v)[:120]}")
+    return v
+
+
+def _preprocess_entry(arrays, path):
+    """``_preprocess`` of a file from convert (resize, crop, scale, mean, std, interpolation), checked."""
+    v = json_entry(arrays, "_preprocess", path, kind=dict)
+    num = (int, float)
+    ok = (set(v) <= {"resize", "crop", "interpolation", "scale", "mean", "std"}
+          and all(isinstance(v.get(k), int) and not isinstance(v.get(k), bool) and 1 <= v[k] <= 4096
+                  for k in ("resize", "crop"))
+          and isinstance(v.get("scale"), num) and v["scale"] > 0
+          and all(isinstance(v.get(k), list) and len(v[k]) == 3 and all(isinstance(x, num) and math.isfinite(x)
+                                                                        for x in v[k]) for k in ("mean", "std"))
+          and all(x > 0 for x in v["std"]) and v["crop"] <= v["resize"])
+    if not ok:
+        raise WeightsFileError(f"weights file {os.fspath(path)!r}: '_preprocess' is not a valid description of the "
+                               f"ImageNet preprocessing, found {str(v)[:160]}")
+    return v
 
 
 def load_model_file(path, dtype=None):
@@ -212,8 +264,9 @@ def load_model_file(path, dtype=None):
     arrays = load_npz(path)
     if "_model_config" not in arrays:
         raise WeightsFileError(f"weights file {os.fspath(path)!r} has no model description (_model_config): it was "
-                               f"not written by `numpy-densenet train`. Converted torchvision weights can be "
-                               f"evaluated with --model, or loaded from Python with numpy_densenet.io.load_weights")
+                               f"neither written by `numpy-densenet train` nor by `numpy-densenet convert` (convert a "
+                               f"torchvision .pth again to get a self-describing file); give --model to evaluate "
+                               f"it, or load it from Python with numpy_densenet.io.load_weights")
     check_metadata_keys(arrays, path)
     prefix = "model." if any(k.startswith("model.") for k in arrays) else ""
     cfg = model_config_from_arrays(arrays, path, prefix=prefix)
@@ -244,12 +297,16 @@ def load_model_file(path, dtype=None):
         model.load_state_dict(state)
     except (ValueError, TypeError) as e:
         raise WeightsFileError(f"{where} does not fit its own model description: {e}") from None
+    meta["inputs"] = _inputs_entry(arrays, path) if "_inputs" in arrays else None
+    meta["preprocess"] = _preprocess_entry(arrays, path) if "_preprocess" in arrays else None
     return model, meta
 
 
 TRAIN_CONFIG_FIELDS = tuple(f.name for f in fields(TrainConfig))
-METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
-METADATA_KEYS = {"_model_config", "_train_config", "_mean", "_std", "_classes"}
+METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds"}
+OLD_METRIC_KEYS = METRIC_KEYS - {"val_loss", "val_acc"}          # rows of checkpoints before version 3
+METADATA_KEYS = {"_model_config", "_train_config", "_mean", "_std", "_classes", "_inputs", "_preprocess"}
+OLD_TRAIN_CONFIG_DEFAULTS = {"val_fraction": 0.0}                 # fields added since version 1, as before them
 
 
 def check_metadata_keys(arrays, path, what="weights file"):
@@ -270,6 +327,7 @@ def train_config_from_arrays(arrays, path):
     if unknown:
         raise WeightsFileError(f"checkpoint {os.fspath(path)!r} has training option(s) this version does not know: "
                                f"{', '.join(unknown)}; it was written by a newer numpy_densenet, upgrade to resume it")
+    saved = {**{k: v for k, v in OLD_TRAIN_CONFIG_DEFAULTS.items() if k not in saved}, **saved}
     missing = [k for k in TRAIN_CONFIG_FIELDS if k not in saved]
     if missing:
         raise WeightsFileError(f"checkpoint {os.fspath(path)!r}: '_train_config' lacks {', '.join(missing)}")
@@ -286,8 +344,9 @@ def run_state_from_arrays(arrays, path):
     if version > CHECKPOINT_VERSION:
         raise WeightsFileError(f"{where} is checkpoint version {version}, written by a newer numpy_densenet; this "
                                f"one reads versions 1 to {CHECKPOINT_VERSION}: upgrade to resume it")
-    known = RUN_STATE_KEYS | ({"given_options"} if version >= 2 else set())
-    unknown, missing = sorted(set(state) - known), sorted(RUN_STATE_KEYS - set(state))
+    required = RUN_STATE_KEYS | ({"best_loss", "best_epoch"} if version >= 3 else set())
+    known = required | ({"given_options"} if version >= 2 else set())
+    unknown, missing = sorted(set(state) - known), sorted(required - set(state))
     if unknown or missing:
         raise WeightsFileError(f"{where}: run.state " + "; ".join(
             p for p in (f"has unknown field(s) {', '.join(unknown)}" if unknown else "",
@@ -298,8 +357,12 @@ def run_state_from_arrays(arrays, path):
           and all(isinstance(r, dict) for r in state["history"]) and len(state["history"]) == state["epoch"]
           and isinstance(state["best_acc"], (int, float)) and isinstance(state["epoch_rng_state"], dict)
           and isinstance(state["dropout_rng_states"], list)
-          and all(set(r) == METRIC_KEYS and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                 for v in r.values()) for r in state["history"]))
+          and all(set(r) == (METRIC_KEYS if version >= 3 else OLD_METRIC_KEYS)
+                  and all((isinstance(v, (int, float)) and not isinstance(v, bool))
+                          or (v is None and k in ("val_loss", "val_acc")) for k, v in r.items())
+                  for r in state["history"])
+          and (version < 3 or (isinstance(state["best_loss"], (int, float)) and isinstance(state["best_epoch"], int)
+                               and 0 <= state["best_epoch"] <= state["epoch"])))
     if not ok:
         raise WeightsFileError(f"{where}: run.state holds malformed values (epoch, step, sums, history, ...)")
     return state
@@ -336,7 +399,13 @@ class Run:
         except (DatasetError, ValueError) as e:
             raise TrainingError(str(e)) from None
         d = self.data
-        self.mean, self.std = channel_stats(d.x_train)                   # per channel, training set only
+        try:
+            self.split = validation_split(d, config.val_fraction, config.seed)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+        self.x_train, self.y_train = self.split.x_train, self.split.y_train
+        self.mean, self.std = channel_stats(self.x_train)                # per channel, training images only
+        self.inputs = describe_inputs(self.x_train)                     # for predict's checks
         if (self.std == 0).any():                                        # a constant channel carries nothing:
             log(f"note: channel(s) {np.flatnonzero(self.std == 0).tolist()} of the training images are constant; "
                 f"they are centred but not scaled")
@@ -345,13 +414,13 @@ class Run:
         _check_fits(self.model, d.x_train.shape[1:])
         self.criterion = CrossEntropyLoss()
         # BatchNorm cannot train on a batch of one image: drop a last batch that would hold just one.
-        drop_last = len(d.y_train) % config.batch_size == 1 and len(d.y_train) > 1
+        drop_last = len(self.y_train) % config.batch_size == 1 and len(self.y_train) > 1
         try:
             self.optimizer = SGD(self.model.named_parameters(), lr=config.lr, momentum=config.momentum,
                                  weight_decay=config.weight_decay, nesterov=config.momentum > 0)
             self.scheduler = (paper_schedule(self.optimizer, config.epochs) if config.schedule == "step"
                               else CosineAnnealingLR(self.optimizer, config.epochs))
-            self.batches = BatchIterator(d.x_train, d.y_train, config.batch_size, shuffle=True,
+            self.batches = BatchIterator(self.x_train, self.y_train, config.batch_size, shuffle=True,
                                          augment=config.augment, mean=self.mean, std=self.std,
                                          dtype=np.dtype(config.dtype), seed=np.random.default_rng([config.seed, 1]),
                                          drop_last=drop_last)
@@ -362,7 +431,9 @@ class Run:
         self.epoch_rng_state = self.batches.rng.bit_generator.state
         self.sums = [0.0, 0, 0]         # loss * batch, correct, seen: this epoch so far
         self.history = []
-        self.best_acc = -1.0
+        self.best_acc = -1.0            # the selection score of best.npz: validation accuracy
+        self.best_loss = math.inf       # its validation loss (breaks ties)
+        self.best_epoch = 0
         self.stop = False               # a stop (Ctrl-C, on_step) was requested
         self.given_options = []         # the options the run was started with explicitly (recorded, version 2)
 
@@ -374,9 +445,10 @@ class Run:
         dropout_states = [m.generator.bit_generator.state for m in self.model.modules() if hasattr(m, "generator")]
         arrays["run.state"] = _json_array(dict(
             version=CHECKPOINT_VERSION, epoch=self.epoch, step=self.step, sums=self.sums, history=self.history,
-            best_acc=self.best_acc, epoch_rng_state=self.epoch_rng_state, dropout_rng_states=dropout_states,
+            best_acc=self.best_acc, best_loss=self.best_loss, best_epoch=self.best_epoch,
+            epoch_rng_state=self.epoch_rng_state, dropout_rng_states=dropout_states,
             given_options=list(self.given_options)))
-        arrays.update(metadata_arrays(self.model, self.config, self.mean, self.std, self.data.classes))
+        arrays.update(metadata_arrays(self.model, self.config, self.mean, self.std, self.data.classes, self.inputs))
         return arrays
 
     def save_checkpoint(self, path):
@@ -425,6 +497,7 @@ class Run:
             raise WeightsFileError(f"checkpoint {os.fspath(path)!r} does not fit this run: {e}") from None
         self.epoch, self.step, self.sums = state["epoch"], state["step"], state["sums"]
         self.history, self.best_acc = state["history"], state["best_acc"]
+        self.best_loss, self.best_epoch = state.get("best_loss", math.inf), state.get("best_epoch", 0)
         self.epoch_rng_state = state["epoch_rng_state"]
         self.given_options = state.get("given_options", self.given_options)
 
@@ -458,24 +531,33 @@ class Run:
 
     def finish_epoch(self, seconds):
         cfg = self.config
+        split = self.split
+        val = (evaluate(self.model, split.x_val, split.y_val, mean=self.mean, std=self.std) if split.size
+               else dict(loss=None, acc=None))
         test = evaluate(self.model, self.data.x_test, self.data.y_test, mean=self.mean, std=self.std)
         loss_sum, correct, seen = self.sums
         row = dict(epoch=self.epoch + 1, lr=self.optimizer.lr, train_loss=loss_sum / max(seen, 1),
-                   train_acc=correct / max(seen, 1), test_loss=test["loss"], test_acc=test["acc"],
-                   seconds=round(seconds, 3))
+                   train_acc=correct / max(seen, 1), val_loss=val["loss"], val_acc=val["acc"],
+                   test_loss=test["loss"], test_acc=test["acc"], seconds=round(seconds, 3))
         self.history.append(row)
         self.epoch += 1
         self.step = 0
         self.sums = [0.0, 0, 0]
         self.scheduler.step()
         self.epoch_rng_state = self.batches.rng.bit_generator.state    # the next epoch starts from here
-        improved = test["acc"] > self.best_acc
+        if split.size:                  # select on validation accuracy, ties by validation loss
+            improved = (val["acc"] > self.best_acc
+                        or (val["acc"] == self.best_acc and val["loss"] < self.best_loss))
+        else:                           # nothing to select on: best.npz is the latest epoch
+            improved = True
         checkpoint = os.path.join(cfg.out, "checkpoint.npz")
         if improved:
-            self.best_acc = test["acc"]
+            self.best_acc = val["acc"] if split.size else -1.0
+            self.best_loss = val["loss"] if split.size else math.inf
+            self.best_epoch = row["epoch"]
             best = os.path.join(cfg.out, "best.npz")
             _write(best, lambda: save_npz(best, weights_arrays(self.model, cfg, self.mean, self.std,
-                                                                self.data.classes)), checkpoint)
+                                                                self.data.classes, self.inputs)), checkpoint)
         self.save_checkpoint(checkpoint)
         metrics = os.path.join(cfg.out, "metrics.jsonl")
         _write(metrics, lambda: write_metrics(metrics, self.history), checkpoint)
@@ -687,7 +769,16 @@ class Progress:
             self.stream.flush()
 
 
-def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=None, given_options=None):
+RUN_FILES = ("metrics.jsonl", "checkpoint.npz", "best.npz", "curves.png")
+
+
+def existing_run_files(out):
+    """The files of an earlier run in folder ``out`` (empty when there are none)."""
+    return [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
+
+
+def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=None, given_options=None,
+          overwrite=False):
     """Run (or resume) a training run. Returns the run's history (a list of per-epoch dicts).
 
     Parameters
@@ -705,16 +796,27 @@ def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=No
         saved, as on Ctrl-C) and ``train`` returns.
     given_options : list of str, optional
         The options given explicitly on the command line, recorded in the checkpoint.
+    overwrite : bool
+        Without ``resume``, a ``config.out`` that already holds a run (metrics.jsonl, checkpoint.npz, best.npz)
+        is refused, naming ``--resume`` and ``--overwrite``, before anything is written; with ``overwrite=True``
+        the earlier run's files are deleted once the new run holds the folder's lock.
 
     Raises
     ------
     KeyboardInterrupt
         After Ctrl-C (SIGINT), once the current step is finished and a checkpoint saved.
     TrainingError
-        Bad options, unusable data, a model that does not fit the data, divergence, or an output folder that
-        cannot be used (:class:`OutputError`: locked by another run, read-only, full); the last checkpoint
-        is never damaged.
+        Bad options, unusable data, a model that does not fit the data, divergence, an output folder that
+        holds an earlier run, or one that cannot be used (:class:`OutputError`: locked by another run,
+        read-only, full); the last checkpoint is never damaged.
     """
+    earlier = [] if resume else existing_run_files(config.out)
+    if earlier and not overwrite:
+        checkpoint = os.path.join(config.out, "checkpoint.npz")
+        how = (f"Continue it with --resume {checkpoint}, replace it" if "checkpoint.npz" in earlier else
+               "It has no checkpoint to resume (it was stopped before its first one): replace it")
+        raise TrainingError(f"--out {config.out!r} already holds a run ({', '.join(earlier)}); nothing was changed. "
+                            f"{how} with --overwrite, or choose another --out")
     run = Run(config, log)
     cfg = run.config
     if resume:
@@ -727,6 +829,8 @@ def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=No
     del arrays
     folder.acquire(probe)
     try:
+        for name in earlier:            # --overwrite: no file of the earlier run may mix with the new one
+            os.remove(os.path.join(cfg.out, name))
         return _train_locked(run, resume, log, progress, on_step)
     finally:
         folder.release()
@@ -741,8 +845,8 @@ def _train_locked(run, resume, log, progress, on_step):
         _write(metrics, lambda: write_metrics(metrics, run.history), checkpoint)     # the rows up to the checkpoint
     progress = progress or Progress()
     d = run.data
-    log(f"training {cfg.model} ({run.model.num_parameters():,} parameters) on {d.name}: {len(d.y_train)} train / "
-        f"{len(d.y_test)} test images {d.in_channels}x{d.image_size[0]}x{d.image_size[1]}, {cfg.epochs} epochs, "
+    log(f"training {cfg.model} ({run.model.num_parameters():,} parameters) on {d.name}: {len(run.y_train)} train / "
+        f"{run.split.size} validation / {len(d.y_test)} test images {d.in_channels}x{d.image_size[0]}x{d.image_size[1]}, {cfg.epochs} epochs, "
         f"batch {cfg.batch_size}, {cfg.dtype}, augment={'on' if cfg.augment else 'off'}; output in {cfg.out}")
 
     interrupted = []
@@ -767,8 +871,10 @@ def _train_locked(run, resume, log, progress, on_step):
                     raise KeyboardInterrupt
                 return run.history
             row = run.finish_epoch(time.perf_counter() - start)
+            val = (f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  " if row["val_acc"] is not None
+                   else "")
             log(f"epoch {row['epoch']:3d}/{cfg.epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f} "
-                f"acc {row['train_acc']:.4f}  test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
+                f"acc {row['train_acc']:.4f}  {val}test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
                 f"{row['seconds']:.1f}s")
             if run.stop and run.epoch < cfg.epochs:     # requested during the epoch's last step
                 log(f"stopped after epoch {run.epoch}: checkpoint saved to {checkpoint}; continue with "
@@ -779,10 +885,22 @@ def _train_locked(run, resume, log, progress, on_step):
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    log(f"done: best test accuracy {run.best_acc:.4f}; weights in {os.path.join(cfg.out, 'best.npz')}")
+    log(closing_line(run.history, run.best_epoch, os.path.join(cfg.out, "best.npz")))
     curves = os.path.join(cfg.out, "curves.png")
     _write(curves, lambda: plot_curves(run.history, curves, log), checkpoint)
     return run.history
+
+
+def closing_line(history, best_epoch, best_path):
+    """The run's last line: the final epoch's test accuracy, then the epoch chosen on validation and its test
+    accuracy (the test set chooses nothing)."""
+    last = history[-1]
+    line = f"done: final epoch {last['epoch']}: test accuracy {last['test_acc']:.4f}"
+    if last.get("val_acc") is None:
+        return line + f"; no validation set, so {best_path} holds the final epoch's weights"
+    best = history[best_epoch - 1]
+    return (line + f"; best validation accuracy {best['val_acc']:.4f} at epoch {best['epoch']}, test accuracy "
+            f"{best['test_acc']:.4f} there; its weights in {best_path}")
 
 
 def _main_thread():
@@ -801,12 +919,20 @@ def plot_curves(history, path, log=print):
         return None
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax1.plot(epochs, [r["train_loss"] for r in history], label="train")
-    ax1.plot(epochs, [r["test_loss"] for r in history], label="test")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend()
-    ax2.plot(epochs, [r["train_acc"] for r in history], label="train")
-    ax2.plot(epochs, [r["test_acc"] for r in history], label="test")
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend()
+    parts = [("train", "C0"), ("val", "C1"), ("test", "C2")]
+    with_val = bool(history) and history[0].get("val_loss") is not None
+    for part, colour in parts:
+        if part == "val" and not with_val:
+            continue
+        label = "validation" if part == "val" else part
+        ax1.plot(epochs, [r[f"{part}_loss"] for r in history], label=label, color=colour)
+        ax2.plot(epochs, [r[f"{part}_acc"] for r in history], label=label, color=colour)
+    if with_val:                                    # the epoch best.npz holds
+        chosen = max(history, key=lambda r: (r["val_acc"], -r["val_loss"], -r["epoch"]))["epoch"]
+        for ax in (ax1, ax2):
+            ax.axvline(chosen, color="0.5", linestyle=":", linewidth=1, label=f"best.npz (epoch {chosen})")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(fontsize=8)
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend(fontsize=8)
     fig.tight_layout()
     try:
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))

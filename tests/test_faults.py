@@ -144,7 +144,12 @@ def test_kill_9_at_every_write_point_resumes_bit_identically(data, reference, tm
             assert os.path.exists(out / ".lock")                         # the killed holder's lock is left ...
             ckpt = out / "checkpoint.npz"
             if not ckpt.exists():                                        # killed before the first checkpoint
-                code, stdout, stderr = cli(train_argv(data, out))
+                again = train_argv(data, out)
+                if any((out / name).exists() for name in ("best.npz", "metrics.jsonl")):
+                    code, _, stderr = cli(again)                         # an earlier run's files: refused ...
+                    assert code == 2 and "no checkpoint to resume" in stderr and "--overwrite" in stderr, stderr
+                    again = again + ["--overwrite"]                      # ... until replaced explicitly
+                code, stdout, stderr = cli(again)
             else:                                                        # --augment is not repeated
                 code, stdout, stderr = cli(["train", "--resume", ckpt])
             assert code == 0, (target, mode, stderr)
@@ -325,7 +330,7 @@ def test_resume_keeps_options_refuses_conflicts_and_checks_the_version(data, ref
     code, stdout, stderr = cli(["train", "--resume", ckpt, "--augment", "--lr", 0.1, "--epochs", 2])
     assert code == 0, stderr                                             # the same values: accepted
     state = json.loads(str(arrays(ckpt)["run.state"][()]))
-    assert state["version"] == 2 and "augment" in state["given_options"] and "lr" not in state["given_options"]
+    assert state["version"] == 3 and "augment" in state["given_options"] and "lr" not in state["given_options"]
 
     def edit(name, change):
         a = arrays(ckpt)
@@ -342,8 +347,8 @@ def test_resume_keeps_options_refuses_conflicts_and_checks_the_version(data, ref
             a[key] = np.array(json.dumps(d))
         return change
 
-    newer = edit("newer", set_json("run.state", version=3))
-    error_line(*cli(["train", "--resume", newer])[::2], "version 3", "newer numpy_densenet")
+    newer = edit("newer", set_json("run.state", version=4))
+    error_line(*cli(["train", "--resume", newer])[::2], "version 4", "newer numpy_densenet")
     unknown = edit("unknown", set_json("_train_config", colour="red"))
     error_line(*cli(["train", "--resume", unknown])[::2], "colour", "newer numpy_densenet")
     bad_state = edit("bad_state", set_json("run.state", epoch="two"))
@@ -433,7 +438,8 @@ def test_many_classes_train_and_evaluate_without_a_k_by_k_matrix(tmp_path):
     assert len(stdout.splitlines()) < 20                                 # only the classes present are listed
     y[-1] = 2 ** 16
     np.savez(tmp_path / "too_many.npz", x=x, y=y)
-    code, _, stderr = cli(["train", "--dataset", "npz", "--data-dir", tmp_path / "too_many.npz", "--out", out])
+    code, _, stderr = cli(["train", "--dataset", "npz", "--data-dir", tmp_path / "too_many.npz", "--out",
+                           tmp_path / "run2"])
     error_line(code, stderr, "65536", "too_many.npz")
 
 

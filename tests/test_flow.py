@@ -1,5 +1,6 @@
 """Gradient flow through concatenation, feature reuse, the inspect / explain commands and docs/walkthrough.md."""
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -389,10 +390,17 @@ def test_inspect_errors(capsys, tmp_path):
 
 # -- the walk-through ------------------------------------------------------------------------------------------
 def doc_commands():
-    """(command line, expected output lines) for every ```console block of the walk-through."""
+    """(command line, expected output lines) for every ```console block of the walk-through.
+
+    A block preceded by ``<!-- slow -->`` (a training run of minutes, and what is inspected of it) runs only when
+    NUMPY_DENSENET_SLOW_DOCS=1 (see tests/test_docs.py).
+    """
     text = WALKTHROUGH.read_text(encoding="utf-8")
+    slow_ok = os.environ.get("NUMPY_DENSENET_SLOW_DOCS") == "1"
     found = []
-    for body in re.findall(r"```console\n(.*?)```", text, flags=re.S):
+    for marker, body in re.findall(r"(<!--\s*slow\s*-->\n)?```console\n(.*?)```", text, flags=re.S):
+        if marker and not slow_ok:
+            continue
         lines = body.rstrip("\n").split("\n")
         assert lines[0].startswith("$ numpy-densenet "), lines[0]
         found.append((lines[0][2:], lines[1:]))
@@ -463,6 +471,17 @@ def test_walkthrough_links_point_at_the_code_they_name():
         assert "return" in lines[-1], (name, path, last, lines[-1])         # the whole function
 
 
+def test_walkthrough_code_excerpts_are_the_code():
+    """```py blocks of the walk-through are excerpts of model.py: every line (but "...") stands there as shown."""
+    text = WALKTHROUGH.read_text(encoding="utf-8")
+    excerpts = re.findall(r"^```py\n(.*?)^```", text, re.M | re.S)
+    assert excerpts
+    code = (WALKTHROUGH.parents[1] / "numpy_densenet" / "model.py").read_text(encoding="utf-8").split("\n")
+    for excerpt in excerpts:
+        for line in excerpt.rstrip("\n").split("\n"):
+            assert line.strip() == "..." or line in code, line
+
+
 def test_walkthrough_arithmetic():
     """Numbers stated in the prose of the walk-through."""
     text = WALKTHROUGH.read_text(encoding="utf-8")
@@ -471,3 +490,43 @@ def test_walkthrough_arithmetic():
     assert f"⌊0.5 · {k0 + L * k}⌋ = {(k0 + L * k) // 2}" in text
     assert f"{9 * 4 * k / (9 - 4):.1f}" in text                           # the bottleneck's break-even C_in
     assert f"{np.sqrt(2 / 8) * np.sqrt(2 / np.pi):.3f}" in text           # E|w| of H1 at initialisation
+
+
+def test_heatmaps_share_one_colour_scale_with_same_scale(tmp_path, monkeypatch):
+    """--same-scale passes every block the same (vmin, vmax): the range over all blocks' values."""
+    pytest.importorskip("matplotlib")
+    seen = []
+    real = flow.save_heatmap
+
+    def recording(matrix, path, log=False, title=None, vmin=None, vmax=None, numbers=True):
+        seen.append((matrix.name, log, vmin, vmax, matrix.values))
+        return real(matrix, path, log=log, title=title, vmin=vmin, vmax=vmax, numbers=numbers)
+
+    monkeypatch.setattr(flow, "save_heatmap", recording)
+    base = ["inspect", "--depth", "16", "--growth-rate", "4", "--batch-size", "8", "--out"]
+    assert main(base + [str(tmp_path / "own")]) == 0
+    assert all(vmin is None and vmax is None for _, _, vmin, vmax, _ in seen)
+    seen.clear()
+    assert main(base + [str(tmp_path / "same"), "--same-scale"]) == 0
+    for log in (False, True):
+        ranges = {(vmin, vmax) for _, lg, vmin, vmax, _ in seen if lg == log}
+        assert len(ranges) == 1
+        values = np.concatenate([v[np.isfinite(v)] for _, lg, _, _, v in seen if lg == log])
+        values = np.log10(values) if log else values
+        assert ranges.pop() == pytest.approx((values.min(), values.max()))
+    assert len(list((tmp_path / "same").glob("*.png"))) == 6
+
+
+def test_heatmap_writes_the_values_in_the_cells(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+    texts = []
+    real_text = matplotlib.axes.Axes.text
+    monkeypatch.setattr(matplotlib.axes.Axes, "text",
+                        lambda self, x, y, s, *a, **k: texts.append((x, y, s)) or real_text(self, x, y, s, *a, **k))
+    values = np.array([[0.5, 0.25, 0.125], [np.nan, 0.3, 0.2], [np.nan, np.nan, 0.1]])
+    m = flow.BlockMatrix("denseblock1", values, (8, 4, 4), "feature reuse")
+    flow.save_heatmap(m, tmp_path / "h.png", vmin=0.0, vmax=1.0)
+    assert sorted(texts) == sorted([(0, 0, "0.5"), (1, 0, "0.25"), (2, 0, "0.125"), (1, 1, "0.3"), (2, 1, "0.2"),
+                                    (2, 2, "0.1")])
+    assert (tmp_path / "h.png").stat().st_size > 0

@@ -28,14 +28,20 @@ def positive_int(text):
 
 
 def add_model_args(p, default="densenet_bc", given_only=False):
-    """``--model``, ``--depth``, ``--growth-rate``; with ``given_only`` an option not given is absent from args."""
+    """``--model``, ``--depth``, ``--growth-rate``; with ``given_only`` an option not given is absent from args.
+
+    ``default=None``: only for weights files that do not describe a model."""
     unset = argparse.SUPPRESS if given_only else None
     p.add_argument("--model", default=argparse.SUPPRESS if given_only else default,
                    choices=["densenet121", "densenet161", "densenet169", "densenet201", "densenet_bc", "densenet"],
-                   help=f"architecture (default: {default})")
+                   help=f"architecture (default: {default})" if default else
+                   "architecture, only needed for a weights file that does not describe its model (files from "
+                   "train and convert do)")
     p.add_argument("--depth", type=int, default=unset,
-                   help="depth L of densenet_bc / densenet (default 100 / 40; 16 on digits)")
-    p.add_argument("--growth-rate", type=int, default=unset, help="k of densenet_bc / densenet (default 12)")
+                   help="depth L of densenet_bc / densenet (default: 16 on digits; otherwise 100 for densenet_bc, "
+                        "40 for densenet)")
+    p.add_argument("--growth-rate", type=int, default=unset,
+                   help="growth rate k of densenet_bc / densenet (default 12)")
 
 
 def build_model(name, depth=None, growth_rate=None, num_classes=None, **kwargs):

@@ -36,6 +36,9 @@ def register(subparsers):
     p.add_argument("--seed", type=nonneg_int, default=0, help="initialisation seed of a random model (default 0)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="write PNG heatmaps (with matplotlib) and the matrices (matrices.npz) to DIR")
+    p.add_argument("--same-scale", action="store_true",
+                   help="with --out: draw every block's heatmap on one colour scale (one for the gradient flow, one "
+                        "for the feature reuse), so that colours compare across blocks")
     p.set_defaults(func=cmd_inspect)
 
     p = subparsers.add_parser(
@@ -55,7 +58,7 @@ def register(subparsers):
     p.add_argument("--fast", action="store_true",
                    help="narrate the fast tier's block (one channel-major buffer, slices as concatenations) "
                         "instead of the plain tier's (Concat forward, split backward); the numbers agree")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the weights and data (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the weights, input and R (default 0)")
     p.set_defaults(func=cmd_explain)
 
 
@@ -140,9 +143,9 @@ def _block_header(model, index, name, block):
 
 
 def cmd_inspect(args):
-    from .common import UserError
-    from ..flow import block_gradient_flow, feature_reuse, have_matplotlib, save_heatmap
+    from ..flow import block_gradient_flow, feature_reuse, have_matplotlib, heatmap_range, save_heatmap
     from ..io import save_npz
+    from .common import UserError
 
     dataset = _load_dataset(args)
     model, description, mean, std = _make_model(args, dataset)
@@ -194,10 +197,15 @@ def cmd_inspect(args):
         print(PLOT_NOTE)
         return 0
     written = []
+    flow_range = heatmap_range([flows[b].matrix(normalised=True) for b in chosen], log=True) if args.same_scale \
+        else (None, None)
+    reuse_range = heatmap_range([reuse[b] for b in chosen]) if args.same_scale else (None, None)
     for b in chosen:
         name = flows[b].name
         written.append(save_heatmap(flows[b].matrix(normalised=True),
-                                    os.path.join(args.out, f"gradient_flow_{name}.png"), log=True))
-        written.append(save_heatmap(reuse[b], os.path.join(args.out, f"feature_reuse_{name}.png")))
+                                    os.path.join(args.out, f"gradient_flow_{name}.png"), log=True,
+                                    vmin=flow_range[0], vmax=flow_range[1]))
+        written.append(save_heatmap(reuse[b], os.path.join(args.out, f"feature_reuse_{name}.png"),
+                                    vmin=reuse_range[0], vmax=reuse_range[1]))
     print(f"wrote {len(written)} PNG heatmaps to {args.out}: " + ", ".join(os.path.basename(p) for p in written))
     return 0

@@ -15,46 +15,71 @@ def register(sub):
     from .common import add_model_args, nonneg_int, positive_int
     p = sub.add_parser("train", help="train a DenseNet (default: a small DenseNet-BC on the bundled digits)",
                        description="Train a DenseNet. With no options: DenseNet-BC (depth 16, k 12) on the bundled "
-                                   "UCI digits for 30 epochs, about a minute on 2 cores.",
+                                   "UCI digits for 30 epochs, about a minute on 2 cores. The best epoch is chosen on "
+                                   "a validation set (--val-fraction), never on the test set; an --out folder that "
+                                   "already holds a run is refused unless --resume or --overwrite is given.",
                        argument_default=argparse.SUPPRESS)    # an option absent from args was not given
-    p.add_argument("--dataset", choices=DATASETS, help="default: the bundled UCI digits")
-    p.add_argument("--data-dir", help="folder with the dataset's official files (an .npz path for npz)")
+    p.add_argument("--dataset", choices=DATASETS, help="data set (default: the bundled UCI digits)")
+    p.add_argument("--data-dir", help="folder with the data set's official files (the .npz file itself for npz); "
+                                      "not needed for digits")
     add_model_args(p, given_only=True)
-    p.add_argument("--epochs", type=positive_int, help="default 30 on digits, 300 otherwise")
-    p.add_argument("--batch-size", type=positive_int, help="default 64")
-    p.add_argument("--lr", type=_finite_float, help="learning rate, default 0.1")
-    p.add_argument("--momentum", type=_finite_float, help="Nesterov momentum in [0, 1), default 0.9 (0 disables)")
-    p.add_argument("--weight-decay", type=_finite_float, help="default 1e-4")
+    p.add_argument("--epochs", type=positive_int, help="epochs (default 30 on digits, 300 otherwise)")
+    p.add_argument("--batch-size", type=positive_int, help="images per step (default 64)")
+    p.add_argument("--lr", type=_finite_float, help="initial learning rate (default 0.1)")
+    p.add_argument("--momentum", type=_finite_float, help="Nesterov momentum in [0, 1) (default 0.9; 0 disables)")
+    p.add_argument("--weight-decay", type=_finite_float, help="L2 weight decay (default 1e-4)")
     p.add_argument("--schedule", choices=["step", "cosine"],
                    help="step (default): lr / 10 at 50%% and 75%% of the epochs (the paper); cosine: cosine "
                         "annealing")
-    p.add_argument("--drop-rate", type=_finite_float, help="dropout after each dense layer, in [0, 1), default 0")
+    p.add_argument("--drop-rate", type=_finite_float, help="dropout after each dense layer, in [0, 1) (default 0)")
     aug = p.add_mutually_exclusive_group()
     aug.add_argument("--augment", dest="augment", action="store_true",
-                     help="4-pixel zero-pad random crop + horizontal flip (default on for CIFAR and npz)")
-    aug.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--seed", type=nonneg_int, help="default 0")
-    p.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
+                     help="4-pixel zero-pad random crop + horizontal flip (default on for CIFAR and npz, off for "
+                          "digits and MNIST)")
+    aug.add_argument("--no-augment", dest="augment", action="store_false", help="no data augmentation")
+    p.add_argument("--seed", type=nonneg_int,
+                   help="seed of the initialisation, the batch order, augmentation, dropout and the validation "
+                        "split (default 0)")
+    p.add_argument("--dtype", choices=["float32", "float64"],
+                   help="precision of weights and computation (default float32)")
     p.add_argument("--out", help="output folder (default runs/DATASET; with --resume the checkpoint's folder)")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint.npz; its options are kept "
                                                           "(an option given again must have the same value)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it, train refuses to touch an earlier run)")
+    p.add_argument("--val-fraction", type=_fraction, metavar="F",
+                   help="share of the training images held out (stratified, seeded by --seed) to choose the best "
+                        "epoch on; data sets with an official validation split use it instead; 0 turns "
+                        "validation off (default 0.1)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of saved weights")
+    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of saved weights",
+                       description="Evaluate saved weights on a data set's test split: accuracy, loss, per-class "
+                                   "accuracy and the confusion matrix.")
     p.add_argument("--weights", required=True, help="best.npz / checkpoint.npz from train, or converted weights")
     _add_data_args(p)
     add_model_args(p, default=None)
-    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="classify images (.npy arrays, or PNG files when Pillow is installed)")
-    p.add_argument("--weights", required=True, help="best.npz / checkpoint.npz from train (they describe the model "
-                                                     "and the normalisation)")
+    p = sub.add_parser("predict", help="classify images (.npy arrays, or image files when Pillow is installed)",
+                       description="Classify images with a model from train (inputs must have its training image "
+                                   "size unless --resize is given) or with converted torchvision weights (photos "
+                                   "are resized to 256, center-cropped to 224 and normalised as PyTorch Hub does). "
+                                   "Prints the most probable classes of each image with their probabilities.")
+    p.add_argument("--weights", required=True, help="best.npz / checkpoint.npz from train, or a .npz from convert "
+                                                     "(they describe the model and its preprocessing)")
     p.add_argument("inputs", nargs="+",
                    help=".npy files: (N, C, H, W), (N, H, W, C), (C, H, W), (H, W, C), (H, W), or (N, H, W) for "
                         "grey models; integer arrays are 8-bit pixels 0..255, float arrays are in [0, 1]. "
-                        "Or .png images (needs Pillow). At most 1024x1024 pixels per image")
-    p.add_argument("--top", type=positive_int, default=1, help="show the top K classes")
+                        "Or image files: .png, .jpg, ... (needs Pillow). At most 1024x1024 pixels per image for "
+                        "models from train; photos for converted weights up to 64 megapixels")
+    p.add_argument("--top", type=positive_int, default=None, metavar="K",
+                   help="show the K most probable classes (default 5 for converted ImageNet weights, 1 for models "
+                        "from train)")
+    p.add_argument("--resize", action="store_true",
+                   help="resize inputs of another size than the training images to that size (bilinear; needs "
+                        "Pillow); without it they are refused")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
     p.set_defaults(func=cmd_predict)
 
@@ -71,13 +96,27 @@ def _finite_float(text):
     return value
 
 
+def _fraction(text):
+    """argparse type for --val-fraction: a number in [0, 1)."""
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) (0 turns validation off), got {value}")
+    return value
+
+
 def _add_data_args(p):
-    p.add_argument("--dataset", choices=DATASETS, default="digits", help="default: the bundled UCI digits")
-    p.add_argument("--data-dir", default=None, help="folder with the dataset's official files (an .npz path for npz)")
+    p.add_argument("--dataset", choices=DATASETS, default="digits", help="data set (default: the bundled UCI digits)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the data set's official files (the .npz file itself for npz); not needed for "
+                        "digits")
 
 
 OPTION_FIELDS = ("dataset", "data_dir", "model", "depth", "growth_rate", "drop_rate", "epochs", "batch_size", "lr",
-                 "momentum", "weight_decay", "schedule", "augment", "seed", "dtype", "out")
+                 "momentum", "weight_decay", "schedule", "augment", "seed", "dtype", "out", "val_fraction")
 _WHERE_FIELDS = ("out", "data_dir")           # where things are, not what the run is: may change on resume
 
 
@@ -115,7 +154,8 @@ def cmd_train(args):
         else:
             dataset = given.get("dataset", "digits")
             cfg = TrainConfig(**{**given, "out": given.get("out", os.path.join("runs", dataset))})
-        train(cfg, resume=resume, log=lambda line: print(line, flush=True), given_options=sorted(given))
+        train(cfg, resume=resume, log=lambda line: print(line, flush=True), given_options=sorted(given),
+              overwrite=getattr(args, "overwrite", False))
     except (TrainingError, WeightsFileError) as e:
         raise UserError(str(e)) from None
     return 0
@@ -207,11 +247,15 @@ def _as_nchw(a, in_channels):
 _SCAN = 2 ** 24     # elements per chunk when scanning an input's values
 
 
-def _open_inputs(paths, in_channels):
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _open_inputs(paths, in_channels, same_size=True):
     """The inputs as (path, images) with images an (N, C, H, W) view, memory-mapped for .npy files.
 
     Everything is checked before any image is classified: file type, dtype, layout, emptiness, the pixel limit,
-    one image size for all, and the values (8-bit integers 0..255, finite floats), scanned in chunks.
+    one image size for all (unless ``same_size`` is False: the caller fits each input to the training size),
+    and the values (8-bit integers 0..255, finite floats), scanned in chunks.
     """
     from ..data.files import MAX_IMAGE_PIXELS, FileFormatError, open_image, read_npy
     from .common import UserError
@@ -246,45 +290,71 @@ def _open_inputs(paths, in_channels):
                     raise UserError(f"{path}: integer images must hold 8-bit pixels 0..255, found values "
                                     f"{chunk.min()}..{chunk.max()}")
             sources.append((path, x))
-        elif lower.endswith(".png"):
+        elif lower.endswith(IMAGE_SUFFIXES):
             try:
                 img = open_image(path, "L" if in_channels == 1 else "RGB", what="input")
             except ImportError:
-                raise UserError('reading PNG images needs Pillow: pip install "numpy_densenet[images]"') from None
+                raise UserError('reading image files needs Pillow: pip install "numpy_densenet[images]"') from None
             except FileFormatError as e:
                 raise UserError(str(e)) from None
             sources.append((path, img[None, None] if img.ndim == 2 else img.transpose(2, 0, 1)[None]))
         else:
-            raise UserError(f"{path}: inputs must be .npy arrays or .png images")
+            raise UserError(f"{path}: inputs must be .npy arrays or image files ({', '.join(IMAGE_SUFFIXES)})")
     shapes = {x.shape[2:] for _, x in sources}
-    if len(shapes) > 1:
+    if same_size and len(shapes) > 1:
         raise UserError(f"all inputs must have the same image size, got {sorted(shapes)}")
     return sources
 
 
 def _batches(sources, batch_size):
-    """(labels, float64 images in [0, 1]) in batches of at most ``batch_size`` images, in input order."""
+    """(path, labels, float64 images in [0, 1]) in batches of at most ``batch_size`` images, in input order."""
     for path, x in sources:
         n = x.shape[0]
         for start in range(0, n, batch_size):
             chunk = np.asarray(x[start:start + batch_size])
             chunk = chunk / 255.0 if chunk.dtype.kind in "ui" else chunk.astype(np.float64)
             labels = [f"{path}[{i}]" for i in range(start, start + len(chunk))] if n > 1 else [path]
-            yield labels, chunk
+            yield path, labels, chunk
 
 
 def cmd_predict(args):
+    """Classify images: converted ImageNet weights take photos as PyTorch Hub does; a model from train takes
+    images of its training size (or --resize), in batches, with a warning for pixel values it never saw."""
+    import sys
+
+    from ..hub import HubModel
     from ..nn import no_grad
+    from ..predict import fit_image_size, pixel_range_warning, predict_photos
     from ..train import load_model_file
     from .common import UserError
     model, meta = load_model_file(args.weights)
-    sources = _open_inputs(args.inputs, model.in_channels)
+    if meta.get("preprocess") is not None:                       # converted weights: Hub-style photos
+        try:
+            predict_photos(HubModel(model, meta["classes"], meta["preprocess"]), args.inputs, top=args.top or 5)
+        except (ValueError, ImportError) as e:
+            raise UserError(str(e)) from None
+        return 0
+    trained = meta.get("inputs")                                 # the training images' size and pixel range
+    sources = _open_inputs(args.inputs, model.in_channels, same_size=trained is None)
+    if trained is not None:                                      # sizes, before anything is classified
+        for path, x in sources:
+            try:
+                fit_image_size(np.zeros((0,) + x.shape[1:]), path, trained["image_size"], args.resize)
+            except (ValueError, ImportError) as e:
+                raise UserError(str(e)) from None
     mean = meta["mean"] if meta["mean"] is not None else np.zeros(model.in_channels)
     std = meta["std"] if meta["std"] is not None else np.ones(model.in_channels)
     classes = meta["classes"] or [str(k) for k in range(model.config["num_classes"])]
-    top = max(1, min(args.top, model.config["num_classes"]))
+    top = max(1, min(args.top or 1, model.config["num_classes"]))
+    warned = set()
     model.eval()
-    for labels, x in _batches(sources, args.batch_size):
+    for source, labels, x in _batches(sources, args.batch_size):   # x: (n, C, H, W) float64 in [0, 1]
+        if trained is not None:
+            x = fit_image_size(x, source, trained["image_size"], args.resize)
+            warning = pixel_range_warning(x, source, trained["pixel_range"])
+            if warning and source not in warned:
+                warned.add(source)
+                print(warning, file=sys.stderr)
         x = ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(model.dtype)
         try:
             with no_grad():

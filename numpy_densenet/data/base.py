@@ -50,6 +50,8 @@ class Dataset:
         Test images, same dtype and image shape as ``x_train``.
     y_test : ndarray of int64, shape (N_test,)
         Test labels.
+    x_val, y_val : ndarray or None
+        The data set's official validation split, when it has one (``train`` then selects on it); None otherwise.
     num_classes : int
         Number of classes.
     classes : tuple of str
@@ -67,13 +69,17 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     classes: tuple = field(default=())
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
     def __post_init__(self):
         if not isinstance(self.num_classes, (int, np.integer)) or isinstance(self.num_classes, bool) or \
                 not 1 <= self.num_classes <= MAX_CLASSES:
             raise ValueError(f"num_classes must be an integer in 1..{MAX_CLASSES}, got {self.num_classes!r}")
         self.classes = tuple(str(c) for c in self.classes) or tuple(str(k) for k in range(self.num_classes))
-        for split in ("train", "test"):
+        if (self.x_val is None) != (self.y_val is None):
+            raise ValueError("give both x_val and y_val (an official validation split) or neither")
+        for split in ("train", "test") + (("val",) if self.x_val is not None else ()):
             x, y = getattr(self, "x_" + split), getattr(self, "y_" + split)
             if not isinstance(x, np.ndarray) or x.ndim != 4:
                 raise ValueError(f"x_{split} must be a 4-D array (N, C, H, W), got {_describe(x)}")
@@ -82,6 +88,9 @@ class Dataset:
                                  f"({x.shape[0]}), got {_describe(y)}")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(f"x_train images {self.x_train.shape[1:]} and x_test images {self.x_test.shape[1:]} "
+                             "differ in shape")
+        if self.x_val is not None and self.x_val.shape[1:] != self.x_train.shape[1:]:
+            raise ValueError(f"x_train images {self.x_train.shape[1:]} and x_val images {self.x_val.shape[1:]} "
                              "differ in shape")
         if len(self.classes) != self.num_classes:
             raise ValueError(f"classes has {len(self.classes)} names but num_classes is {self.num_classes}")
@@ -96,7 +105,8 @@ class Dataset:
 
     def as_float(self, dtype=np.float32) -> "Dataset":
         """Return a copy whose images are ``dtype`` values in [0, 1] (see :func:`to_float`); labels are shared."""
-        return replace(self, x_train=to_float(self.x_train, dtype), x_test=to_float(self.x_test, dtype))
+        return replace(self, x_train=to_float(self.x_train, dtype), x_test=to_float(self.x_test, dtype),
+                       x_val=None if self.x_val is None else to_float(self.x_val, dtype))
 
     def __repr__(self):
         c, (h, w) = self.in_channels, self.image_size

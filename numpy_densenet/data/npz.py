@@ -25,6 +25,8 @@ def load_npz(path, *, test_fraction=0.2, seed=0) -> Dataset:
         an ambiguous shape such as ``(N, 3, 3, 3)`` is read as channels-first.
     ``y`` : (N,) integers in 0 .. 65535 (``MAX_CLASSES`` - 1)
     ``x_test``, ``y_test`` : optional, same conventions; give both or neither.
+    ``x_val``, ``y_val`` : optional, same conventions; an official validation split (``train`` selects its
+        best epoch on it instead of holding out part of ``x``); give both or neither.
     ``classes`` : optional 1-D array of strings, the class names; then labels must be ``< len(classes)``.
 
     Without ``x_test``, a fixed split is made: the images are permuted by ``np.random.default_rng(seed)`` and
@@ -49,7 +51,7 @@ def load_npz(path, *, test_fraction=0.2, seed=0) -> Dataset:
     path = Path(os.path.expanduser(os.fspath(path)))
     if path.is_dir():
         _fail(path, "is a folder; for the 'npz' data set give the path of the .npz file itself")
-    arrays = _read_npz(path, required=("x", "y"), optional=("x_test", "y_test", "classes"))
+    arrays = _read_npz(path, required=("x", "y"), optional=("x_test", "y_test", "x_val", "y_val", "classes"))
     has_test = ("x_test" in arrays, "y_test" in arrays)
     if any(has_test) and not all(has_test):
         _fail(path, "holds only one of 'x_test' and 'y_test'; give both or neither")
@@ -71,6 +73,18 @@ def load_npz(path, *, test_fraction=0.2, seed=0) -> Dataset:
         test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
         x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
 
+    x_val = y_val = None
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        _fail(path, "holds only one of 'x_val' and 'y_val'; give both or neither")
+    if "x_val" in arrays:
+        x_val = _npz_images(path, arrays["x_val"], "x_val")
+        if x_val.shape[0] == 0:
+            _fail(path, "'x_val' holds no images; leave 'x_val' and 'y_val' out to hold out part of 'x' instead")
+        y_val = _npz_labels(path, arrays["y_val"], "y_val", x_val.shape[0], "x_val")
+        if x_val.shape[1:] != x_train.shape[1:] or x_val.dtype != x_train.dtype:
+            _fail(path, f"'x_val' images are {x_val.dtype} {x_val.shape[1:]} (C, H, W) but 'x' images are "
+                        f"{x_train.dtype} {x_train.shape[1:]}")
+
     if "classes" in arrays:
         classes = arrays["classes"]
         if classes.ndim != 1 or classes.dtype.kind not in "US" or classes.size == 0:
@@ -80,12 +94,12 @@ def load_npz(path, *, test_fraction=0.2, seed=0) -> Dataset:
             _fail(path, f"'classes' names {classes.size} classes; at most {MAX_CLASSES} are supported")
         classes = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in classes.tolist())
         num_classes = len(classes)
-        for key, labels in (("y", y), ("y_test", y_test)):
+        for key, labels in (("y", y), ("y_test", y_test)) + ((("y_val", y_val),) if y_val is not None else ()):
             _check_labels(path, labels, num_classes, what=f"{key!r} (with {num_classes} names in 'classes')")
     else:
-        num_classes = int(max(y_train.max(), y_test.max())) + 1       # labels are < MAX_CLASSES (checked)
+        num_classes = int(max(y_train.max(), y_test.max(), -1 if y_val is None else y_val.max())) + 1  # < MAX_CLASSES
         classes = tuple(str(k) for k in range(num_classes))
-    return Dataset(path.stem, x_train, y_train, x_test, y_test, num_classes, classes)
+    return Dataset(path.stem, x_train, y_train, x_test, y_test, num_classes, classes, x_val=x_val, y_val=y_val)
 
 
 def _npz_images(path, x, key):
