@@ -86,11 +86,12 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
                 raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when training, "
                                  f"got input of shape {_nchw(x.shape)} (NCHW)")
             if stats is None:                                                # this input's, then the
-                mean, var, M = self.batch_sync.statistics(*self.batch_statistics(x), M)  # whole batch's
+                mean, var, count = self.batch_sync.statistics(*self.batch_statistics(x), M)  # whole batch's
             else:
-                mean, var, M = stats if len(stats) == 3 else (*stats, M)
+                mean, var, count = stats if len(stats) == 3 else (*stats, M)
             if update_stats:
-                self.update_running_stats(mean, var, M)
+                self.update_running_stats(mean, var, count)
+            self.batch_count = count                                         # the whole batch's, for backward
         else:
             mean, var = self.running_mean, self.running_var
         invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)              # (C,)
@@ -110,7 +111,6 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
         # with the fused ReLU also the output, whose zeros mask the gradient (the next conv keeps it anyway).
         self._cache = saved((x, np.asarray(mean, dtype=np.float64), invstd, self.training,
                              y if self.relu else None))
-        self.batch_count = M                                                 # the whole batch's
         return y.reshape(x.shape)
 
     def backward_cnhw(self, dout, out=None):
@@ -131,15 +131,16 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
         sums and count. Otherwise one pass: each block of channels' sums, then its dx, while in cache.
         """
         x, mean, invstd, training, y = take_cache(self)
-        M = self.batch_count                                                 # values per channel, whole batch
         dout = check_grad(self, dout, x.shape, self.weight.dtype)
         C = x.shape[0]
-        dout2, x2 = dout.reshape(C, M), x.reshape(C, M)
-        y2 = y.reshape(C, M) if y is not None else None
+        m = x.size // C                                                      # values per channel here ...
+        M = self.batch_count                                                 # ... and in the whole batch
+        dout2, x2 = dout.reshape(C, m), x.reshape(C, m)
+        y2 = y.reshape(C, m) if y is not None else None
         if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous):
             raise ValueError(f"{type(self).__name__}.backward: out must be a C-contiguous array of the input's "
                              f"shape {x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
-        dx = np.empty_like(dout2) if out is None else out.reshape(C, M)
+        dx = np.empty_like(dout2) if out is None else out.reshape(C, m)
         mean_x = mean.astype(x.dtype)                                        # the mean in x's dtype ...
         rounding = mean_x - mean                                             # ... and its rounding error
         a = self.weight.data * invstd                                        # (C,)
@@ -167,7 +168,7 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
             dy, centred = prepare(c)
             finish(c, dy, centred, *sums(c, dy, centred))
 
-        blocks = channel_blocks(C, x2.shape[1])
+        blocks = channel_blocks(C, m)
         if not training or self.batch_sync is plain.LOCAL_BATCH:
             parallel_for(block, blocks)
             return dx.reshape(x.shape)
