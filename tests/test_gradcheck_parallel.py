@@ -1,0 +1,113 @@
+"""gradcheck(..., executor=...): the probes on worker processes give the rows of a serial run, bit for bit."""
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from numpy_densenet import DenseNet, gradcheck, nn
+from numpy_densenet.gradcheck_parallel import MIN_PROBES_PER_TASK, ParallelLosses
+
+
+class SkewedLinear(nn.Linear):
+    """A planted bug: the input gradient 0.1 % too large (module level, so spawned workers can unpickle it)."""
+
+    def backward(self, dout):
+        return super().backward(dout) * 1.001
+
+
+def small_net():
+    rng = np.random.default_rng(2)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, generator=rng), nn.BatchNorm2d(3), nn.ReLU(),
+                         nn.Flatten(), SkewedLinear(3 * 4 * 4, 3, generator=rng))
+
+
+def tiny_densenet():
+    return DenseNet(4, (2, 2), 8, bn_size=2, num_classes=5, stem="cifar", seed=1)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as executor:
+        yield executor
+
+
+@pytest.fixture
+def one_thread():
+    previous = nn.get_num_threads()
+    nn.set_num_threads(1)
+    yield
+    nn.set_num_threads(previous)
+
+
+def _same(serial, parallel):
+    assert parallel.rows == serial.rows                      # every field of every row, floats compared exactly
+    assert parallel.table() == serial.table()
+    assert (parallel.passed, parallel.reentrant, parallel.accumulates) == \
+        (serial.passed, serial.reentrant, serial.accumulates)
+
+
+def test_process_pool_gives_the_serial_rows_for_a_passing_densenet(pool, one_thread):
+    model, x = tiny_densenet(), np.random.default_rng(0).standard_normal((3, 3, 8, 8))
+    for kwargs in (dict(mode="sampled", samples=24), dict(mode="directional")):
+        serial = gradcheck(model, x, **kwargs)
+        parallel = gradcheck(model, x, executor=pool, **kwargs)
+        assert serial.passed
+        _same(serial, parallel)
+
+
+def test_process_pool_gives_the_serial_rows_for_a_planted_bug(pool, one_thread):
+    model, x = small_net(), np.random.default_rng(1).standard_normal((2, 2, 4, 4))
+    serial = gradcheck(model, x, mode="full")
+    parallel = gradcheck(model, x, mode="full", executor=pool)
+    failed = [r.name for r in serial.failures]
+    assert "input" in failed and "0.weight" in failed and "4.weight" not in failed  # upstream of the bug only
+    _same(serial, parallel)
+
+
+def test_tasks_are_coarse_and_keep_each_probe_pair_together():
+    calls = []                                               # per tensor: the requests in each task
+
+    class Recorder(ThreadPoolExecutor):
+        def submit(self, fn, key, payload, requests):
+            calls[-1].append(requests)
+            return super().submit(fn, key, payload, requests)
+
+    original = ParallelLosses.losses
+
+    def losses(self, requests):
+        calls.append([])
+        return original(self, requests)
+
+    model, x = tiny_densenet(), np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    ParallelLosses.losses = losses
+    try:
+        with Recorder(2) as executor:
+            result = gradcheck(model, x, mode="sampled", samples=100, executor=executor)
+    finally:
+        ParallelLosses.losses = original
+    assert result.passed and len(calls) == len(result.rows)
+    assert any(len(tasks) > 1 for tasks in calls)
+    for tasks in calls:
+        for requests in tasks:                               # +eps then -eps of the same coordinate
+            assert len(requests) % 2 == 0
+            assert all(a[:2] == b[:2] and a[2] == -b[2] for a, b in zip(requests[::2], requests[1::2]))
+        assert all(len(requests) >= 2 * MIN_PROBES_PER_TASK for requests in tasks[:-1])   # only the last smaller
+
+
+def test_executor_argument_is_checked():
+    with pytest.raises(TypeError, match="executor must have a submit"):
+        gradcheck(nn.ReLU(), np.ones((1, 1, 2, 2)), executor=object())
+    with pytest.raises(ValueError, match="probes_per_task"):
+        ParallelLosses(ThreadPoolExecutor(1), None, probes_per_task=0)
+
+
+def test_dask_local_cluster_gives_the_serial_rows(one_thread):
+    distributed = pytest.importorskip("distributed")
+    model, x = small_net(), np.random.default_rng(1).standard_normal((2, 2, 4, 4))
+    serial = gradcheck(model, x, mode="sampled", samples=20)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        parallel = gradcheck(model, x, mode="sampled", samples=20, executor=client.get_executor())
+    assert not serial.passed
+    _same(serial, parallel)
