@@ -199,3 +199,49 @@ def perturbed_loss(probe, name, where, delta):
         value = probe.loss()
         array[...] = original
     return value
+
+
+# -- the command line's executors ----------------------------------------------------------------------------
+class _Nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def executor_for(workers=None, scheduler=None):
+    """A context manager giving the executor of ``gradcheck --workers N`` / ``--scheduler ADDRESS`` (or None).
+
+    ``workers``: a local ``ProcessPoolExecutor`` of that many one-thread workers (spawned: no inherited thread
+    pools or locks). ``scheduler``: a running Dask scheduler's address (``tcp://host:8786``), through
+    ``Client(address).get_executor()``; needs ``pip install "dask[distributed]"``. Raises ValueError for both, or
+    for workers < 1, and ImportError naming the install for a missing Dask.
+    """
+    if workers is not None and scheduler is not None:
+        raise ValueError("give --workers or --scheduler, not both")
+    if scheduler is not None:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ImportError('--scheduler needs Dask: pip install "dask[distributed]"') from None
+        return _DaskExecutor(Client(scheduler))
+    if workers is None:
+        return _Nothing()
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    return ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context("spawn"), initializer=one_thread)
+
+
+class _DaskExecutor:
+    def __init__(self, client):
+        self.client = client
+
+    def __enter__(self):
+        return self.client.get_executor()
+
+    def __exit__(self, *exc):
+        self.client.close()
+        return False

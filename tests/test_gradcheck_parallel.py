@@ -109,5 +109,24 @@ def test_dask_local_cluster_gives_the_serial_rows(one_thread):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         parallel = gradcheck(model, x, mode="sampled", samples=20, executor=client.get_executor())
+        cli = _cli_output(["gradcheck", "--model", "--scheduler", cluster.scheduler_address])
     assert not serial.passed
     _same(serial, parallel)
+    assert cli == _cli_output(["gradcheck", "--model"])
+
+
+def _cli_output(argv):
+    """The report of ``numpy-densenet ARGV`` without its timings."""
+    import contextlib
+    import io
+
+    from numpy_densenet.cli import main
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    assert code == 0
+    return [line for line in out.getvalue().splitlines() if not line.startswith("==") and " in " not in line]
+
+
+def test_cli_workers_gives_the_serial_report(one_thread):
+    assert _cli_output(["gradcheck", "--model", "--workers", "2"]) == _cli_output(["gradcheck", "--model"])
