@@ -171,7 +171,13 @@ class DataParallel:
                 m.batch_sync = hook
         self.broadcast_parameters()
         self.broadcast_buffers()
+        self.decorrelate_dropout()
         self._count = None
+
+    @property
+    def is_root(self):
+        """True on rank 0, the rank that writes files and logs."""
+        return self.rank == 0
 
     # -- the model's interface -------------------------------------------------------------------------------
     def __getattr__(self, name):                             # state_dict, named_parameters, train, eval, ...
@@ -229,6 +235,24 @@ class DataParallel:
             self.comm.Bcast(value, root=root)
             getattr(owner, attr)[...] = value
 
+    def decorrelate_dropout(self):
+        """Give every rank but 0 its own Dropout masks: each generator is re-seeded from a draw of its current
+        stream and the rank (rank 0's is left alone). Without this, ranks built from one seed would apply the
+        same masks to their different slices. Dropout therefore makes a P-rank run differ from a one-process
+        run (and a resumed run from an uninterrupted one: the checkpoint holds rank 0's generators, and this is
+        called again after loading them)."""
+        if self.rank == 0:
+            return
+        for m in self.module.modules():
+            g = getattr(m, "generator", None)
+            if isinstance(g, np.random.Generator):
+                seed = np.random.SeedSequence([int(g.integers(2**63)), self.rank])
+                g.bit_generator.state = type(g.bit_generator)(seed).state
+
+    def any_rank(self, flag):
+        """True on every rank if ``flag`` is true on any (e.g. a stop request, so that all stop at one step)."""
+        return bool(self.sum_over_ranks([1.0 if flag else 0.0])[0] > 0)
+
     def _owner(self, dotted):
         *path, attr = dotted.split(".")
         owner = self.module
@@ -258,6 +282,22 @@ class DataParallel:
         return self.comm.allreduce(worst, op=_mpi().MAX)
 
 
+def evaluate(dp, x, y, **kwargs):
+    """:func:`numpy_densenet.train.evaluate` of ``dp``'s model with the images shared between the ranks: each
+    evaluates its slice, and the summed loss and confusion matrix are added up over the ranks. The same dict
+    (loss, acc, confusion, per_class_acc) on every rank. Running statistics are rank 0's (broadcast first)."""
+    from .train import evaluate as evaluate_one
+    dp.broadcast_buffers()
+    s = dp.shard(len(y))
+    mine = evaluate_one(dp.module, x[s], y[s], **kwargs)
+    n = len(y[s])
+    total = dp.sum_over_ranks(np.concatenate([[mine["loss"] * n], mine["confusion"].ravel()]))
+    confusion = np.rint(total[1:]).astype(np.int64).reshape(mine["confusion"].shape)
+    count = max(int(confusion.sum()), 1)
+    return dict(loss=float(total[0]) / count, acc=float(np.trace(confusion)) / count, confusion=confusion,
+                per_class_acc=np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1))
+
+
 def threads_per_rank(comm=None, cores=None):
     """How many threads each rank should use: this node's cores divided by the ranks on this node (at least 1).
 
@@ -280,10 +320,10 @@ def threads_per_rank(comm=None, cores=None):
 
 
 @contextmanager
-def abort_on_error(comm=None, stream=None):
-    """Inside the block, an exception on any rank prints its message (and traceback) tagged with the rank and
-    calls ``MPI_Abort``, which ends every rank of the job: the others would otherwise wait forever in their next
-    collective. ``SystemExit(0)`` passes through."""
+def abort_on_error(comm=None, stream=None, expected=()):
+    """Inside the block, an exception on any rank prints its message (with the traceback, unless it is of one
+    of the ``expected`` types) tagged with the rank, and calls ``MPI_Abort``, which ends every rank of the job:
+    the others would otherwise wait forever in their next collective. ``SystemExit(0)`` passes through."""
     comm = get_comm(comm)
     try:
         yield
@@ -291,6 +331,8 @@ def abort_on_error(comm=None, stream=None):
         if e.code in (0, None):
             raise
         _abort(comm, f"exited with status {e.code}", int(e.code) if isinstance(e.code, int) else 1, stream)
+    except expected as e:
+        _abort(comm, f"error: {e}", 2, stream)
     except BaseException as e:  # noqa: BLE001 - any failure must end the whole job
         text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
         _abort(comm, f"{type(e).__name__}: {e}\n{text}", 1, stream)
@@ -302,3 +344,44 @@ def _abort(comm, message, code, stream=None):
                  f"[rank {comm.Get_rank()}] aborting the MPI job\n")
     stream.flush()
     comm.Abort(code)
+
+
+class CommandLineRank:
+    """What ``numpy-densenet train --distributed`` sets up on each rank (see :func:`train_entry`).
+
+    * threads: unless ``OMP_NUM_THREADS`` or ``OPENBLAS_NUM_THREADS`` is set, numpy_densenet's threads and
+      OpenBLAS's are set to :func:`threads_per_rank` (the node's cores / its ranks);
+    * ``log``: prints (flushed) on rank 0 and is silent on the others;
+    * ``options``: the ``distributed`` argument of :func:`numpy_densenet.train.train`.
+    """
+
+    def __init__(self, sync_bn=True, comm=None):
+        self.comm = get_comm(comm)
+        self.rank = self.comm.Get_rank()
+        self.options = dict(comm=self.comm, sync_bn=sync_bn)
+        if not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS")):
+            from .fast import threads
+            n = threads_per_rank(self.comm)
+            threads.set_num_threads(n)
+            blas = threads._blas()
+            if blas:
+                blas[1](n)
+
+    def log(self, line):
+        if self.rank == 0:
+            print(line, flush=True)
+
+
+def train_entry(command, args, *rest, expected=()):
+    """Run a command-line function ``command(args, *rest)``; with ``args.distributed`` on every MPI rank, with
+    ``args.rank`` set to a :class:`CommandLineRank`, and any rank's failure - a usage error included - printed
+    with its rank and ending the whole job (MPI_Abort) instead of leaving the other ranks waiting. Exceptions
+    of the ``expected`` types are printed as their message alone (no traceback)."""
+    if not getattr(args, "distributed", False):
+        return command(args, *rest)
+    with abort_on_error(expected=expected):
+        args.rank = CommandLineRank(sync_bn=getattr(args, "sync_bn", True))
+        code = command(args, *rest)
+        if code:
+            raise SystemExit(code)
+        return code

@@ -222,7 +222,7 @@ def load_model_file(path, dtype=None):
 class Run:
     """The state of a training run: model, optimizer, schedule, data iterators and bookkeeping."""
 
-    def __init__(self, config: TrainConfig, log=print):
+    def __init__(self, config: TrainConfig, log=print, distributed=None):
         self.config = config = config.resolved()
         self.log = log
         if config.dtype not in ("float32", "float64"):
@@ -247,9 +247,16 @@ class Run:
             self.std = np.where(self.std == 0, 1.0, self.std)            # centre it, do not divide by 0
         self.model = make_model(config, d.in_channels, d.num_classes)
         _check_fits(self.model, d.x_train.shape[1:])
+        self.dp = None                  # distributed: a DataParallel over the MPI ranks (see distributed.py)
+        if distributed is not None:
+            from .distributed import DataParallel
+            self.dp = DataParallel(self.model, **distributed)
+        self.is_root = self.dp is None or self.dp.is_root                 # the process that writes files
         self.criterion = CrossEntropyLoss()
-        # BatchNorm cannot train on a batch of one image: drop a last batch that would hold just one.
-        drop_last = len(d.y_train) % config.batch_size == 1 and len(d.y_train) > 1
+        # BatchNorm cannot train on a batch of one image: drop a last batch that would hold just one (or, over
+        # P ranks, fewer than P: every rank needs an image).
+        last = len(d.y_train) % config.batch_size
+        drop_last = (last == 1 and len(d.y_train) > 1) or (self.dp is not None and 0 < last < self.dp.world_size)
         try:
             self.optimizer = SGD(self.model.named_parameters(), lr=config.lr, momentum=config.momentum,
                                  weight_decay=config.weight_decay, nesterov=config.momentum > 0)
@@ -282,7 +289,14 @@ class Run:
         return arrays
 
     def save_checkpoint(self, path):
-        save_npz(path, self.state_arrays())
+        """Write the checkpoint (only rank 0 writes; over MPI the other ranks' state is identical, with
+        ``sync_bn=False`` once rank 0's running statistics are broadcast, done here)."""
+        if self.dp is not None:
+            self.dp.broadcast_buffers()
+        if self.is_root:
+            save_npz(path, self.state_arrays())
+        if self.dp is not None:
+            self.dp.comm.Barrier()                                      # written before any rank goes on
 
     def load_checkpoint(self, path):
         arrays = load_npz(path, what="checkpoint")
@@ -309,6 +323,8 @@ class Run:
         gens = [m.generator for m in self.model.modules() if hasattr(m, "generator")]
         for g, s in zip(gens, state["dropout_rng_states"]):
             g.bit_generator.state = s
+        if self.dp is not None:
+            self.dp.decorrelate_dropout()                              # rank 0's masks were saved
         self.epoch, self.step, self.sums = state["epoch"], state["step"], state["sums"]
         self.history, self.best_acc = state["history"], state["best_acc"]
         self.epoch_rng_state = state["epoch_rng_state"]
@@ -322,21 +338,31 @@ class Run:
         start = time.perf_counter()
         total = len(self.batches)
         first_step, first_seen = self.step, self.sums[2]                 # after a resume: what this run did
+        model = self.dp or self.model
         for i, (xb, yb) in enumerate(self.batches):
             if i < self.step:
                 continue                                                # already done before the interruption
+            if self.dp is not None:                                     # every rank drew the same batch:
+                mine = self.dp.shard(len(yb))                           # take this rank's slice
+                xb, yb = xb[mine], yb[mine]
             try:
-                loss, correct = train_step(self.model, self.criterion, self.optimizer, xb, yb)
+                loss, correct = train_step(model, self.criterion, self.optimizer, xb, yb)
             except Diverged as e:
                 raise Diverged(f"training diverged at epoch {self.epoch + 1}, step {i + 1}: {e}. Try a lower --lr")\
                     from None
-            self.sums[0] += loss * len(yb)
-            self.sums[1] += correct
-            self.sums[2] += len(yb)
+            batch = [loss * len(yb), correct, len(yb)]
+            if self.dp is not None:
+                batch = self.dp.sum_over_ranks(batch)                   # the whole batch's loss, correct, count
+            self.sums[0] += float(batch[0])
+            self.sums[1] += int(batch[1])
+            self.sums[2] += int(batch[2])
             self.step = i + 1
             progress.update(self, i + 1, total, time.perf_counter() - start, i + 1 - first_step,
                             self.sums[2] - first_seen)
-            if stop_requested():
+            stop = stop_requested()
+            if self.dp is not None:
+                stop = self.dp.any_rank(stop)                           # all ranks stop after the same step
+            if stop:
                 self.stop = True
                 if self.step < total:
                     return False
@@ -344,7 +370,11 @@ class Run:
 
     def finish_epoch(self, seconds):
         cfg = self.config
-        test = evaluate(self.model, self.data.x_test, self.data.y_test, mean=self.mean, std=self.std)
+        if self.dp is not None:                                         # the test set shared between the ranks
+            from .distributed import evaluate as evaluate_shared
+            test = evaluate_shared(self.dp, self.data.x_test, self.data.y_test, mean=self.mean, std=self.std)
+        else:
+            test = evaluate(self.model, self.data.x_test, self.data.y_test, mean=self.mean, std=self.std)
         loss_sum, correct, seen = self.sums
         row = dict(epoch=self.epoch + 1, lr=self.optimizer.lr, train_loss=loss_sum / max(seen, 1),
                    train_acc=correct / max(seen, 1), test_loss=test["loss"], test_acc=test["acc"],
@@ -358,10 +388,12 @@ class Run:
         improved = test["acc"] > self.best_acc
         if improved:
             self.best_acc = test["acc"]
-            save_npz(os.path.join(cfg.out, "best.npz"),
-                     weights_arrays(self.model, cfg, self.mean, self.std, self.data.classes))
+            if self.is_root:
+                save_npz(os.path.join(cfg.out, "best.npz"),
+                         weights_arrays(self.model, cfg, self.mean, self.std, self.data.classes))
         self.save_checkpoint(os.path.join(cfg.out, "checkpoint.npz"))
-        write_metrics(os.path.join(cfg.out, "metrics.jsonl"), self.history)
+        if self.is_root:
+            write_metrics(os.path.join(cfg.out, "metrics.jsonl"), self.history)
         return row
 
 
@@ -404,7 +436,7 @@ class Progress:
             self.stream.flush()
 
 
-def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=None):
+def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=None, distributed=None):
     """Run (or resume) a training run. Returns the run's history (a list of per-epoch dicts).
 
     Parameters
@@ -419,8 +451,14 @@ def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=No
     on_step : callable, optional
         Called after every step with the :class:`Run`; returning True stops the run cleanly (a checkpoint is
         saved, as on Ctrl-C).
+    distributed : dict, optional
+        Train data-parallel over the MPI ranks running this same call (``mpiexec -n P``): the keyword arguments
+        of :class:`numpy_densenet.distributed.DataParallel` (``{}`` for its defaults: COMM_WORLD,
+        ``sync_bn=True``). ``config.batch_size`` is then the global batch; every rank draws the same order and
+        augmentation and trains on its slice; metrics are summed over the ranks; only rank 0 writes files and
+        the curves (pass a silent ``log`` on the other ranks).
     """
-    run = Run(config, log)
+    run = Run(config, log, distributed)
     cfg = run.config
     try:
         os.makedirs(cfg.out, exist_ok=True)
@@ -467,7 +505,8 @@ def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=No
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     log(f"done: best test accuracy {run.best_acc:.4f}; weights in {os.path.join(cfg.out, 'best.npz')}")
-    plot_curves(run.history, os.path.join(cfg.out, "curves.png"), log)
+    if run.is_root:
+        plot_curves(run.history, os.path.join(cfg.out, "curves.png"), log)
     return run.history
 
 

@@ -31,7 +31,13 @@ def register(sub):
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--out", default=None, help="output folder (default runs/DATASET)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a checkpoint.npz")
-    p.set_defaults(func=lambda args, parser=p: cmd_train(args, parser), model=None)
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks: mpiexec -n P python -m mpi4py -m numpy_densenet train "
+                        "--distributed ...; --batch-size is the global batch (needs numpy_densenet[mpi])")
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                   help="with --distributed: per-rank BatchNorm statistics (PyTorch DDP's default) instead of "
+                        "the whole batch's")
+    p.set_defaults(func=lambda args, parser=p: _train_entry(args, parser), model=None)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of saved weights")
     p.add_argument("--weights", required=True, help="best.npz / checkpoint.npz from train, or converted weights")
@@ -86,10 +92,26 @@ def cmd_train(args, parser):
                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                               weight_decay=args.weight_decay, schedule=args.schedule, augment=args.augment,
                               seed=args.seed, dtype=args.dtype, out=args.out or os.path.join("runs", args.dataset))
-        train(cfg, resume=args.resume, log=lambda line: print(line, flush=True))
+        rank = getattr(args, "rank", None)                         # --distributed: this MPI rank's setup
+        train(cfg, resume=args.resume, log=rank.log if rank else lambda line: print(line, flush=True),
+              distributed=rank.options if rank else None)
     except (TrainingError, WeightsFileError) as e:
         raise UserError(str(e)) from None
     return 0
+
+
+def _train_entry(args, parser):
+    """cmd_train, on every MPI rank with --distributed (numpy_densenet.distributed.train_entry)."""
+    if not args.distributed:
+        return cmd_train(args, parser)
+    from .cli import UserError
+    from .distributed import get_comm, train_entry
+    from .io import WeightsFileError
+    try:
+        get_comm()
+    except ImportError as e:
+        raise UserError(str(e)) from None
+    return train_entry(cmd_train, args, parser, expected=(UserError, WeightsFileError))
 
 
 def _load_for_eval(args, dataset):

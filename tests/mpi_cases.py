@@ -93,6 +93,20 @@ def case_raise_uncaught(comm):
     return {"unreachable": True}
 
 
+def case_train_resume(comm):
+    """train(..., distributed={}) stopped after step 7 of the first epoch, then resumed from its checkpoint."""
+    import os
+
+    from numpy_densenet.train import TrainConfig, train
+    out = sys.argv[2]
+    cfg = TrainConfig(epochs=1, dtype="float64", out=out)
+    log = print if comm.Get_rank() == 0 else (lambda line: None)
+    train(cfg, log=log, distributed={}, on_step=lambda run: run.step == 7)
+    stopped = np.load(os.path.join(out, "checkpoint.npz"))
+    history = train(cfg, resume=os.path.join(out, "checkpoint.npz"), log=log, distributed={})
+    return dict(stopped_at=int(json.loads(str(stopped["run.state"][()]))["step"]), epochs=len(history))
+
+
 if __name__ == "__main__":
     nn.set_num_threads(1)
     comm = get_comm()

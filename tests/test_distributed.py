@@ -2,6 +2,7 @@
 subprocess with a timeout; skipped when mpi4py or an ``mpiexec`` is missing (CI installs the ``mpi`` extra)."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,3 +90,49 @@ def test_shard_covers_the_batch_in_order():
             pieces = [shard(n, r, size) for r in range(size)]
             assert np.concatenate([np.arange(n)[s] for s in pieces]).tolist() == list(range(n))
             assert max(s.stop - s.start for s in pieces) - min(s.stop - s.start for s in pieces) <= 1
+
+
+# -- train --distributed ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_process_epoch(tmp_path_factory):
+    """One float64 epoch of the default run (DenseNet-BC 16 on the digits, batch 64) in this process."""
+    from numpy_densenet.train import TrainConfig, train
+    out = tmp_path_factory.mktemp("one_process")
+    train(TrainConfig(epochs=1, dtype="float64", out=str(out)), log=lambda line: None)
+    return np.load(out / "checkpoint.npz")
+
+
+def _weights_match(reference, path, tol=1e-9):
+    other = np.load(path)
+    keys = [k for k in reference.files if k.startswith(("model.", "optim.")) and reference[k].dtype.kind == "f"]
+    assert keys and sorted(reference.files) == sorted(other.files)
+    for k in keys:
+        scale = max(float(np.abs(reference[k]).max()), 1e-300)
+        assert float(np.abs(reference[k] - other[k]).max()) <= tol * scale, k
+
+
+def test_train_distributed_epoch_ends_with_the_one_process_weights(one_process_epoch, tmp_path):
+    proc = mpirun(["-m", "numpy_densenet", "train", "--distributed", "--epochs", "1", "--dtype", "float64",
+                   "--out", str(tmp_path)], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("epoch   1/1") == 1                   # only rank 0 logs
+    _weights_match(one_process_epoch, tmp_path / "checkpoint.npz")
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    reference = json.loads(str(one_process_epoch["run.state"][()]))["history"]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):   # summed over the ranks
+        assert rows[0][key] == pytest.approx(reference[0][key], rel=1e-9)
+
+
+def test_train_distributed_resumes_mid_epoch(one_process_epoch, tmp_path):
+    proc = mpirun([os.path.join(HERE, "mpi_cases.py"), "train_resume", str(tmp_path)], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    assert json.loads(line[len("RESULT "):]) == {"stopped_at": 7, "epochs": 1}
+    _weights_match(one_process_epoch, tmp_path / "checkpoint.npz")
+
+
+def test_train_distributed_error_ends_every_rank_with_the_message(tmp_path):
+    proc = mpirun(["-m", "numpy_densenet", "train", "--distributed", "--resume", str(tmp_path / "missing.npz")],
+                  timeout=60)
+    assert proc.returncode != 0
+    assert re.search(r"\[rank [01] of 2\] error: .*missing\.npz", proc.stderr), proc.stderr[-2000:]  # first to fail
