@@ -94,7 +94,7 @@ def cmd_train(args, parser):
                               seed=args.seed, dtype=args.dtype, out=args.out or os.path.join("runs", args.dataset))
         rank = getattr(args, "rank", None)                         # --distributed: this MPI rank's setup
         train(cfg, resume=args.resume, log=rank.log if rank else lambda line: print(line, flush=True),
-              distributed=rank.options if rank else None)
+              **(dict(distributed=rank.options) if rank else {}))
     except (TrainingError, WeightsFileError) as e:
         raise UserError(str(e)) from None
     return 0
