@@ -87,6 +87,11 @@ class DenseLayer(ChannelMajor, Module):
             h = swap01(self.dropout(swap01(h)))                          # masks drawn in NCHW order, as plain
         return h
 
+    def _clear_cache(self):
+        """Also drop what a memory-efficient layer keeps to recompute its first BN -> ReLU (a cache too)."""
+        super()._clear_cache()
+        self._recompute = None
+
     def backward_cnhw(self, dnew, workspace=None):
         """dnew: (k, N, H, W), the gradient of the new features -> gradient of the input (C_in, N, H, W).
 
