@@ -213,6 +213,22 @@ class DataParallel:
             self.allreduce_gradients()
         return dx
 
+    def forward_stages(self, x):
+        """The model's ``forward_stages`` with this rank's own BatchNorm statistics, making no collective call:
+        it diagnoses a failure seen on one rank only (the training loop's first non-finite output), when the
+        other ranks are elsewhere."""
+        hooks = [(m, m.__dict__.get("batch_sync")) for m in self.module.modules() if hasattr(m, "batch_sync")]
+        for m, _ in hooks:
+            m.batch_sync = LocalBatch()
+        try:
+            yield from self.module.forward_stages(x)
+        finally:
+            for m, hook in hooks:
+                if hook is None:
+                    del m.batch_sync
+                else:
+                    m.batch_sync = hook
+
     # -- collectives -----------------------------------------------------------------------------------------
     def allreduce_gradients(self):
         """Sum the flat gradient over the ranks (one in-place Allreduce), then divide by P."""

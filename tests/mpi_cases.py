@@ -93,6 +93,25 @@ def case_raise_uncaught(comm):
     return {"unreachable": True}
 
 
+def case_diverge(comm):
+    """Rank 1's loss alone is NaN (as if it overflowed there): train_step's diagnosis on rank 1 runs the model's
+    stages again, which must make no collective call (rank 0 is already in backward's), and the job must end
+    with rank 1's message."""
+    from numpy_densenet.train import train_step
+
+    class Overflowing(nn.CrossEntropyLoss):
+        def forward(self, logits, y):
+            loss = super().forward(logits, y)
+            return np.nan if comm.Get_rank() == 1 else loss
+
+    dp = DataParallel(tiny(True), comm)                          # synchronised BatchNorm
+    x, y = batch(6)
+    s = dp.shard(6)
+    with abort_on_error(comm):
+        train_step(dp, Overflowing(), SGD(dp.named_parameters(), lr=0.1), x[s], y[s])
+    return {"unreachable": True}
+
+
 def case_train_resume(comm):
     """train(..., distributed={}) stopped after step 7 of the first epoch, then resumed from its checkpoint."""
     import os

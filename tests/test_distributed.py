@@ -73,6 +73,12 @@ def test_three_sgd_steps_equal_one_process(fast):
     assert r["between_ranks"] == 0.0             # parameters and buffers bit-identical across the ranks
 
 
+def test_divergence_on_one_rank_ends_the_job_with_the_diagnosis():
+    proc = mpirun([os.path.join(HERE, "mpi_cases.py"), "diverge"], timeout=30)
+    assert proc.returncode != 0 and "RESULT" not in proc.stdout
+    assert "[rank 1 of 2] Diverged: the loss became nan; first non-finite output: none" in proc.stderr
+
+
 @pytest.mark.parametrize("which", ["raise", "raise_uncaught"])
 def test_a_failing_rank_ends_the_job_with_its_message(which):
     """Rank 0 waits in a Barrier that rank 1 never reaches: without an abort the job would hang, and the
