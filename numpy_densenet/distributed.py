@@ -188,6 +188,14 @@ class DataParallel:
     def __call__(self, x):
         return self.forward(x)
 
+    def eval(self):
+        """Eval mode; with ``sync_bn=False`` rank 0's running statistics are broadcast first (a collective call:
+        every rank must make it), so that every rank evaluates the same model."""
+        if not self.sync_bn:
+            self.broadcast_buffers()
+        self.module.eval()
+        return self
+
     def forward(self, x):
         """x: (n_rank, C, H, W), this rank's slice -> logits (n_rank, num_classes)."""
         self._count = np.shape(x)[0]
