@@ -102,9 +102,11 @@ def cmd_train(args, parser):
 
 def _train_entry(args, parser):
     """cmd_train, on every MPI rank with --distributed (numpy_densenet.distributed.train_entry)."""
-    if not args.distributed:
-        return cmd_train(args, parser)
     from .cli import UserError
+    if not args.distributed:
+        if not args.sync_bn:
+            raise UserError("--no-sync-bn applies to --distributed training only")
+        return cmd_train(args, parser)
     from .distributed import get_comm, train_entry
     from .io import WeightsFileError
     try:
