@@ -81,6 +81,23 @@ def probes(a):
               f"{'' if started is None else f'{started:.2f}'} |")
     print(f"\nPayload (pickled model, inputs, upstream gradient): {len(parallel.payload()) / 1e3:.0f} kB; the "
           f"values from the pool are bit-identical to the serial ones.")
+    walls = {}
+    for n in sorted({1, a.workers}):                                    # what parallelism the machine gives now
+        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(abs, range(n)))
+            t0 = time.perf_counter()
+            list(pool.map(_spin, [2_000_000] * 4))
+            walls[n] = time.perf_counter() - t0
+    print(f"Control: four pure-Python loops on the same pools: 1 worker {walls[1]:.2f} s, {a.workers} workers "
+          f"{walls[a.workers]:.2f} s = {walls[1] / walls[a.workers]:.2f}x (the cores actually free; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores).")
+
+
+def _spin(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
 
 
 def bigcheck(a):
