@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from common import ROOT, cpu_model  # noqa: F401  (common puts the checkout on sys.path)
+from common import cpu_model  # (importing common puts the checkout on sys.path)
 
 # -- settings (overridable on the command line) ---------------------------------------------------------------
 workers = 2
@@ -286,7 +286,7 @@ def mpi(a):
         step = compute + ring + bn
         print(f"| {P} | {n} | {compute:.3f} | {1e3 * ring:.2f} | {1e3 * bn:.2f} | {step:.3f} | {t1 / step:.1f} | "
               f"{300 * 782 * step / 3600:.1f} |")
-    print(f"\nMeasured 1-thread step times by slice size: "
+    print("\nMeasured 1-thread step times by slice size: "
           + ", ".join(f"{n}: {t:.3f} s" for n, t in sorted(per_rank.items(), reverse=True)))
 
 
