@@ -323,24 +323,24 @@ def evaluate(dp, x, y, **kwargs):
 
 
 def threads_per_rank(comm=None, cores=None):
-    """How many threads each rank should use: this node's cores divided by the ranks on this node (at least 1).
+    """How many threads each rank should use so that threads per rank x ranks per node <= cores (at least 1).
 
-    The ranks of a node are found with ``Split_type(COMM_TYPE_SHARED)``; ``cores`` defaults to the cores this
-    process may run on (``os.sched_getaffinity``). Threads per rank x ranks per node <= cores avoids
-    oversubscription, which costs far more than idle cores.
+    The ranks of a node are found with ``Split_type(COMM_TYPE_SHARED)``. Each rank may run on the cores of its
+    affinity mask (``os.sched_getaffinity``: the whole node under a plain ``mpiexec``, its own cores under
+    ``srun --cpus-per-task`` or ``--bind-to core``); those are divided between the ranks of the node whose masks
+    overlap it. ``cores``: divide that many cores between the node's ranks instead.
     """
     comm = get_comm(comm)
     node = comm.Split_type(_mpi().COMM_TYPE_SHARED)
     try:
-        local = node.Get_size()
+        if cores is not None:
+            return max(1, int(cores) // node.Get_size())
+        mine = set(os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1))
+        masks = node.allgather(sorted(mine))
     finally:
         node.Free()
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        # An affinity mask set by the launcher (srun --cpus-per-task, mpiexec --bind-to) is already per rank.
-        if cores < (os.cpu_count() or cores):
-            return max(1, cores)
-    return max(1, cores // local)
+    sharing = sum(1 for m in masks if mine & set(m))                 # this rank included
+    return max(1, len(mine) // sharing)
 
 
 @contextmanager

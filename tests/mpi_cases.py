@@ -76,6 +76,15 @@ def case_sgd(comm):
     return out
 
 
+def case_threads(comm):
+    """threads_per_rank on every rank: the node's cores (this rank's affinity mask) shared between the ranks."""
+    import os
+
+    from numpy_densenet.distributed import threads_per_rank
+    return dict(threads=comm.allgather(threads_per_rank(comm)), cores=len(os.sched_getaffinity(0)),
+                given=threads_per_rank(comm, cores=8))
+
+
 def case_raise(comm):
     """Rank 1 fails before a collective that rank 0 is already waiting in."""
     with abort_on_error(comm):

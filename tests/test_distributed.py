@@ -89,6 +89,13 @@ def test_a_failing_rank_ends_the_job_with_its_message(which):
     assert "RESULT" not in proc.stdout
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no affinity masks on this platform")
+def test_threads_per_rank_share_the_cores_between_the_ranks_of_a_node():
+    r = case("threads")                                          # mpiexec without binding: masks overlap
+    assert r["threads"] == [max(1, r["cores"] // 2)] * 2
+    assert r["given"] == 4
+
+
 def test_shard_covers_the_batch_in_order():
     from numpy_densenet.distributed import shard
     for n in range(0, 12):
