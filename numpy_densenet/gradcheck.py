@@ -174,7 +174,17 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
         targets += [(name, arr, grad) for name, arr, grad in probe.input_targets()]
     if check_params:
         targets += [(name, p.data, grad) for (name, p), grad in zip(probe.params, probe.param_grads)]
-    for name, array, analytic in targets:
+    if mode != "directional":                       # every coordinate is known before any is judged
+        coordinates = []
+        for name, array, _ in targets:
+            n = array.size if mode == "full" else min(samples, array.size)
+            flat = np.arange(array.size) if mode == "full" else rng.choice(array.size, n, replace=False)
+            coordinates.append(np.sort(flat))
+        if probe.parallel is not None:              # send all the probes now, in coarse tasks across tensors
+            probe.parallel.prefetch([(name, np.unravel_index(int(i), array.shape), d)
+                                     for (name, array, _), flat in zip(targets, coordinates)
+                                     for i in flat for d in (eps, -eps)])
+    for k, (name, array, analytic) in enumerate(targets):
         if mode == "directional":
             row = _check_directional(probe, name, array, analytic, eps, rtol, atol, directions, rng)
             if row.status == "FAIL":
@@ -197,9 +207,7 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
                         located.note += " - no single wrong coordinate found"
                 row = located
         else:
-            n = array.size if mode == "full" else min(samples, array.size)
-            flat = np.arange(array.size) if mode == "full" else rng.choice(array.size, n, replace=False)
-            row = _check_coordinates(probe, name, array, analytic, eps, rtol, atol, np.sort(flat))
+            row = _check_coordinates(probe, name, array, analytic, eps, rtol, atol, coordinates[k])
         result.rows.append(row)
 
     result.reentrant, result.accumulates = probe.reentrant, probe.accumulates

@@ -15,8 +15,12 @@ How the work is shared:
   random states are pickled once per check (182 kB for densenet_bc(16, 8), 6.3 MB for densenet_bc(100, 12));
   the probe's forward caches and analytic gradients are left behind.
 * **Coarse tasks.** The probes are split into tasks of at least ``MIN_PROBES_PER_TASK`` = 16 probes (32
-  forwards): per-task overhead is 0.2-0.4 ms on a process pool, ~1 ms on Ray and 5-27 ms on Dask, against
-  milliseconds to seconds per forward.
+  forwards), about ``TASKS_PER_WORKER`` per worker: per-task overhead is 0.2-0.4 ms on a process pool, ~1 ms on
+  Ray and 5-27 ms on Dask, against milliseconds to seconds per forward. In modes ``full`` and ``sampled`` every
+  probe is known before any is judged, so gradcheck sends them all at once (:meth:`ParallelLosses.prefetch`):
+  tasks then span tensors, a BatchNorm's few dozen probes share a task with the next tensor's, and no worker
+  waits for one tensor's row to be judged. In ``directional`` mode each tensor's few directions go out when
+  its row is checked.
 * **A worker-side evaluator cache.** Each task carries the pickled payload and a key; a worker unpickles it the
   first time it sees the key and keeps it (the two most recent keys, per thread), so later tasks of the same
   check only run forwards.
@@ -51,7 +55,7 @@ import os
 import pickle
 import threading
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 import numpy as np
 
@@ -90,6 +94,9 @@ class ParallelLosses:
         self.workers = workers or worker_count(executor)
         self.key = uuid.uuid4().hex
         self._payload = None
+        self._pending = deque()         # prefetched requests not yet taken, in order
+        self._tasks = deque()           # their futures, in order
+        self._values = deque()          # values of finished tasks not yet taken
 
     def payload(self):
         """The pickled probe without what only the caller needs (made once)."""
@@ -107,21 +114,52 @@ class ParallelLosses:
         """``requests``: a list of (target name, where, delta) with ``where`` an index tuple (one coordinate)
         or a direction array of the target's shape -> the list of L at each perturbed point, in order.
 
-        Requests are kept in pairs (the +delta and -delta of one probe) when split into tasks.
+        Requests are kept in pairs (the +delta and -delta of one probe) when split into tasks. If they are the
+        next ones :meth:`prefetch` sent, their values are taken from those tasks.
         """
         requests = list(requests)
         if not requests:
             return []
-        size = self.probes_per_task or max(MIN_PROBES_PER_TASK,
-                                           math.ceil(len(requests) / 2 / (TASKS_PER_WORKER * self.workers)))
-        size *= 2
-        payload = self.payload()
-        futures = [self.executor.submit(evaluate_task, self.key, payload, requests[i:i + size])
-                   for i in range(0, len(requests), size)]
+        if self._next_are(requests):
+            return self._take(len(requests))
+        self._pending.clear(), self._tasks.clear(), self._values.clear()    # not what was planned: drop it
+        futures = self._submit(requests)
         values = []
         for f in futures:
             values += f.result()
         return values
+
+    def prefetch(self, requests):
+        """Send ``requests`` now, in coarse tasks across every tensor (all workers busy, however small each
+        tensor), before any is needed; later :meth:`losses` calls asking for them in the same order wait only
+        for their own tasks. gradcheck does this when every probe is known in advance (modes full, sampled)."""
+        requests = list(requests)
+        self._pending.extend(requests)
+        self._tasks.extend(self._submit(requests))
+
+    def _submit(self, requests):
+        size = self.probes_per_task or max(MIN_PROBES_PER_TASK,
+                                           math.ceil(len(requests) / 2 / (TASKS_PER_WORKER * self.workers)))
+        size *= 2
+        payload = self.payload()
+        return [self.executor.submit(evaluate_task, self.key, payload, requests[i:i + size])
+                for i in range(0, len(requests), size)]
+
+    def _next_are(self, requests):
+        if len(self._pending) < len(requests):
+            return False
+        for (name, where, delta), (name2, where2, delta2) in zip(requests, self._pending):
+            same = where is where2 if isinstance(where, np.ndarray) else where == where2
+            if name != name2 or delta != delta2 or not same:
+                return False
+        return True
+
+    def _take(self, n):
+        while len(self._values) < n:
+            self._values.extend(self._tasks.popleft().result())
+        for _ in range(n):
+            self._pending.popleft()
+        return [self._values.popleft() for _ in range(n)]
 
 
 def targets(probe):
