@@ -29,10 +29,11 @@ rounding (tested to 1e-12 in float64):
   ``batch_sync`` hook (:class:`numpy_densenet.nn.norm.LocalBatch`), in both tiers; the fast tier's dense block
   synchronises each feature map's statistics once and shares them with all its consumers.
 
-``sync_bn=False`` gives PyTorch DDP's default instead: each rank normalises with its own slice's statistics (so
-the gradients differ from one process's on the whole batch - by 15-33 % relative on a small DenseNet), and the
-running statistics, which then differ between ranks, are rank 0's: :meth:`DataParallel.broadcast_buffers`
-sends them to every rank, which the training loop does before every evaluation and checkpoint.
+``sync_bn=False`` gives PyTorch DDP's default instead: each rank normalises with its own slice's statistics, so
+the gradients differ from one process's on the whole batch (by up to 1.5x a tensor's largest entry for a tiny
+DenseNet on 3 + 3 images, tests/test_distributed.py), and the running statistics, which then differ between
+ranks, are rank 0's: :meth:`DataParallel.broadcast_buffers` sends them to every rank, which
+:meth:`DataParallel.eval` and the training loop do before every evaluation and checkpoint.
 
 Threads: each rank runs numpy_densenet's threads and OpenBLAS's; on a node with R ranks and C cores give each
 rank at most C // R threads (:func:`threads_per_rank`, used by ``train --distributed``), or they oversubscribe
