@@ -114,7 +114,7 @@ def _fmt_index(index):
 
 def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8, samples=16, directions=3,
               locate_samples=64, exhaustive_limit=4096, raise_exception=False, check_inputs=True,
-              check_params=True):
+              check_params=True, executor=None):
     """Check ``module.backward`` against central finite differences in float64.
 
     Parameters
@@ -141,6 +141,10 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
         Raise :class:`GradcheckError` (with the report) instead of returning a failed result.
     check_inputs, check_params : bool
         Which gradients to check.
+    executor : concurrent.futures.Executor, optional
+        Evaluate the perturbed losses on this executor's workers (a process pool, loky, Dask's
+        ``Client.get_executor()``; see :mod:`numpy_densenet.gradcheck_parallel`), in coarse tasks, each worker on
+        one thread. The result is bit-identical to a serial run with ``nn.set_num_threads(1)``.
 
     Returns
     -------
@@ -159,6 +163,9 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
             raise ValueError(f"gradcheck: {name} must be a positive int, got {v!r}")
 
     probe = _Probe(module, x, seed)
+    if executor is not None:
+        from .gradcheck_parallel import ParallelLosses
+        probe.parallel = ParallelLosses(executor, probe)
     result = GradcheckResult(type(module).__name__, mode, eps, seed)
     rng = np.random.default_rng([seed, 1])
 
@@ -167,7 +174,17 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
         targets += [(name, arr, grad) for name, arr, grad in probe.input_targets()]
     if check_params:
         targets += [(name, p.data, grad) for (name, p), grad in zip(probe.params, probe.param_grads)]
-    for name, array, analytic in targets:
+    if mode != "directional":                       # every coordinate is known before any is judged
+        coordinates = []
+        for name, array, _ in targets:
+            n = array.size if mode == "full" else min(samples, array.size)
+            flat = np.arange(array.size) if mode == "full" else rng.choice(array.size, n, replace=False)
+            coordinates.append(np.sort(flat))
+        if probe.parallel is not None:              # send all the probes now, in coarse tasks across tensors
+            probe.parallel.prefetch([(name, np.unravel_index(int(i), array.shape), d)
+                                     for (name, array, _), flat in zip(targets, coordinates)
+                                     for i in flat for d in (eps, -eps)])
+    for k, (name, array, analytic) in enumerate(targets):
         if mode == "directional":
             row = _check_directional(probe, name, array, analytic, eps, rtol, atol, directions, rng)
             if row.status == "FAIL":
@@ -190,9 +207,7 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
                         located.note += " - no single wrong coordinate found"
                 row = located
         else:
-            n = array.size if mode == "full" else min(samples, array.size)
-            flat = np.arange(array.size) if mode == "full" else rng.choice(array.size, n, replace=False)
-            row = _check_coordinates(probe, name, array, analytic, eps, rtol, atol, np.sort(flat))
+            row = _check_coordinates(probe, name, array, analytic, eps, rtol, atol, coordinates[k])
         result.rows.append(row)
 
     result.reentrant, result.accumulates = probe.reentrant, probe.accumulates
@@ -216,6 +231,7 @@ class _Probe:
         self.float_inputs = [i for i, a in enumerate(self.inputs) if a.dtype.kind == "f"]
         self.params = list(self.module.named_parameters())
         self.notes = []
+        self.parallel = None                        # gradcheck_parallel.ParallelLosses when given an executor
         # Everything forward may change is saved once and restored before each evaluation.
         self.generators = [m.generator for m in self.module.modules()
                            if isinstance(getattr(m, "generator", None), np.random.Generator)]
@@ -334,6 +350,7 @@ def _check_coordinates(probe, name, array, analytic, eps, rtol, atol, flat_indic
                 array[idx] = original
                 return value
 
+            perturb.request = (name, idx)           # what an executor's worker perturbs
             yield idx, perturb, float(analytic[idx])
 
     row, _, _ = _judge(probe, name, array.shape, len(flat_indices), probes(), eps, rtol, atol)
@@ -355,6 +372,7 @@ def _check_directional(probe, name, array, analytic, eps, rtol, atol, directions
                 array[...] = original
                 return value
 
+            perturb.request = (name, u)
             yield f"dir {k}", perturb, float(np.vdot(analytic, u))
 
     row, fails, smooth_fails = _judge(probe, name, array.shape, directions, probes(), eps, rtol, atol)
@@ -374,8 +392,11 @@ def _judge(probe, name, shape, count, probes, eps, rtol, atol):
     atol_eff = atol + probe.noise_floor(eps)
     errs, rels, fails, kinks, smooth_fails = [], [], 0, 0, 0
     worst = (-np.inf, "-", 0.0, 0.0)
+    if probe.parallel is not None:                  # L(+eps), L(-eps) of every probe, on the executor's workers
+        probes = list(probes)
+        values = iter(probe.parallel.losses([(*p.request, d) for _, p, _ in probes for d in (eps, -eps)]))
     for where, perturb, ana in probes:
-        lp, lm = perturb(eps), perturb(-eps)
+        lp, lm = (next(values), next(values)) if probe.parallel is not None else (perturb(eps), perturb(-eps))
         num = (lp - lm) / (2 * eps)
         err = abs(ana - num)
         tol = atol_eff + rtol * abs(num)

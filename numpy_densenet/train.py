@@ -371,7 +371,7 @@ def run_state_from_arrays(arrays, path):
 class Run:
     """The state of a training run: model, optimizer, schedule, data iterators and bookkeeping."""
 
-    def __init__(self, config: TrainConfig, log=print):
+    def __init__(self, config: TrainConfig, log=print, distributed=None):
         self.config = config = config.resolved()
         self.log = log
         if config.dtype not in ("float32", "float64"):
@@ -412,9 +412,16 @@ class Run:
             self.std = np.where(self.std == 0, 1.0, self.std)            # centre it, do not divide by 0
         self.model = make_model(config, d.in_channels, d.num_classes)
         _check_fits(self.model, d.x_train.shape[1:])
+        self.dp = None                  # distributed: a DataParallel over the MPI ranks (see distributed.py)
+        if distributed is not None:
+            from .distributed import DataParallel
+            self.dp = DataParallel(self.model, **distributed)
+        self.is_root = self.dp is None or self.dp.is_root                 # the process that writes files
         self.criterion = CrossEntropyLoss()
-        # BatchNorm cannot train on a batch of one image: drop a last batch that would hold just one.
-        drop_last = len(self.y_train) % config.batch_size == 1 and len(self.y_train) > 1
+        # BatchNorm cannot train on a batch of one image: drop a last batch that would hold just one (or, over
+        # P ranks, fewer than P: every rank needs an image).
+        last = len(self.y_train) % config.batch_size
+        drop_last = (last == 1 and len(self.y_train) > 1) or (self.dp is not None and 0 < last < self.dp.world_size)
         try:
             self.optimizer = SGD(self.model.named_parameters(), lr=config.lr, momentum=config.momentum,
                                  weight_decay=config.weight_decay, nesterov=config.momentum > 0)
@@ -452,7 +459,14 @@ class Run:
         return arrays
 
     def save_checkpoint(self, path):
-        _write(path, lambda: save_npz(path, self.state_arrays()), os.path.join(self.config.out, "checkpoint.npz"))
+        """Write the checkpoint (only rank 0 writes; over MPI the other ranks' state is identical, with
+        ``sync_bn=False`` once rank 0's running statistics are broadcast, done here)."""
+        if self.dp is not None:
+            self.dp.broadcast_buffers()
+        if self.is_root:
+            _write(path, lambda: save_npz(path, self.state_arrays()), os.path.join(self.config.out, "checkpoint.npz"))
+        if self.dp is not None:
+            self.dp.comm.Barrier()                                      # written before any rank goes on
 
     def load_checkpoint(self, path):
         """Restore the state saved by :meth:`save_checkpoint`, after checking the file fully.
@@ -495,6 +509,8 @@ class Run:
             self.batches.rng.bit_generator.state = state["epoch_rng_state"]
         except (ValueError, TypeError, KeyError) as e:
             raise WeightsFileError(f"checkpoint {os.fspath(path)!r} does not fit this run: {e}") from None
+        if self.dp is not None:
+            self.dp.decorrelate_dropout()                              # rank 0's masks were saved
         self.epoch, self.step, self.sums = state["epoch"], state["step"], state["sums"]
         self.history, self.best_acc = state["history"], state["best_acc"]
         self.best_loss, self.best_epoch = state.get("best_loss", math.inf), state.get("best_epoch", 0)
@@ -509,21 +525,31 @@ class Run:
         start = time.perf_counter()
         total = len(self.batches)
         first_step, first_seen = self.step, self.sums[2]                 # after a resume: what this run did
+        model = self.dp or self.model
         for i, (xb, yb) in enumerate(self.batches):
             if i < self.step:
                 continue                                                # already done before the interruption
+            if self.dp is not None:                                     # every rank drew the same batch:
+                mine = self.dp.shard(len(yb))                           # take this rank's slice
+                xb, yb = xb[mine], yb[mine]
             try:
-                loss, correct = train_step(self.model, self.criterion, self.optimizer, xb, yb)
+                loss, correct = train_step(model, self.criterion, self.optimizer, xb, yb)
             except Diverged as e:
                 raise Diverged(f"training diverged at epoch {self.epoch + 1}, step {i + 1}: {e}. Try a lower --lr")\
                     from None
-            self.sums[0] += loss * len(yb)
-            self.sums[1] += correct
-            self.sums[2] += len(yb)
+            batch = [loss * len(yb), correct, len(yb)]
+            if self.dp is not None:
+                batch = self.dp.sum_over_ranks(batch)                   # the whole batch's loss, correct, count
+            self.sums[0] += float(batch[0])
+            self.sums[1] += int(batch[1])
+            self.sums[2] += int(batch[2])
             self.step = i + 1
             progress.update(self, i + 1, total, time.perf_counter() - start, i + 1 - first_step,
                             self.sums[2] - first_seen)
-            if stop_requested():
+            stop = stop_requested()
+            if self.dp is not None:
+                stop = self.dp.any_rank(stop)                           # all ranks stop after the same step
+            if stop:
                 self.stop = True
                 if self.step < total:
                     return False
@@ -532,9 +558,16 @@ class Run:
     def finish_epoch(self, seconds):
         cfg = self.config
         split = self.split
-        val = (evaluate(self.model, split.x_val, split.y_val, mean=self.mean, std=self.std) if split.size
-               else dict(loss=None, acc=None))
-        test = evaluate(self.model, self.data.x_test, self.data.y_test, mean=self.mean, std=self.std)
+        if self.dp is not None:                                         # the images shared between the ranks
+            from .distributed import evaluate as evaluate_shared
+
+            def score(x, y):
+                return evaluate_shared(self.dp, x, y, mean=self.mean, std=self.std)
+        else:
+            def score(x, y):
+                return evaluate(self.model, x, y, mean=self.mean, std=self.std)
+        val = score(split.x_val, split.y_val) if split.size else dict(loss=None, acc=None)
+        test = score(self.data.x_test, self.data.y_test)
         loss_sum, correct, seen = self.sums
         row = dict(epoch=self.epoch + 1, lr=self.optimizer.lr, train_loss=loss_sum / max(seen, 1),
                    train_acc=correct / max(seen, 1), val_loss=val["loss"], val_acc=val["acc"],
@@ -555,12 +588,14 @@ class Run:
             self.best_acc = val["acc"] if split.size else -1.0
             self.best_loss = val["loss"] if split.size else math.inf
             self.best_epoch = row["epoch"]
-            best = os.path.join(cfg.out, "best.npz")
-            _write(best, lambda: save_npz(best, weights_arrays(self.model, cfg, self.mean, self.std,
-                                                                self.data.classes, self.inputs)), checkpoint)
+            if self.is_root:
+                best = os.path.join(cfg.out, "best.npz")
+                _write(best, lambda: save_npz(best, weights_arrays(self.model, cfg, self.mean, self.std,
+                                                                    self.data.classes, self.inputs)), checkpoint)
         self.save_checkpoint(checkpoint)
-        metrics = os.path.join(cfg.out, "metrics.jsonl")
-        _write(metrics, lambda: write_metrics(metrics, self.history), checkpoint)
+        if self.is_root:
+            metrics = os.path.join(cfg.out, "metrics.jsonl")
+            _write(metrics, lambda: write_metrics(metrics, self.history), checkpoint)
         return row
 
 
@@ -778,7 +813,7 @@ def existing_run_files(out):
 
 
 def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=None, given_options=None,
-          overwrite=False):
+          overwrite=False, distributed=None):
     """Run (or resume) a training run. Returns the run's history (a list of per-epoch dicts).
 
     Parameters
@@ -800,6 +835,12 @@ def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=No
         Without ``resume``, a ``config.out`` that already holds a run (metrics.jsonl, checkpoint.npz, best.npz)
         is refused, naming ``--resume`` and ``--overwrite``, before anything is written; with ``overwrite=True``
         the earlier run's files are deleted once the new run holds the folder's lock.
+    distributed : dict, optional
+        Train data-parallel over the MPI ranks running this same call (``mpiexec -n P``): the keyword arguments
+        of :class:`numpy_densenet.distributed.DataParallel` (``{}`` for its defaults: COMM_WORLD,
+        ``sync_bn=True``). ``config.batch_size`` is then the global batch; every rank draws the same order and
+        augmentation and trains on its slice; metrics are summed over the ranks; only rank 0 locks the output
+        folder and writes files and the curves (pass a silent ``log`` on the other ranks).
 
     Raises
     ------
@@ -817,12 +858,14 @@ def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=No
                "It has no checkpoint to resume (it was stopped before its first one): replace it")
         raise TrainingError(f"--out {config.out!r} already holds a run ({', '.join(earlier)}); nothing was changed. "
                             f"{how} with --overwrite, or choose another --out")
-    run = Run(config, log)
+    run = Run(config, log, distributed)
     cfg = run.config
     if resume:
         run.load_checkpoint(resume)
     if given_options is not None and not resume:
         run.given_options = list(given_options)
+    if not run.is_root:                 # over MPI only rank 0 locks, probes and writes the output folder
+        return _train_locked(run, resume, log, progress, on_step)
     folder = OutputFolder(cfg.out, log)
     arrays = run.state_arrays()
     probe = 2 * sum(a.nbytes for a in arrays.values()) + 2 ** 20          # a checkpoint, a best.npz and a margin
@@ -842,7 +885,8 @@ def _train_locked(run, resume, log, progress, on_step):
     if resume:
         log(f"resumed from {resume} at epoch {run.epoch + 1}, step {run.step}")
         metrics = os.path.join(cfg.out, "metrics.jsonl")
-        _write(metrics, lambda: write_metrics(metrics, run.history), checkpoint)     # the rows up to the checkpoint
+        if run.is_root:                                                              # the rows up to the checkpoint
+            _write(metrics, lambda: write_metrics(metrics, run.history), checkpoint)
     progress = progress or Progress()
     d = run.data
     log(f"training {cfg.model} ({run.model.num_parameters():,} parameters) on {d.name}: {len(run.y_train)} train / "
@@ -886,8 +930,9 @@ def _train_locked(run, resume, log, progress, on_step):
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     log(closing_line(run.history, run.best_epoch, os.path.join(cfg.out, "best.npz")))
-    curves = os.path.join(cfg.out, "curves.png")
-    _write(curves, lambda: plot_curves(run.history, curves, log), checkpoint)
+    if run.is_root:
+        curves = os.path.join(cfg.out, "curves.png")
+        _write(curves, lambda: plot_curves(run.history, curves, log), checkpoint)
     return run.history
 
 

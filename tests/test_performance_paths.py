@@ -172,7 +172,8 @@ def test_shared_block_statistics_equal_each_batchnorms_own():
         object.__setattr__(layer.norm1, "forward_cnhw", spy)
     block.forward_cnhw(x0)
     assert len(seen) == block.num_layers
-    for x, (mean, var) in seen:
+    for x, (mean, var, count) in seen:
+        assert count == x[0].size                                        # N*H*W: the batch is this process's
         own_mean, own_var = fast.BatchNorm2d.batch_statistics(x)
         np.testing.assert_allclose(mean, own_mean, rtol=1e-13, atol=1e-15)
         np.testing.assert_allclose(var, own_var, rtol=1e-13, atol=1e-15)

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from .common import nonneg_int
+from .common import nonneg_int, positive_int
 
 
 def register(sub):
@@ -19,6 +19,12 @@ def register(sub):
                    help="full (every coordinate; default for layers), sampled, directional (default for --model)")
     p.add_argument("--seed", type=nonneg_int, default=0,
                    help="seed of the inputs, weights and probe directions (default 0)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                       help="evaluate the probes on N local worker processes (one thread each); same results")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="evaluate the probes on a running Dask scheduler's workers, e.g. tcp://host:8786 "
+                            "(needs dask[distributed])")
     p.set_defaults(func=cmd_gradcheck)
 
 
@@ -84,14 +90,21 @@ def cmd_gradcheck(args):
     mode = args.mode or ("directional" if args.model else "full")
     failed = []
     start = time.perf_counter()
-    for label, module, x in cases:
-        t0 = time.perf_counter()
-        result = gradcheck(module, x, mode=mode, seed=args.seed)
-        print(f"== {label}  ({time.perf_counter() - t0:.2f} s)")
-        print(result.table())
-        print()
-        if not result.passed:
-            failed.append(label)
+    from ..gradcheck_parallel import executor_for
+    from .common import UserError
+    try:
+        executor = executor_for(args.workers, args.scheduler)
+    except (ImportError, ValueError, OSError) as e:
+        raise UserError(str(e)) from None
+    with executor as pool:                    # None: serial; else the probes run on the pool's workers
+        for label, module, x in cases:
+            t0 = time.perf_counter()
+            result = gradcheck(module, x, mode=mode, seed=args.seed, executor=pool)
+            print(f"== {label}  ({time.perf_counter() - t0:.2f} s)")
+            print(result.table())
+            print()
+            if not result.passed:
+                failed.append(label)
     what = "models" if args.model else "layers"
     print(f"{len(cases) - len(failed)} passed, {len(failed)} failed: {len(cases)} {what} checked in float64, "
           f"mode={mode}, in {time.perf_counter() - start:.1f} s")

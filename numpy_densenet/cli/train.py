@@ -47,11 +47,17 @@ def register(sub):
                                                           "(an option given again must have the same value)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (without it, train refuses to touch an earlier run)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks: mpiexec -n P python -m mpi4py -m numpy_densenet train "
+                        "--distributed ...; --batch-size is the global batch (needs numpy_densenet[mpi])")
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                   help="with --distributed: per-rank BatchNorm statistics (PyTorch DDP's default) instead of "
+                        "the whole batch's")
     p.add_argument("--val-fraction", type=_fraction, metavar="F",
                    help="share of the training images held out (stratified, seeded by --seed) to choose the best "
                         "epoch on; data sets with an official validation split use it instead; 0 turns "
                         "validation off (default 0.1)")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=_train_entry)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of saved weights",
                        description="Evaluate saved weights on a data set's test split: accuracy, loss, per-class "
@@ -154,11 +160,29 @@ def cmd_train(args):
         else:
             dataset = given.get("dataset", "digits")
             cfg = TrainConfig(**{**given, "out": given.get("out", os.path.join("runs", dataset))})
-        train(cfg, resume=resume, log=lambda line: print(line, flush=True), given_options=sorted(given),
-              overwrite=getattr(args, "overwrite", False))
+        rank = getattr(args, "rank", None)                         # --distributed: this MPI rank's setup
+        train(cfg, resume=resume, log=rank.log if rank else lambda line: print(line, flush=True),
+              given_options=sorted(given), overwrite=getattr(args, "overwrite", False),
+              **(dict(distributed=rank.options) if rank else {}))
     except (TrainingError, WeightsFileError) as e:
         raise UserError(str(e)) from None
     return 0
+
+
+def _train_entry(args):
+    """cmd_train, on every MPI rank with --distributed (numpy_densenet.distributed.train_entry)."""
+    from ..io import WeightsFileError
+    from .common import UserError
+    if not getattr(args, "distributed", False):
+        if not getattr(args, "sync_bn", True):
+            raise UserError("--no-sync-bn applies to --distributed training only")
+        return cmd_train(args)
+    from ..distributed import get_comm, train_entry
+    try:
+        get_comm()
+    except ImportError as e:
+        raise UserError(str(e)) from None
+    return train_entry(cmd_train, args, expected=(UserError, WeightsFileError))
 
 
 def _load_for_eval(args, dataset):

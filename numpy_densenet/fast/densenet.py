@@ -24,6 +24,7 @@ import numpy as np
 from ..nn import Dropout
 from ..nn._checks import check_grad, check_input, take_cache
 from ..nn.module import Module, is_grad_enabled, saved
+from ..nn.norm import LOCAL_BATCH
 from .conv import Conv2d
 from .layout import ChannelMajor, Sequential, swap01
 from .norm import BatchNorm2d, BatchNormReLU2d
@@ -86,6 +87,11 @@ class DenseLayer(ChannelMajor, Module):
             h = swap01(self.dropout(swap01(h)))                          # masks drawn in NCHW order, as plain
         return h
 
+    def _clear_cache(self):
+        """Also drop what a memory-efficient layer keeps to recompute its first BN -> ReLU (a cache too)."""
+        super()._clear_cache()
+        self._recompute = None
+
     def backward_cnhw(self, dnew, workspace=None):
         """dnew: (k, N, H, W), the gradient of the new features -> gradient of the input (C_in, N, H, W).
 
@@ -123,7 +129,12 @@ class DenseBlock(ChannelMajor, Module):
     flow : list or None
         Set ``block.record_flow = True`` to have backward store, for each layer j, the gradient it sends to
         the channels it read (``flow[j]`` has shape (N, k0 + j*k, H, W), NCHW); the study tools use it.
+    batch_sync : numpy_densenet.nn.norm.LocalBatch
+        The hook through which the shared statistics become the whole batch's when it spans processes (see
+        :class:`numpy_densenet.nn.BatchNorm2d`); by default it does nothing.
     """
+
+    batch_sync = LOCAL_BATCH                # the shared statistics' hook, as BatchNorm2d.batch_sync
 
     def __init__(self, num_layers, num_input_features, growth_rate, bn_size=4, drop_rate=0.0, dtype=np.float32,
                  rng=None, memory_efficient=False):
@@ -161,19 +172,23 @@ class DenseBlock(ChannelMajor, Module):
         buffer[:k0] = x0
         # Each feature map's batch statistics are computed once, when it is written, and shared by all of
         # its consumers' first BatchNorm: O(L) statistics instead of O(L^2).
+        # When the batch spans processes, each feature map's statistics are made the whole batch's once, through
+        # the block's batch_sync hook (numpy_densenet.nn.norm.LocalBatch), and count is the whole batch's.
         share = self.training and N * H * W > 1
         mean = np.empty(self.num_output_features)                     # float64, as BatchNorm2d.batch_statistics
         var = np.empty(self.num_output_features)
+        count = N * H * W
         if share:
-            mean[:k0], var[:k0] = BatchNorm2d.batch_statistics(x0)
+            mean[:k0], var[:k0], count = self.batch_sync.statistics(*BatchNorm2d.batch_statistics(x0), count)
         # Memory-efficient layers write their first BN -> ReLU output into one workspace shared by all.
         shared = np.empty((self.offsets[-2], N, H, W), dtype=x0.dtype) if self.memory_efficient else None
         for l, (layer, start, stop) in enumerate(zip(self.layers(), self.offsets[1:-1], self.offsets[2:]), 1):
-            stats = (mean[:start], var[:start]) if share else None
+            stats = (mean[:start], var[:start], count) if share else None
             workspace = shared[:start] if shared is not None else None
             buffer[start:stop] = layer.forward_cnhw(buffer[:start], stats, workspace)  # reads [x0..x(l-1)], writes x_l
             if share:
-                mean[start:stop], var[start:stop] = BatchNorm2d.batch_statistics(buffer[start:stop])
+                mean[start:stop], var[start:stop], count = self.batch_sync.statistics(
+                    *BatchNorm2d.batch_statistics(buffer[start:stop]), N * H * W)
             if each_layer is not None:
                 each_layer(l, buffer[:stop])
         self._cache = saved((buffer.shape, buffer.dtype))

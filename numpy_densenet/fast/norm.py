@@ -62,9 +62,11 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
 
         Parameters
         ----------
-        stats : (mean, var) of shape (C,), optional
-            Train mode only: the batch statistics of ``x`` if the caller already has them (a dense block
-            computes each feature map's once and shares them with all its consumers).
+        stats : (mean, var) or (mean, var, count), optional
+            Train mode only: the batch statistics of ``x`` (float64, each (C,)) if the caller already has them
+            (a dense block computes each feature map's once and shares them with all its consumers), over
+            ``count`` values per channel (default: x's N*H*W; the whole batch's when the batch spans processes,
+            in which case the caller has already passed them through ``batch_sync``).
         update_stats : bool
             Train mode only: False when recomputing a forward whose running statistics were already updated
             (the memory-efficient dense layer recomputes BN in backward).
@@ -83,9 +85,13 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
             if M <= 1:
                 raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when training, "
                                  f"got input of shape {_nchw(x.shape)} (NCHW)")
-            mean, var = stats if stats is not None else self.batch_statistics(x)
+            if stats is None:                                                # this input's, then the
+                mean, var, count = self.batch_sync.statistics(*self.batch_statistics(x), M)  # whole batch's
+            else:
+                mean, var, count = stats if len(stats) == 3 else (*stats, M)
             if update_stats:
-                self.update_running_stats(mean, var, M)
+                self.update_running_stats(mean, var, count)
+            self.batch_count = count                                         # the whole batch's, for backward
         else:
             mean, var = self.running_mean, self.running_var
         invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)              # (C,)
@@ -119,28 +125,38 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
         statistics are constants, so dx = dy * weight * invstd. Both are evaluated as
         dx = a*dy + b*(x - mean) + c with per-channel a, b, c, so xhat is never stored.
         With the fused ReLU, dy is first zeroed where the output was (ReLU's backward).
+
+        When the batch spans processes (``batch_sync``, train mode) this runs in two passes: this process's
+        two sums for all channels, their sum over the processes (2C values), then dx with the whole batch's
+        sums and count. Otherwise one pass: each block of channels' sums, then its dx, while in cache.
         """
         x, mean, invstd, training, y = take_cache(self)
         dout = check_grad(self, dout, x.shape, self.weight.dtype)
         C = x.shape[0]
-        M = x.size // C
-        dout2, x2 = dout.reshape(C, M), x.reshape(C, M)
-        y2 = y.reshape(C, M) if y is not None else None
+        m = x.size // C                                                      # values per channel here ...
+        M = self.batch_count                                                 # ... and in the whole batch
+        dout2, x2 = dout.reshape(C, m), x.reshape(C, m)
+        y2 = y.reshape(C, m) if y is not None else None
         if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous):
             raise ValueError(f"{type(self).__name__}.backward: out must be a C-contiguous array of the input's "
                              f"shape {x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
-        dx = np.empty_like(dout2) if out is None else out.reshape(C, M)
+        dx = np.empty_like(dout2) if out is None else out.reshape(C, m)
         mean_x = mean.astype(x.dtype)                                        # the mean in x's dtype ...
         rounding = mean_x - mean                                             # ... and its rounding error
         a = self.weight.data * invstd                                        # (C,)
 
-        def block(c):                                                        # channels c: cache-sized
-            dy = dout2[c] if y2 is None else dout2[c] * (y2[c] > 0)          # (c, M); ReLU backward if fused
-            centred = x2[c] - mean_x[c, None]                                # (c, M): x - mean
+        def prepare(c):                                                      # channels c: cache-sized
+            dy = dout2[c] if y2 is None else dout2[c] * (y2[c] > 0)          # (c, m); ReLU backward if fused
+            return dy, x2[c] - mean_x[c, None]                               # and x - mean, (c, m)
+
+        def sums(c, dy, centred):                                            # this process's, into .grad
             dbeta = dy.sum(axis=1)                                           # (c,)  sum(dy)
             dgamma = invstd[c] * (np.einsum("cm,cm->c", dy, centred) + rounding[c] * dbeta)  # sum(dy*xhat)
             self.weight.grad[c] += dgamma
             self.bias.grad[c] += dbeta
+            return dbeta, dgamma
+
+        def finish(c, dy, centred, dbeta, dgamma):                           # dx from the batch's sums
             np.multiply(dy, a[c, None], out=dx[c])
             if training:
                 b = -a[c] * invstd[c] * dgamma / M
@@ -148,7 +164,22 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
                 dx[c] += centred
                 dx[c] += (b * rounding[c] - a[c] * dbeta / M)[:, None]       # the mean path
 
-        parallel_for(block, channel_blocks(C, M))
+        def block(c):                                                        # one pass
+            dy, centred = prepare(c)
+            finish(c, dy, centred, *sums(c, dy, centred))
+
+        blocks = channel_blocks(C, m)
+        if not training or self.batch_sync is plain.LOCAL_BATCH:
+            parallel_for(block, blocks)
+            return dx.reshape(x.shape)
+        local = np.empty((2, C))                                             # [sum(dy), sum(dy * xhat)]
+
+        def first_pass(c):
+            local[0, c], local[1, c] = sums(c, *prepare(c))
+
+        parallel_for(first_pass, blocks)
+        total = self.batch_sync.sums(local)                                  # the whole batch's (2, C)
+        parallel_for(lambda c: finish(c, *prepare(c), total[0, c], total[1, c]), blocks)
         return dx.reshape(x.shape)
 
 

@@ -13,6 +13,11 @@ The two sums in dx are the gradient through the batch mean and the batch varianc
 moved the statistics every other value was normalised with. In eval mode the statistics are constants, so
 dx = dy * weight / sqrt(running_var + eps).
 
+The batch may span several processes (data-parallel training with synchronised BatchNorm): the layer's
+``batch_sync`` hook (by default :data:`LOCAL_BATCH`, which does nothing) turns this process's statistics into
+the whole batch's, and in backward its two per-channel sums into the whole batch's; the formulas are unchanged,
+with M the whole batch's count. :mod:`numpy_densenet.distributed` installs an MPI hook.
+
 The fast tier's :class:`numpy_densenet.fast.BatchNorm2d` computes the same channel-major, in cache-sized
 blocks of channels on several threads, with statistics shared between a dense block's consumers and an
 optional fused ReLU; ``tests/test_fast_tier.py`` proves the two equal.
@@ -25,6 +30,28 @@ import numpy as np
 
 from ._checks import check_grad, check_input, positive_int, take_cache
 from .module import Module, Parameter, check_float_dtype, saved
+
+
+class LocalBatch:
+    """A BatchNorm's ``batch_sync`` hook when the batch is this process's alone (the default): does nothing.
+
+    Data-parallel training with synchronised BatchNorm replaces it (per layer, see
+    :class:`numpy_densenet.distributed.SyncBatch`) by one that combines the processes' values, so that every
+    process normalises with the statistics of the whole, global batch.
+    """
+
+    def statistics(self, mean, var, count):
+        """This process's per-channel batch mean and biased variance (each (C,)) over ``count`` values per
+        channel -> ``(mean, var, count)`` of the whole batch, in the same dtypes."""
+        return mean, var, count
+
+    def sums(self, sums):
+        """This process's per-channel sums of backward, ``sums`` (2, C) = [sum(dy), sum(dy * xhat)] -> the
+        whole batch's, same shape and dtype."""
+        return sums
+
+
+LOCAL_BATCH = LocalBatch()
 
 
 class BatchNorm2d(Module):
@@ -47,7 +74,15 @@ class BatchNorm2d(Module):
     Shapes
     ------
     x : (N, C, H, W) -> y : (N, C, H, W); weight, bias, running_mean, running_var : (C,).
+
+    Attributes
+    ----------
+    batch_sync : LocalBatch
+        Where the batch statistics come from (see the module docstring): :data:`LOCAL_BATCH` unless data-parallel
+        training synchronises this layer across processes.
     """
+
+    batch_sync = LOCAL_BATCH
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
         super().__init__()
@@ -66,6 +101,7 @@ class BatchNorm2d(Module):
         self.register_buffer("running_var", np.ones(self.num_features, dtype=dt))
         self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
         self._cache = None
+        self.batch_count = None     # values per channel in the last batch normalised in train mode (whole batch)
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
@@ -96,6 +132,7 @@ class BatchNorm2d(Module):
         if self.training:
             mean = x.mean(axis=(0, 2, 3))                                   # (C,)
             var = ((x - mean[:, None, None]) ** 2).mean(axis=(0, 2, 3))     # (C,) biased
+            mean, var, M = self.batch_sync.statistics(mean, var, M)         # the whole batch's (if it spans processes)
             self.update_running_stats(mean, var, M)
         else:
             mean, var = self.running_mean, self.running_var
@@ -103,18 +140,20 @@ class BatchNorm2d(Module):
         xhat = (x - mean[:, None, None]) * invstd[:, None, None]            # (N, C, H, W)
         y = self.weight.data[:, None, None] * xhat + self.bias.data[:, None, None]
         self._cache = saved((xhat, invstd, self.training))
+        self.batch_count = M                                                # for backward: the whole batch's
         return y
 
     def backward(self, dout):
         """dout: (N, C, H, W) -> dx: (N, C, H, W); adds into weight.grad and bias.grad."""
         xhat, invstd, training = take_cache(self)
+        M = self.batch_count                                                # values per channel, whole batch
         dy = check_grad(self, dout, xhat.shape, self.weight.dtype)
-        M = xhat.size // self.num_features
         dbias = dy.sum(axis=(0, 2, 3))                                      # (C,)  sum(dy)
         dweight = (dy * xhat).sum(axis=(0, 2, 3))                           # (C,)  sum(dy * xhat)
-        self.bias.grad += dbias
-        self.weight.grad += dweight
+        self.bias.grad += dbias                                             # this process's share of the
+        self.weight.grad += dweight                                         # gradients (data parallel sums them)
         scale = (self.weight.data * invstd)[:, None, None]                  # (C, 1, 1)
         if not training:                                                    # constant statistics
             return dy * scale
+        dbias, dweight = self.batch_sync.sums(np.stack([dbias, dweight]))   # the whole batch's sums
         return scale / M * (M * dy - dbias[:, None, None] - xhat * dweight[:, None, None])
