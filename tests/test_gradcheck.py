@@ -39,8 +39,10 @@ def row(result, name):
     return matches[0]
 
 
-def expected_probes(mode, size, samples=16, directions=3):
-    return {"full": size, "sampled": min(samples, size), "directional": directions}[mode]
+def expected_probes(mode, size, samples=16, directions=3, sampled_directions=1):
+    """Probes on a passing row: sampled mode adds its direction(s) when it does not cover every coordinate."""
+    sampled = size if size <= samples else samples + sampled_directions
+    return {"full": size, "sampled": sampled, "directional": directions}[mode]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -312,11 +314,12 @@ def test_single_wrong_coordinate_is_caught_and_located(mode):
 
 
 def test_single_wrong_coordinate_in_sampled_mode_is_caught_only_when_sampled():
-    """Sampled mode probes 16 of the 64 coordinates: it catches the bug exactly when (0,0,0,0) is among
-    them, so some seeds miss it. With samples >= size it probes everything and always catches it."""
+    """Without its random direction (sampled_directions=0), sampled mode probes 16 of the 64 coordinates: it
+    catches the bug exactly when (0,0,0,0) is among them, so some seeds miss it. With samples >= size it
+    probes everything and always catches it; with the default direction it always catches it too."""
     caught, missed = [], []
     for seed in range(12):
-        result = gradcheck(_subtle_module(), SUBTLE_X, mode="sampled", seed=seed)
+        result = gradcheck(_subtle_module(), SUBTLE_X, mode="sampled", seed=seed, sampled_directions=0)
         r = row(result, "input")
         assert r.probes == 16
         assert [other.name for other in result.rows] == ["input", "weight", "bias"]
@@ -331,6 +334,10 @@ def test_single_wrong_coordinate_in_sampled_mode_is_caught_only_when_sampled():
     for seed in range(3):
         result = gradcheck(_subtle_module(), SUBTLE_X, mode="sampled", seed=seed, samples=64)
         assert failing(result) == {"input"}
+    for seed in missed:
+        result = gradcheck(_subtle_module(), SUBTLE_X, mode="sampled", seed=seed)
+        assert failing(result) == {"input"}, result.table()
+        assert tuple(int(i) for i in row(result, "input").worst) == (0, 0, 0, 0), result.table()
 
 
 # ----------------------------------------------------------------------------------------------------------
