@@ -8,8 +8,9 @@
 * for the input(s) *and* every parameter, each reported on its own row with the worst entry;
 * with the module's randomness (Dropout masks) and buffers (BatchNorm running statistics) reset before every
   forward, so every probe evaluates the same function, and the module you passed in is never touched;
-* with steps relative to each coordinate's magnitude, h_i = eps * max(1, |x_i|) (as SciPy's finite-difference
-  routines choose them), divided by the step actually taken (x_i + h_i rounds), and a rounding-noise floor
+* with steps relative to each coordinate's magnitude, h_i = eps * max(|x_i|, mean |x|) (as SciPy's
+  finite-difference routines choose them, with the tensor's mean magnitude in place of SciPy's 1), divided by
+  the step actually taken (x_i + h_i rounds), and a rounding-noise floor
   that accounts for the rounding of every output and for cancellation inside the module;
 * in three modes: ``"full"`` (every coordinate), ``"sampled"`` (``samples`` seeded coordinates per tensor plus
   ``sampled_directions`` random directions covering all the others) and ``"directional"`` (the derivative
@@ -124,7 +125,7 @@ class GradcheckResult:
 
 
 LEGEND = (
-    "legend: a = analytic (backward), n = numeric (central difference of L = sum(g * y), step h = eps*max(1, |x|)).",
+    "legend: a = analytic (backward), n = numeric (central difference of L = sum(g * y), step h = eps*max(|x|, mean |x|)).",
     "  A probe passes when |a - n| <= atol' + rtol*|n|, with atol' = atol + the rounding-noise floor of the",
     "  difference; the atol column is the row's largest atol', err/tol its worst |a - n| / (atol' + rtol*|n|)",
     "  (pass <=> <= 1), detects the smallest relative error a probe of the row would have caught. NaN or inf",
@@ -182,7 +183,8 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
     seed : int
         Seeds the upstream gradient, the sampled coordinates and the directions.
     eps : float
-        Relative finite-difference step: coordinate i moves by h_i = eps * max(1, |x_i|).
+        Relative finite-difference step: coordinate i moves by h_i = eps * max(|x_i|, mean |x|) (1 in place
+        of the mean for an all-zero tensor).
     rtol, atol : float
         A probe passes when |analytic - numeric| <= atol' + rtol * |numeric|, where atol' is ``atol`` plus
         the rounding-noise floor of the finite difference (shown in the report's atol column).
@@ -400,8 +402,16 @@ def _nonfinite(a):
     return ("NaN" if np.isnan(a[first]) else "inf"), tuple(int(i) for i in first), nans, infs
 
 
+def _scales(array):
+    """Each coordinate's magnitude for its step: |x_i|, or the tensor's mean magnitude when larger (1 for an
+    all-zero tensor). SciPy's max(1, |x_i|) would step far past the values of a tensor around 1e-6."""
+    magnitude = np.abs(array)
+    typical = float(magnitude.mean()) if magnitude.size else 1.0
+    return np.maximum(magnitude, typical if typical > 0 and math.isfinite(typical) else 1.0)
+
+
 def _steps(array, eps):
-    return eps * np.maximum(1.0, np.abs(array))
+    return eps * _scales(array)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -414,43 +424,53 @@ class _Verdict:
         self.ok, self.kink, self.err, self.tol, self.num, self.smooth_fail = ok, kink, err, tol, num, smooth_fail
 
 
-def _judge_probe(probe, line, ana, rtol, atol, hull_points=()):
+def _judge_probe(probe, line, ana, rtol, atol, hull_points=(), refinements=3):
     """Compare ``ana`` with the derivative of t -> L(line(t)) at t = 0.
 
     ``line(t)`` evaluates L at the probe point moved by t steps (t in {-1, -1/2, 1/2, 1}) and returns
     ``(L, actual offset in units of the nominal step h)``; ``line.h`` is the nominal step (for noise). Extra
     ``hull_points`` are callables returning (left, right) one-sided slopes at tie-breaking perturbations.
+
+    A failing probe is re-judged, in order: against the Richardson extrapolation of the differences at h and
+    h/2 (a smooth function with curvature); as a kink (second differences at h and h/2 in the ratio 2 of a
+    kink rather than the 4 of a smooth function), where the analytic value must lie in the hull of the nearby
+    slopes; and, when the truncation error |D(h) - D(h/2)| is what separates the values (the function
+    varies on a scale shorter than the step, as BatchNorm does on 1e4 + 1e-6 N(0, 1)), with the step divided
+    by 8, up to ``refinements`` times.
     """
-    h, noise = line.h, probe.noise
-    lp, op = line(1.0)
-    lm, om = line(-1.0)
-    num = (lp - lm) / ((op - om) * h)
-    err = abs(ana - num)
-    floor = noise / h
-    tol = atol + floor + rtol * abs(num)
-    if err <= tol:
-        return _Verdict(True, False, err, tol, num)
-    if not (math.isfinite(num) and math.isfinite(ana)):
-        return _Verdict(False, False, err, tol, num, smooth_fail=True)
-    l0 = probe.L0
-    lph, oph = line(0.5)
-    lmh, omh = line(-0.5)
-    num2 = (lph - lmh) / ((oph - omh) * h)
-    richardson = (4.0 * num2 - num) / 3.0
-    if abs(ana - richardson) <= atol + 3.0 * floor + rtol * abs(richardson):
-        return _Verdict(True, False, err, tol, num)      # smooth with curvature: truncation error explained
-    # Second differences at h and h/2: a smooth function's scale by 4 (h^2), a kink at the probe's by 2.
-    sd1, sd2 = lp - 2.0 * l0 + lm, lph - 2.0 * l0 + lmh
-    nonsmooth = abs(sd1 - 4.0 * sd2) > max(0.5 * abs(sd1), 2.0 * noise)
-    if not nonsmooth:
-        return _Verdict(False, False, err, tol, num, smooth_fail=True)
-    slopes = [(l0 - lm) / (-om * h), (lp - l0) / (op * h), (l0 - lmh) / (-omh * h), (lph - l0) / (oph * h)]
-    for point in hull_points:
-        slopes += point()
-    lo, hi = min(slopes), max(slopes)
-    hull_tol = atol + 4.0 * floor + rtol * max(abs(lo), abs(hi))
-    inside = lo - hull_tol <= ana <= hi + hull_tol
-    return _Verdict(inside, True, err, tol, num)
+    h, noise, l0 = line.h, probe.noise, probe.L0
+    for level in range(refinements + 1):
+        f = 0.125 ** level
+        lp, op = line(f)
+        lm, om = line(-f)
+        num = (lp - lm) / ((op - om) * h)
+        err = abs(ana - num)
+        floor = noise / (f * h)
+        tol = atol + floor + rtol * abs(num)
+        if err <= tol:
+            return _Verdict(True, False, err, tol, num)
+        if not (math.isfinite(num) and math.isfinite(ana)):
+            return _Verdict(False, False, err, tol, num, smooth_fail=True)
+        lph, oph = line(f / 2)
+        lmh, omh = line(-f / 2)
+        num2 = (lph - lmh) / ((oph - omh) * h)
+        richardson = (4.0 * num2 - num) / 3.0
+        if abs(ana - richardson) <= atol + 3.0 * floor + rtol * abs(richardson):
+            return _Verdict(True, False, err, tol, num)      # smooth with curvature: truncation error explained
+        # Second differences at h and h/2: a smooth function's scale by 4 (h^2), a kink at the probe's by 2.
+        sd1, sd2 = lp - 2.0 * l0 + lm, lph - 2.0 * l0 + lmh
+        if abs(sd1 - 4.0 * sd2) > max(0.5 * abs(sd1), 2.0 * noise):
+            slopes = [(l0 - lm) / (-om * h), (lp - l0) / (op * h), (l0 - lmh) / (-omh * h),
+                      (lph - l0) / (oph * h)]
+            for point in hull_points:
+                slopes += point()
+            lo, hi = min(slopes), max(slopes)
+            hull_tol = atol + 4.0 * floor + rtol * max(abs(lo), abs(hi))
+            inside = lo - hull_tol <= ana <= hi + hull_tol
+            return _Verdict(inside, True, err, tol, num)
+        if not abs(num - num2) > 0.05 * err:
+            break                                         # smooth, no truncation to speak of: a wrong gradient
+    return _Verdict(False, False, err, tol, num, smooth_fail=True)
 
 
 class _Row:
@@ -574,10 +594,10 @@ class _LazyPoints:
 
 
 def _directional_probes(probe, array, analytic, eps, count, rng):
-    """Probe random directions d = s * u, u ~ N(0, 1), s_i = max(1, |x_i|): each coordinate moves by about its
+    """Probe random directions d = s * u, u ~ N(0, 1), s_i = max(|x_i|, mean |x|): each coordinate moves by its
     own relative step. Compares (L(x + eps d) - L(x - eps d)) / (2 eps) with <analytic, actual move> / (2 eps)."""
     original = array.copy()
-    scale = np.maximum(1.0, np.abs(original))
+    scale = _scales(original)
     for k in range(count):
         d = rng.standard_normal(array.shape) * scale
 
