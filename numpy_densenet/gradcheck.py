@@ -410,8 +410,23 @@ def _scales(array):
     return np.maximum(magnitude, typical if typical > 0 and math.isfinite(typical) else 1.0)
 
 
-def _steps(array, eps):
-    return eps * _scales(array)
+NOISE_TARGET = 1e-7         # steps grow until the noise floor is this small relative to the gradient's rms
+MAX_RELATIVE_STEP = 1e-3
+
+
+def _steps(array, eps, noise=0.0, analytic=None):
+    """Per-coordinate steps: eps * scale, grown (up to 1e-3 * scale) until the rounding-noise floor
+    noise / h is at most 1e-7 of the gradient's rms. Without that, a tensor much smaller than the output
+    (an input around 1e-6 feeding outputs around 1) would be probed with steps whose effect on L drowns in
+    L's own rounding."""
+    scale = _scales(array)
+    h = eps * scale
+    if analytic is not None and noise > 0:
+        a = analytic[np.isfinite(analytic)]
+        rms = float(np.sqrt(np.mean(a * a))) if a.size else 0.0
+        if rms > 0:
+            h = np.minimum(np.maximum(h, noise / (NOISE_TARGET * rms)), max(MAX_RELATIVE_STEP, eps) * scale)
+    return h
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -543,7 +558,7 @@ def _coordinate_line(probe, array, flat, step):
     return idx, line
 
 
-def _tie_break_points(probe, array, flat, step, eps):
+def _tie_break_points(probe, array, flat, step, steps):
     """Two hull points for coordinate ``flat``: the other coordinates of the same tensor moved by one step of
     their own, earlier ones up and later ones down (so that ties break towards the first element, as
     PyTorch's max pooling does, and values at a kink fall to one side) and the mirror image; at each, the
@@ -551,7 +566,7 @@ def _tie_break_points(probe, array, flat, step, eps):
     idx = np.unravel_index(int(flat), array.shape)
     original = array.copy()
     order = np.arange(array.size).reshape(array.shape)
-    push = np.where(order < flat, 1.0, -1.0) * _steps(original, eps)
+    push = np.where(order < flat, 1.0, -1.0) * steps.reshape(array.shape)
     push[idx] = 0.0
 
     def point(sign):
@@ -573,12 +588,12 @@ def _tie_break_points(probe, array, flat, step, eps):
 def _check_coordinates(probe, name, array, analytic, eps, rtol, atol, flat_indices):
     """Probe single coordinates: perturb array[idx] by +-h (relative step); compare with analytic[idx]."""
     row = _Row(name, array.shape, rtol)
-    steps = _steps(array, eps).ravel()
+    steps = _steps(array, eps, probe.noise, analytic).ravel()
     for flat in flat_indices:
         idx, line = _coordinate_line(probe, array, flat, float(steps[flat]))
         ana = float(analytic[idx])
         v = _judge_probe(probe, line, ana, rtol, atol,
-                         hull_points=_LazyPoints(probe, array, flat, float(steps[flat]), eps))
+                         hull_points=_LazyPoints(probe, array, flat, float(steps[flat]), steps))
         row.add(idx, ana, v, rtol)
     return row.report()
 
@@ -597,7 +612,7 @@ def _directional_probes(probe, array, analytic, eps, count, rng):
     """Probe random directions d = s * u, u ~ N(0, 1), s_i = max(|x_i|, mean |x|): each coordinate moves by its
     own relative step. Compares (L(x + eps d) - L(x - eps d)) / (2 eps) with <analytic, actual move> / (2 eps)."""
     original = array.copy()
-    scale = _scales(original)
+    scale = _steps(original, eps, probe.noise, analytic) / eps
     for k in range(count):
         d = rng.standard_normal(array.shape) * scale
 
@@ -680,7 +695,7 @@ def _nonfinite_row(probe, name, array, analytic, bad, eps, rtol, atol):
     derivative there is computed for the report."""
     kind, idx, nans, infs = bad
     flat = int(np.ravel_multi_index(idx, array.shape))
-    _, line = _coordinate_line(probe, array, flat, float(_steps(array, eps).ravel()[flat]))
+    _, line = _coordinate_line(probe, array, flat, float(_steps(array, eps).ravel()[flat]))  # analytic is bad
     (lp, op), (lm, om) = line(1.0), line(-1.0)
     num = (lp - lm) / ((op - om) * line.h)
     counts = ", ".join(f"{c} {k}" for c, k in ((nans, "NaN"), (infs, "inf")) if c)
@@ -708,9 +723,10 @@ def _float32_rows(module, probe, check_inputs, check_params):
     inputs and upstream gradient rounded to float32, Dropout masks drawn in float32 for both); compare the
     analytic gradients entry by entry.
 
-    Tolerance per tensor: |a32 - a64| <= rtol32 * (|a64| + kappa * max|a64|), rtol32 = 8 eps32 sqrt(K) with K
-    the number of values the computation touches (inputs, output, parameters), kappa = S / sum|g y| the
-    cancellation factor of the float64 noise estimate (large when the module subtracts large values).
+    Tolerance per tensor: |a32 - a64| <= atol32 + rtol32 * |a64|, rtol32 = 8 eps32 sqrt(K) with K the number
+    of values the computation touches (inputs, output, parameters), atol32 = rtol32 * max(kappa * max|a64|,
+    S / (entries * mean|value|)), kappa = S / sum|g y| the cancellation factor of the float64 noise estimate
+    (large when the module subtracts large values, as BatchNorm on 1e4 + N(0, 1) does).
     """
     m32 = copy.deepcopy(module).float()
     ref = copy.deepcopy(m32).double()            # float32-rounded parameters, held in float64
@@ -743,12 +759,18 @@ def _float32_rows(module, probe, check_inputs, check_params):
     rtol32 = FLOAT32_FACTOR * EPS32 * math.sqrt(k)
     plain = float(np.nansum(np.abs(probe.g * probe._forward())))
     kappa = max(1.0, probe.size / plain) if plain > 0 else 1.0
-    for (name, a32), (_, a64) in zip(grads["32"], grads["64"]):
+    values = ([probe.inputs[i] for i in probe.float_inputs] if check_inputs else []) + (
+        [p.data for _, p in probe.params] if check_params else [])
+    for (name, a32), (_, a64), value in zip(grads["32"], grads["64"], values):
         a32d = np.asarray(a32, dtype=np.float64)
         a64 = np.asarray(a64, dtype=np.float64)
         row = _Row(name + " (float32)", a64.shape, rtol32)
         scale = float(np.abs(a64[np.isfinite(a64)]).max(initial=0.0))
-        atol32 = rtol32 * kappa * scale + 1e-30
+        # Absolute scale: the tensor's own largest gradient (times the cancellation factor), or, when that
+        # is ~0 (a conv bias before BatchNorm), what L's size spread evenly over the tensor's entries would
+        # give: S / (entries * mean |value|), in the gradient's units.
+        spread = probe.size / (a64.size * float(np.mean(_scales(value)))) if a64.size else 0.0
+        atol32 = rtol32 * max(kappa * scale, spread) + 1e-30
         if np.asarray(a32).dtype != np.float32:
             row.notes.append(f"(dtype out {np.asarray(a32).dtype}, expected float32)")
             row.fails += 1
