@@ -10,8 +10,8 @@ Four parts:
    wrong gradient at a kink is still a failure;
 4. argument validation.
 
-Known weaknesses of the harness are pinned with ``xfail(strict=True)`` tests that assert the behaviour we
-would like: if the harness is improved they XPASS and fail, so the marker must then be removed.
+(Known weaknesses used to be pinned with ``xfail(strict=True)`` tests; the last one, double counting at a
+tie in directional mode, was fixed by issue 12.)
 """
 import copy
 
@@ -690,16 +690,15 @@ def test_maxpool_double_counting_matches_on_untied_input():
     assert gradcheck(MaxPoolGradToEveryTiedMax(2), x, mode="full").passed
 
 
-TIE_WAIVER = ("harness weakness: with a single tie a direction fails the one-sided test, but directional mode "
-              "waives every non-smooth failing direction as 'crossing several kinks' once the located "
-              "coordinates pass (each tied element alone has a valid one-sided derivative, so full and sampled "
-              "modes cannot see this bug at all)")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=TIE_WAIVER)
-def test_maxpool_double_counting_at_a_tie_is_caught_in_directional_mode():
+@pytest.mark.parametrize("seed", range(6))
+def test_maxpool_double_counting_at_a_tie_is_caught_in_directional_mode(seed):
+    """Each tied element alone has a valid value (so full and sampled modes cannot see this bug), but along a
+    direction that moves both tied elements the same way, the sum lies outside the hull of the derivatives at
+    nearby points (sampled at tie-breaking perturbations). Was a strict xfail before issue 12."""
     x, _ = _tied_maxpool_input(ties=1)
-    assert not gradcheck(MaxPoolGradToEveryTiedMax(2), x, mode="directional").passed
+    result = gradcheck(MaxPoolGradToEveryTiedMax(2), x, mode="directional", seed=seed, directions=8)
+    assert failing(result) == {"input"}, result.table()
+    assert "outside the hull" in row(result, "input").note
 
 
 # ----------------------------------------------------------------------------------------------------------
