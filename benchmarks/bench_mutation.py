@@ -10,12 +10,13 @@
    swaps (+ -, * /), dropped terms (a + b -> a), dropped negations, ``+=`` -> ``=``, comparison swaps
    (> >=, == !=), integer constants +-1 (off-by-one slices, wrong axes), float constants x1.001, ``.copy()``
    dropped, a wrong local variable read (wrong cached tensor), a single wrong entry in the returned gradient and
-   the returned gradient x1.001. At most ``--per-layer`` mutants per class (seeded sample), ``--max-mutants``
-   in all.
+   the returned gradient x1.001. At most ``--per-layer`` mutants per class (a seeded sample, round robin over
+   these kinds), ``--max-mutants`` in all.
 2. Each mutant is written into the copy, the copy re-imported, and its backward run on every test case that
    contains the mutated class, twice without zero_grad (so ``=`` for ``+=`` shows) and with the upstream
-   gradient compared afterwards. Mutants that crash everywhere are dropped, those whose results are
-   bit-identical to the original's are dropped as equivalent; the others are *valid*, and their error is the
+   gradient compared afterwards. Mutants that crash or return gradients of the wrong shape everywhere are
+   dropped, those whose results are bit-identical to the original's are dropped as equivalent; the others
+   are *valid*, and their error is the
    largest relative difference max|a_mut - a| / max|a| over tensors and cases (inf for a NaN, an in-place
    change of the upstream gradient or a broken accumulation).
 3. Every oracle runs on every case of each valid mutant: ``gradcheck`` in each mode and, when PyTorch is
@@ -184,9 +185,19 @@ def generate(pkg_dir, layers, per_layer, max_mutants, seed):
     rng = random.Random(seed)
     chosen = []
     for cls in sorted(by_class):
-        sites = by_class[cls]
-        rng.shuffle(sites)
-        chosen += sites[:per_layer]
+        kinds = {}
+        for site in by_class[cls]:                 # round robin over the kinds of mutation, shuffled within
+            kinds.setdefault(site[-1][0], []).append(site)
+        for sites in kinds.values():
+            rng.shuffle(sites)
+        queues = [kinds[k] for k in sorted(kinds)]
+        rng.shuffle(queues)
+        picked = []
+        while len(picked) < per_layer and any(queues):
+            for q in queues:
+                if q and len(picked) < per_layer:
+                    picked.append(q.pop())
+        chosen += picked
     rng.shuffle(chosen)
     chosen = chosen[:max_mutants]
     mutants = []
@@ -311,9 +322,13 @@ def behaviour(module, x, g):
     return record
 
 
+class WrongShape(Exception):
+    """The mutant's backward returns gradients of the wrong number or shape: any caller fails loudly."""
+
+
 def difference(ref, mut):
     if len(ref) != len(mut) or any(a.shape != b.shape for a, b in zip(ref, mut)):
-        return float("inf")
+        raise WrongShape()
     worst = 0.0
     for a, b in zip(ref, mut):
         if not np.all(np.isfinite(b)):
@@ -545,7 +560,7 @@ def main():
             cls_objects = [getattr(mod, rec["cls"]) for mod in list(sys.modules.values())
                            if getattr(mod, "__name__", "").startswith(PACKAGE) and hasattr(mod, rec["cls"])
                            and isinstance(getattr(mod, rec["cls"]), type)]
-            applicable, worst, crashed = [], 0.0, 0
+            applicable, worst, crashed, shapes = [], 0.0, 0, 0
             for label, build in cases(mpkg):
                 module, x = build()
                 if not any(isinstance(s, tuple(cls_objects)) for s in module.modules()):
@@ -555,6 +570,9 @@ def main():
                 signal.alarm(a.timeout)
                 try:
                     err = difference(references[label][1], behaviour(module, x, g))
+                except WrongShape:
+                    shapes += 1
+                    continue
                 except Exception:  # noqa: BLE001 - a crashing case
                     crashed += 1
                     continue
@@ -564,7 +582,7 @@ def main():
                     applicable.append((label, module, x, err))
                 worst = max(worst, err)
             if not applicable:
-                rec.update(status="crash" if crashed else "equivalent", error=worst)
+                rec.update(status="wrong shape" if shapes else "crash" if crashed else "equivalent", error=worst)
             else:
                 rec.update(status="valid", error=worst, cases=[c[0] for c in applicable])
                 verdicts = {m: "passed" for m in modes}
@@ -620,7 +638,8 @@ def summarise(records, modes, alarms, kinds, a, seconds):
     for r in target:
         by_cls.setdefault(r["cls"], []).append(r)
     lines = [f"Mutation study: {len(records)} mutants of the backward methods, "
-             f"{sum(r['status'] == 'crash' for r in records)} crashing and "
+             f"{sum(r['status'] == 'crash' for r in records)} crashing, "
+             f"{sum(r['status'] == 'wrong shape' for r in records)} returning gradients of the wrong shape and "
              f"{sum(r['status'] == 'equivalent' for r in records)} equivalent (dropped), {len(valid)} valid: "
              f"{len(target)} with an error >= {THRESHOLD:g} relative (the table), {len(small)} below. "
              f"{seconds:.0f} s.", "",
