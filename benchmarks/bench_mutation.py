@@ -273,6 +273,20 @@ def cases(pkg):
         out.append(("BatchNormReLU2d train", lambda: (_bn(nn, r(1), relu=True),
                                                       r(2).standard_normal((3, 3, 3, 2)) * 2 + 0.5)))
     model = getattr(pkg, "model", None)
+    # The DenseNet's pieces on their own (a dense block's backward must not scale the gradient it was handed:
+    # inside a DenseNet that array is its own, so only a standalone case shows a dropped .copy()). Skipped if
+    # the constructors change.
+    for label, build in (
+            ("DenseBlock", lambda: (model.DenseBlock(2, 3, 2, bn_size=2, dtype=F, rng=r(1)),
+                                    r(2).standard_normal((2, 3, 4, 4)))),
+            ("DenseLayer", lambda: (model.DenseLayer(3, 2, bn_size=2, dtype=F, rng=r(1)),
+                                    r(2).standard_normal((2, 3, 4, 4)))),
+            ("Transition", lambda: (model.Transition(4, 2, dtype=F, rng=r(1)), r(2).standard_normal((2, 4, 4, 4))))):
+        try:
+            build()
+        except Exception:  # noqa: BLE001
+            continue
+        out.append((label, build))
     if model is not None and hasattr(model, "DenseNet"):
         out.append(("tiny DenseNet-BC", lambda: (model.DenseNet(4, (2, 1), 6, bn_size=2, num_classes=3,
                                                                 stem="cifar", seed=1).double(),
