@@ -612,12 +612,14 @@ class _LazyPoints:
 
 
 def _directional_probes(probe, array, analytic, eps, count, rng):
-    """Probe random directions d = s * u, u ~ N(0, 1), s_i = max(|x_i|, mean |x|): each coordinate moves by its
-    own relative step. Compares (L(x + eps d) - L(x - eps d)) / (2 eps) with <analytic, actual move> / (2 eps)."""
+    """Probe random directions d = s * u, u ~ N(0, 1/n), s_i = h_i / eps (the coordinate's relative step
+    scale): the move has the length of one coordinate step, spread over the tensor (longer moves cross more
+    kinks inside a model). Compares (L(x + eps d) - L(x - eps d)) / (2 eps) with <analytic, actual move> /
+    (2 eps)."""
     original = array.copy()
     scale = _steps(original, eps, probe.noise, analytic) / eps
     for k in range(count):
-        d = rng.standard_normal(array.shape) * scale
+        d = rng.standard_normal(array.shape) * (scale / math.sqrt(array.size))   # |u| ~ 1 over the tensor
 
         def line(t, d=d):
             np.add(original, (t * eps) * d, out=array)
