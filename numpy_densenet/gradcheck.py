@@ -451,7 +451,9 @@ def _judge_probe(probe, line, ana, rtol, atol, hull_points=(), refinements=3):
     kink rather than the 4 of a smooth function), where the analytic value must lie in the hull of the nearby
     slopes; and, when the truncation error |D(h) - D(h/2)| is what separates the values (the function
     varies on a scale shorter than the step, as BatchNorm does on 1e4 + 1e-6 N(0, 1)), with the step divided
-    by 8, up to ``refinements`` times.
+    by 8, up to ``refinements`` times. A value outside the kink hull is also re-judged at the smaller steps
+    before it fails: at a step comparable to the scale of a steep smooth function, its second differences can
+    look like a kink's.
     """
     h, noise, l0 = line.h, probe.noise, probe.L0
     for level in range(refinements + 1):
@@ -485,7 +487,9 @@ def _judge_probe(probe, line, ana, rtol, atol, hull_points=(), refinements=3):
             lo, hi = min(slopes), max(slopes)
             hull_tol = atol + hull_floor + rtol * max(abs(lo), abs(hi))
             inside = lo - hull_tol <= ana <= hi + hull_tol
-            return _Verdict(inside, True, err, tol, num)
+            if inside or level == refinements:
+                return _Verdict(inside, True, err, tol, num)
+            continue            # a kink stays a kink at a smaller step; a steep smooth function does not
         if not abs(num - num2) > 0.05 * err:
             break                                         # smooth, no truncation to speak of: a wrong gradient
     return _Verdict(False, False, err, tol, num, smooth_fail=True)
