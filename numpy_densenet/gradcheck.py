@@ -161,7 +161,7 @@ def _fmt_index(index):
 
 
 def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8, samples=16, directions=3,
-              sampled_directions=1, locate_samples=64, exhaustive_limit=4096, float32=False,
+              sampled_directions=1, locate_samples=64, exhaustive_limit=4096, clear_limit=20000, float32=False,
               raise_exception=False, check_inputs=True, check_params=True):
     """Check ``module.backward`` against central finite differences in float64.
 
@@ -177,9 +177,11 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
     mode : {"full", "sampled", "directional"}
         Every coordinate; ``samples`` seeded random coordinates per tensor plus ``sampled_directions`` random
         directions; or ``directions`` seeded random directions per tensor, falling back to
-        ``locate_samples`` coordinates to locate a failure. A direction that failed while crossing a
-        non-differentiable point is cleared only by probing every coordinate, done for tensors of at most
-        ``exhaustive_limit`` entries (larger ones fail with a note to use ``mode="full"``).
+        ``locate_samples`` coordinates to locate a failure. A direction that fails is a failure (it is
+        located coordinate-wise for the report). A direction that crosses a non-differentiable point and
+        passes within the hull of nearby derivatives is backed up by probing every coordinate of the tensor,
+        when the tensor has at most ``exhaustive_limit`` entries and the module (its inputs and parameters) at
+        most ``clear_limit`` values (so a whole DenseNet is not probed coordinate by coordinate).
     seed : int
         Seeds the upstream gradient, the sampled coordinates and the directions.
     eps : float
@@ -190,7 +192,7 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
         the rounding-noise floor of the finite difference (shown in the report's atol column).
     samples, directions, sampled_directions, locate_samples : int
         Probe counts (``sampled_directions`` may be 0).
-    exhaustive_limit : int
+    exhaustive_limit, clear_limit : int
         See ``mode``.
     float32 : bool
         Also run a float32 copy of the module on the float32-rounded input and compare its analytic gradients
@@ -224,6 +226,9 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
 
     probe = _Probe(module, x, seed)
     result = GradcheckResult(type(module).__name__, mode, eps, seed)
+    module_values = sum(a.size for a in probe.inputs) + sum(p.size for _, p in probe.params)
+    if module_values > clear_limit:
+        exhaustive_limit = 0            # too costly to probe a tensor coordinate by coordinate
     rng = np.random.default_rng([seed, 1])
 
     targets = []
