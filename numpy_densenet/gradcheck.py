@@ -415,13 +415,13 @@ def _scales(array):
     return np.maximum(magnitude, typical if typical > 0 and math.isfinite(typical) else 1.0)
 
 
-NOISE_TARGET = 1e-7         # steps grow until the noise floor is this small relative to the gradient's rms
-MAX_RELATIVE_STEP = 1e-3
+NOISE_TARGET = 1e-6         # steps grow until the noise floor is this small relative to the gradient's rms
+MAX_RELATIVE_STEP = 1e-4
 
 
 def _steps(array, eps, noise=0.0, analytic=None):
-    """Per-coordinate steps: eps * scale, grown (up to 1e-3 * scale) until the rounding-noise floor
-    noise / h is at most 1e-7 of the gradient's rms. Without that, a tensor much smaller than the output
+    """Per-coordinate steps: eps * scale, grown (up to 1e-4 * scale) until the rounding-noise floor
+    noise / h is at most 1e-6 of the gradient's rms. Without that, a tensor much smaller than the output
     (an input around 1e-6 feeding outputs around 1) would be probed with steps whose effect on L drowns in
     L's own rounding."""
     scale = _scales(array)
@@ -485,13 +485,19 @@ def _judge_probe(probe, line, ana, rtol, atol, hull_points=(), refinements=3):
             slopes = [(l0 - lm) / (-om * h), (lp - l0) / (op * h), (l0 - lmh) / (-omh * h),
                       (lph - l0) / (oph * h)]
             hull_floor = 4.0 * floor
-            for point in hull_points:
-                more, point_floor = point()
-                slopes += more
-                hull_floor = max(hull_floor, point_floor)
-            lo, hi = min(slopes), max(slopes)
-            hull_tol = atol + hull_floor + rtol * max(abs(lo), abs(hi))
-            inside = lo - hull_tol <= ana <= hi + hull_tol
+
+            def within():
+                lo, hi = min(slopes), max(slopes)
+                hull_tol = atol + hull_floor + rtol * max(abs(lo), abs(hi))
+                return lo - hull_tol <= ana <= hi + hull_tol
+
+            inside = within()
+            if not inside:                               # the tie-breaking points, only when needed
+                for point in hull_points:
+                    more, point_floor = point()
+                    slopes += more
+                    hull_floor = max(hull_floor, point_floor)
+                inside = within()
             if inside or level == refinements:
                 return _Verdict(inside, True, err, tol, num)
             continue            # a kink stays a kink at a smaller step; a steep smooth function does not
