@@ -477,8 +477,9 @@ def _judge_probe(probe, line, ana, rtol, atol, hull_points=(), refinements=3):
         lmh, omh = line(-f / 2)
         num2 = (lph - lmh) / ((oph - omh) * h)
         richardson = (4.0 * num2 - num) / 3.0
-        if abs(ana - richardson) <= atol + 3.0 * floor + rtol * abs(richardson):
-            return _Verdict(True, False, err, tol, num)      # smooth with curvature: truncation error explained
+        tol_r = atol + 3.0 * floor + rtol * abs(richardson)
+        if abs(ana - richardson) <= tol_r:      # smooth with curvature: the truncation error explained it
+            return _Verdict(True, False, abs(ana - richardson), tol_r, richardson)
         # Second differences at h and h/2: a smooth function's scale by 4 (h^2), a kink at the probe's by 2.
         sd1, sd2 = lp - 2.0 * l0 + lm, lph - 2.0 * l0 + lmh
         if abs(sd1 - 4.0 * sd2) > max(0.5 * abs(sd1), 2.0 * noise):
