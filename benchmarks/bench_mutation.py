@@ -10,7 +10,7 @@
    swaps (+ -, * /), dropped terms (a + b -> a), dropped negations, ``+=`` -> ``=``, comparison swaps
    (> >=, == !=), integer constants +-1 (off-by-one slices, wrong axes), float constants x1.001, ``.copy()``
    dropped, a wrong local variable read (wrong cached tensor), a single wrong entry in the returned gradient and
-   the returned gradient x1.001. At most ``--per-layer`` mutants per class (a seeded sample, round robin over
+   the returned gradient x1.001 and x1.00002 (just above the 1e-5 target). At most ``--per-layer`` mutants per class (a seeded sample, round robin over
    these kinds), ``--max-mutants`` in all.
 2. Each mutant is written into the copy, the copy re-imported, and its backward run on every test case that
    contains the mutated class, twice without zero_grad (so ``=`` for ``+=`` shows) and with the upstream
@@ -122,7 +122,8 @@ def mutation_sites(fn):
                 if other != node.id:
                     yield (f"L{line} read {other} instead of {node.id}", i, ("name", other))
         elif isinstance(node, ast.Return) and node.value is not None:
-            yield (f"L{line} returned gradient x1.001", i, ("scale",))
+            yield (f"L{line} returned gradient x1.001", i, ("scale", 1.001))
+            yield (f"L{line} returned gradient x1.00002", i, ("scale", 1.00002))
             yield (f"L{line} one wrong entry in the returned gradient", i, ("entry",))
 
 
@@ -156,10 +157,11 @@ class _Replace(ast.NodeTransformer):
         elif kind == "name":
             return ast.Name(id=self.action[1], ctx=ast.Load())
         elif kind == "scale":
+            factor = self.action[1]
             if isinstance(node.value, ast.Tuple):
-                node.value.elts = [ast.BinOp(e, ast.Mult(), ast.Constant(1.001)) for e in node.value.elts]
+                node.value.elts = [ast.BinOp(e, ast.Mult(), ast.Constant(factor)) for e in node.value.elts]
             else:
-                node.value = ast.BinOp(node.value, ast.Mult(), ast.Constant(1.001))
+                node.value = ast.BinOp(node.value, ast.Mult(), ast.Constant(factor))
         elif kind == "entry":
             call = ast.parse(ONE_WRONG_ENTRY, mode="eval").body
             call.args[0].args = [node.value]          # numpy.array(<returned value>)
@@ -187,7 +189,8 @@ def generate(pkg_dir, layers, per_layer, max_mutants, seed):
     for cls in sorted(by_class):
         kinds = {}
         for site in by_class[cls]:                 # round robin over the kinds of mutation, shuffled within
-            kinds.setdefault(site[-1][0], []).append(site)
+            action = site[-1]
+            kinds.setdefault(action[0] if action[0] != "scale" else f"scale {action[1]}", []).append(site)
         for sites in kinds.values():
             rng.shuffle(sites)
         queues = [kinds[k] for k in sorted(kinds)]
