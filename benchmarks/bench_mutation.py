@@ -10,8 +10,8 @@
    swaps (+ -, * /), dropped terms (a + b -> a), dropped negations, ``+=`` -> ``=``, comparison swaps
    (> >=, == !=), integer constants +-1 (off-by-one slices, wrong axes), float constants x1.001, ``.copy()``
    dropped, a wrong local variable read (wrong cached tensor), a single wrong entry in the returned gradient and
-   the returned gradient x1.001 and x1.00002 (just above the 1e-5 target). At most ``--per-layer`` mutants per class (a seeded sample, round robin over
-   these kinds), ``--max-mutants`` in all.
+   the returned gradient x1.001 and x1.00002 (just above the 1e-5 target). At most ``--per-layer`` mutants
+   per class (a seeded sample, round robin over these kinds), ``--max-mutants`` in all.
 2. Each mutant is written into the copy, the copy re-imported, and its backward run on every test case that
    contains the mutated class, twice without zero_grad (so ``=`` for ``+=`` shows) and with the upstream
    gradient compared afterwards. Mutants that crash or return gradients of the wrong shape everywhere are

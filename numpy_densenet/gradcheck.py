@@ -125,8 +125,9 @@ class GradcheckResult:
 
 
 LEGEND = (
-    "legend: a = analytic (backward), n = numeric (central difference of L = sum(g * y), step h = eps*max(|x|, mean |x|)).",
-    "  A probe passes when |a - n| <= atol' + rtol*|n|, with atol' = atol + the rounding-noise floor of the",
+    "legend: a = analytic (backward), n = numeric (central difference of L = sum(g * y), relative step",
+    "  h = eps*max(|x|, mean |x|), grown if L's rounding would drown it). A probe passes when",
+    "  |a - n| <= atol' + rtol*|n|, with atol' = atol + the rounding-noise floor of the",
     "  difference; the atol column is the row's largest atol', err/tol its worst |a - n| / (atol' + rtol*|n|)",
     "  (pass <=> <= 1), detects the smallest relative error a probe of the row would have caught. NaN or inf",
     "  anywhere fails. kink: L is not differentiable at the probe, and a lies in the hull of the derivatives at",
@@ -317,8 +318,8 @@ class _Probe:
         terms = [np.abs(self.g * out)] + [np.abs(a * self.inputs[i]) for a, i in
                                           zip(self.input_grads, self.float_inputs)]
         terms += [np.abs(a * p.data) for a, (_, p) in zip(self.param_grads, self.params)]
-        self.size = float(sum(np.nansum(np.where(np.isfinite(t), t, 0.0)) for t in terms)) + abs(self.L0
-                                                                                             if math.isfinite(self.L0) else 0.0)
+        self.size = float(sum(np.nansum(np.where(np.isfinite(t), t, 0.0)) for t in terms))
+        self.size += abs(self.L0) if math.isfinite(self.L0) else 0.0
         self.noise = NOISE_FACTOR * EPS64 * (self.size + 1e-300)          # |error of one evaluation of L|
 
     def _reset(self):
