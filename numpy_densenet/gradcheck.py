@@ -219,8 +219,10 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
     for name, v in (("samples", samples), ("directions", directions), ("locate_samples", locate_samples)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise ValueError(f"gradcheck: {name} must be a positive int, got {v!r}")
-    if not isinstance(sampled_directions, (int, np.integer)) or sampled_directions < 0:
-        raise ValueError(f"gradcheck: sampled_directions must be a non-negative int, got {sampled_directions!r}")
+    for name, v in (("sampled_directions", sampled_directions), ("exhaustive_limit", exhaustive_limit),
+                    ("clear_limit", clear_limit)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"gradcheck: {name} must be a non-negative int, got {v!r}")
     for name, v in (("rtol", rtol), ("atol", atol)):
         if not v >= 0:
             raise ValueError(f"gradcheck: {name} must be non-negative, got {v!r}")

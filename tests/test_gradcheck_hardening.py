@@ -441,3 +441,16 @@ def test_correct_layers_with_ties_and_zeros_never_fail(kind, exponent, seed):
         result = gradcheck(module, x, mode=mode, seed=seed % 1000)
         assert result.passed, result.table()
         assert all(r.worst_ratio <= 1 for r in result.rows), result.table()     # err/tol <= 1 <=> pass
+
+
+@pytest.mark.parametrize("arg", ["sampled_directions", "exhaustive_limit", "clear_limit"])
+@pytest.mark.parametrize("value", [-1, 2.5, True])
+def test_non_negative_int_arguments_are_validated(arg, value):
+    with pytest.raises(ValueError, match=f"{arg} must be a non-negative int"):
+        gradcheck(nn.ReLU(), np.ones((2, 2)), **{arg: value})
+
+
+@pytest.mark.parametrize("arg", ["rtol", "atol"])
+def test_negative_tolerances_are_value_errors(arg):
+    with pytest.raises(ValueError, match=f"{arg} must be non-negative"):
+        gradcheck(nn.ReLU(), np.ones((2, 2)), **{arg: -1e-6})
