@@ -90,7 +90,10 @@ def cases(a):
 
 # -- numpy side -------------------------------------------------------------------------------------------------
 def make_numpy_layer(kind, params, dtype, rng):
-    from numpy_densenet.nn import AvgPool2d, BatchNorm2d, Conv2d, MaxPool2d, ReLU
+    try:                                                   # the fast tier's kernels (since issue 11)
+        from numpy_densenet.fast import AvgPool2d, BatchNorm2d, Conv2d, MaxPool2d, ReLU
+    except ImportError:                                    # older snapshots: the layers were in nn
+        from numpy_densenet.nn import AvgPool2d, BatchNorm2d, Conv2d, MaxPool2d, ReLU
     if kind == "conv":
         conv = Conv2d(params["cin"], params["cout"], params["k"], stride=params["s"], padding=params["p"],
                       bias=False, dtype=dtype, generator=rng)
@@ -275,7 +278,10 @@ def bench_layout(name, kind, params, shape, a, rng, use_torch):
     res = {}
     R, Wm = a.repeats, a.warmup
     if kind in ("conv", "conv_slice"):
-        from numpy_densenet.nn import Conv2d
+        try:
+            from numpy_densenet.fast import Conv2d
+        except ImportError:
+            from numpy_densenet.nn import Conv2d
         k, s, p = params["k"], params["s"], params["p"]
         conv = Conv2d(C, params["cout"], k, stride=s, padding=p, bias=False, dtype=dtype, generator=rng)
         ref = NCHWConv(conv.weight.data.copy(), k, s, p)
@@ -320,7 +326,10 @@ def bench_layout(name, kind, params, shape, a, rng, use_torch):
                 time_fn(lambda: torch.autograd.grad(holder["y"], (xt, wt), dyt), R, Wm,
                         setup=lambda: holder.__setitem__("y", f())))
     elif kind == "bn_slice":
-        from numpy_densenet.nn import BatchNorm2d
+        try:
+            from numpy_densenet.fast import BatchNorm2d
+        except ImportError:
+            from numpy_densenet.nn import BatchNorm2d
         T = params["total"]
         buf_cnhw = rng.standard_normal((T, N, H, W)).astype(dtype)
         buf_nchw = np.ascontiguousarray(buf_cnhw.transpose(1, 0, 2, 3))

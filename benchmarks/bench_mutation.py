@@ -233,8 +233,28 @@ def _bn(nn, rng, c=3, train=True, relu=False):
 
 
 def cases(pkg):
-    """(label, builder) pairs; builder() -> (module, x) with a fixed seed, so repeated builds are identical."""
-    nn = pkg.nn
+    """(label, builder) pairs; builder() -> (module, x) with a fixed seed, so repeated builds are identical.
+    The layer cases run on ``numpy_densenet.nn`` and, when the package has one, on the fast tier
+    ``numpy_densenet.fast`` (same class names); a case whose class a tier lacks is left out."""
+    out = _layer_cases(pkg, pkg.nn, "")
+    fast = getattr(pkg, "fast", None)
+    if fast is not None and fast is not pkg.nn:
+        out += _layer_cases(pkg, _Fallback(fast, pkg.nn), "fast ")
+    return out + _model_cases(pkg)
+
+
+class _Fallback:
+    """The fast tier's classes, with the plain tier's for what it does not define (Flatten, Concat, ...)."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def __getattr__(self, name):
+        value = getattr(self.first, name, None)
+        return value if value is not None else getattr(self.second, name)
+
+
+def _layer_cases(pkg, nn, tag):
     F = np.float64
 
     def r(s):
@@ -275,6 +295,23 @@ def cases(pkg):
     if getattr(nn, "BatchNormReLU2d", None) is not None:
         out.append(("BatchNormReLU2d train", lambda: (_bn(nn, r(1), relu=True),
                                                       r(2).standard_normal((3, 3, 3, 2)) * 2 + 0.5)))
+    kept = []
+    for label, build in out:
+        try:
+            build()
+        except Exception:  # noqa: BLE001 - a tier without this layer
+            continue
+        kept.append((tag + label, build))
+    return kept
+
+
+def _model_cases(pkg):
+    F = np.float64
+
+    def r(s):
+        return np.random.default_rng(s)
+
+    out = []
     model = getattr(pkg, "model", None)
     # The DenseNet's pieces on their own (a dense block's backward must not scale the gradient it was handed:
     # inside a DenseNet that array is its own, so only a standalone case shows a dropped .copy()). Skipped if

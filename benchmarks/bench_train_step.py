@@ -55,6 +55,7 @@ torch = "auto"           # auto: on when torch is importable; on / off
 torch_me = True          # also run torch with memory_efficient=True (train step only)
 numpy_me = False         # depth study: also numpy_densenet's memory_efficient=True, where the library has it
 threads = 0              # 0: numpy's BLAS thread count; torch gets the same
+tier = "fast"            # fast: DenseNet(..., fast=True), the default; plain: fast=False, the readable tier
 depths = ""              # e.g. 100,190,250: memory-vs-depth study of densenet_bc(depth, 12)
 depth_batch = 64
 profile = False          # per-operation profile of one train step of each config (float32)
@@ -95,6 +96,8 @@ def numpy_worker(spec):
         nd_nn.set_num_threads(spec["threads"])
     dt = np.dtype(spec["dtype"])
     kw = {"memory_efficient": True} if spec.get("memory_efficient") else {}   # only libraries that have it
+    if spec.get("tier", "fast") == "plain":
+        kw["fast"] = False                                                  # the plain tier (since issue 11)
     if spec["model"] == "densenet_bc":
         model = densenet_bc(spec["depth"], 12, dtype=dt, seed=0, **kw)
     else:
@@ -204,8 +207,12 @@ class Profiler:
     """Times every leaf layer's forward/backward of one numpy train step, by category (instance wrappers only)."""
 
     def __init__(self, model, loss=None):
-        import numpy_densenet.nn.conv as conv_mod
-        from numpy_densenet.nn.module import SpatialModule
+        try:                                             # the fast tier's conv module (since issue 11)
+            import numpy_densenet.fast.conv as conv_mod
+            from numpy_densenet.fast import ChannelMajor as SpatialModule
+        except ImportError:                              # older snapshots
+            import numpy_densenet.nn.conv as conv_mod
+            from numpy_densenet.nn.module import SpatialModule
         self.model, self.totals, self.on, self.phase = model, {}, False, "forward"
         self.step, self.nsteps = 0.0, 0                  # summed over the profiled steps; table() averages
         for _, m in model.named_modules():
@@ -307,7 +314,8 @@ def run_spec(spec, a):
 
 
 def spec_for(cfg, framework, dtype, mode, a, **extra):
-    s = dict(cfg, framework=framework, dtype=dtype, mode=mode, steps=a.steps, warmup=a.warmup, threads=a.nthreads)
+    s = dict(cfg, framework=framework, dtype=dtype, mode=mode, steps=a.steps, warmup=a.warmup, threads=a.nthreads,
+             tier=getattr(a, "tier", "fast"))
     s.update(extra)
     return s
 
@@ -466,6 +474,8 @@ def parse_args(argv=None):
     ap.add_argument("--numpy-me", action="store_true", default=numpy_me,
                     help="depth study: also numpy_densenet with memory_efficient=True (libraries that have it)")
     ap.add_argument("--threads", type=int, default=threads)
+    ap.add_argument("--tier", choices=("fast", "plain"), default=tier,
+                    help="numpy_densenet's tier: fast (default) or plain (DenseNet(..., fast=False))")
     ap.add_argument("--depths", default=depths)
     ap.add_argument("--depth-batch", type=int, default=depth_batch)
     ap.add_argument("--profile", action="store_true", default=profile)

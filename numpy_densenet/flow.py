@@ -22,8 +22,10 @@ map (H_j with j <= i, i.e. c < i):
 * :func:`feature_reuse`: ``R[i, c]`` = the mean absolute weight of consumer c's first convolution over the input
   channels that belong to x_i, the DenseNet paper's Figure 5 (Huang et al., 2017).
 
-The arrays inside a block are channel-major, (C, N, H, W): a feature map's channels are one contiguous slice
-``offsets[i]:offsets[i+1]`` of the block buffer, with ``block.offsets = [0, k0, k0 + k, ..., k0 + L*k]``.
+Every array here is NCHW, in both tiers: feature map x_i is channels ``offsets[i]:offsets[i+1]`` (axis 1) of the
+block output, with ``block.offsets = [0, k0, k0 + k, ..., k0 + L*k]``. The plain block
+(:class:`numpy_densenet.model.DenseBlock`) and the fast one (:class:`numpy_densenet.fast.DenseBlock`) record
+the same ``flow``, so every tool here works on ``DenseNet(..., fast=False)`` and ``fast=True`` alike.
 """
 from __future__ import annotations
 
@@ -32,8 +34,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .model import DenseBlock, DenseNet, Transition
+from . import fast
+from .model import DenseBlock as PlainDenseBlock, DenseNet, Transition as PlainTransition
 from .nn import CrossEntropyLoss
+from .nn.module import restore_buffers
+
+DenseBlock = (PlainDenseBlock, fast.DenseBlock)          # isinstance checks accept either tier
+Transition = (PlainTransition, fast.Transition)
 
 __all__ = ["BlockMatrix", "FlowReport", "gradient_flow", "block_gradient_flow", "block_feature_reuse",
            "feature_reuse", "record_backward_inputs", "save_heatmap", "explain_block"]
@@ -219,18 +226,18 @@ def gradient_flow(block, dout, name="", loss=None, mode=""):
     Parameters
     ----------
     block : DenseBlock
-        ``block.flow[j]``, shape (offsets[j+1], N, H, W), is the gradient layer H_(j+1) sent to the channels it
-        read, [x_0, ..., x_j].
-    dout : ndarray, shape (k0 + L*k, N, H, W)
-        The gradient of the block output that the backward pass started from (channel-major).
+        ``block.flow[j]``, shape (N, offsets[j+1], H, W), is the gradient layer H_(j+1) sent to the feature maps
+        it read, [x_0, ..., x_j].
+    dout : ndarray, shape (N, k0 + L*k, H, W)
+        The gradient of the block output that the backward pass started from.
     name, loss, mode :
         Stored in the report.
 
     Returns
     -------
     FlowReport
-        ``parts[i][c]`` = ``block.flow[c][offsets[i]:offsets[i+1]]`` for a layer consumer (c < L, c >= i) and
-        ``dout[offsets[i]:offsets[i+1]]`` for the block output (c = L).
+        ``parts[i][c]`` = ``block.flow[c][:, offsets[i]:offsets[i+1]]`` for a layer consumer (c < L, c >= i) and
+        ``dout[:, offsets[i]:offsets[i+1]]`` for the block output (c = L).
     """
     if not isinstance(block, DenseBlock):
         raise TypeError(f"gradient_flow: expected a DenseBlock, got {type(block).__name__}")
@@ -240,47 +247,53 @@ def gradient_flow(block, dout, name="", loss=None, mode=""):
                          "a backward pass first")
     off, L = block.offsets, block.num_layers
     dout = np.asarray(dout)
-    expected = (off[-1],) + flow[0].shape[1:]
+    N, _, H, W = flow[0].shape
+    expected = (N, off[-1], H, W)
     if dout.shape != expected:
         raise ValueError(f"gradient_flow: dout has shape {dout.shape}, expected the block output's {expected} "
-                         "(channel-major)")
+                         "(NCHW)")
     parts = []
     for i in range(L + 1):                                     # feature map x_i: channels off[i]:off[i+1]
         row = []
         for c in range(L):                                     # consumer H_(c+1) read off[c+1] channels
-            row.append(flow[c][off[i]:off[i + 1]] if reads(i, c) else None)  # (C_i, N, H, W)
-        row.append(dout[off[i]:off[i + 1]])                    # consumer "out"
+            row.append(flow[c][:, off[i]:off[i + 1]] if reads(i, c) else None)  # (N, C_i, H, W)
+        row.append(dout[:, off[i]:off[i + 1]])                 # consumer "out"
         parts.append(row)
     return FlowReport(name, list(off), parts, loss, mode)
 
 
 @contextlib.contextmanager
 def record_backward_inputs(modules):
-    """Record the gradient each module's ``backward_cnhw`` is called with, while the context is active.
+    """Record the gradient each module's backward is called with, while the context is active.
 
     The study tools use it to catch the gradient of a dense block's output (the start of its backward pass)
     and, in tests and :func:`explain_block`, the gradient each dense layer receives for its new channels.
-    ``backward_cnhw`` is wrapped on the *instances* only and restored on exit.
+    A fast-tier module is called channel-major (``backward_cnhw``), a plain one through ``backward``; either
+    way the gradient is recorded NCHW. The method is wrapped on the *instances* only and restored on exit.
 
     Yields
     ------
     list
-        ``recorded[m]`` is the last gradient given to ``modules[m].backward_cnhw`` (None until called).
+        ``recorded[m]`` is the last gradient given to ``modules[m]``'s backward, NCHW (None until called).
     """
     recorded = [None] * len(modules)
+    names = []
     for m, module in enumerate(modules):
-        original = module.backward_cnhw                         # the bound method of the class
+        name = "backward_cnhw" if hasattr(module, "backward_cnhw") else "backward"
+        names.append(name)
+        original = getattr(module, name)                        # the bound method of the class
 
-        def wrapper(dout, *args, _m=m, _original=original, **kwargs):
-            recorded[_m] = np.array(dout, copy=True)           # a copy: immune to later in-place updates
+        def wrapper(dout, *args, _m=m, _original=original, _cnhw=name == "backward_cnhw", **kwargs):
+            copy = np.array(dout, copy=True)                    # a copy: immune to later in-place updates
+            recorded[_m] = fast.swap01(copy) if _cnhw else copy
             return _original(dout, *args, **kwargs)
-        object.__setattr__(module, "backward_cnhw", wrapper)
+        object.__setattr__(module, name, wrapper)
     try:
         yield recorded
     finally:
-        for module in modules:
-            if "backward_cnhw" in module.__dict__:
-                object.__delattr__(module, "backward_cnhw")
+        for module, name in zip(modules, names):
+            if name in module.__dict__:
+                object.__delattr__(module, name)
 
 
 @contextlib.contextmanager
@@ -296,7 +309,7 @@ def preserved_state(model):
     finally:
         for m, mode in training:
             object.__setattr__(m, "training", mode)
-        model.load_state_dict(buffers, strict=False)            # BatchNorm running statistics and counters
+        restore_buffers(model, buffers)                         # BatchNorm running statistics and counters
         for grad, saved in grads:
             grad[...] = saved
         for gen, state in generators:
@@ -421,7 +434,18 @@ def feature_reuse(model):
 # ----------------------------------------------------------------------------------------------------------
 # Heatmaps (matplotlib, optional)
 # ----------------------------------------------------------------------------------------------------------
-def save_heatmap(matrix, path, log=False, title=None):
+def heatmap_range(matrices, log=False):
+    """(vmin, vmax) over every finite value of several :class:`BlockMatrix` (log10 of them with ``log``): pass it
+    to :func:`save_heatmap` to draw several blocks on one colour scale, so that their colours compare."""
+    values = np.concatenate([np.asarray(m.values, dtype=np.float64).ravel() for m in matrices])
+    values = values[np.isfinite(values) & ((values > 0) if log else True)]
+    if values.size == 0:
+        return None, None
+    values = np.log10(values) if log else values
+    return float(values.min()), float(values.max())
+
+
+def save_heatmap(matrix, path, log=False, title=None, vmin=None, vmax=None, numbers=True):
     """Draw a :class:`BlockMatrix` as a heatmap PNG: x = consumer, y = feature map (as in the paper's Fig. 5).
 
     Needs matplotlib (``pip install "numpy_densenet[plot]"``); raises ImportError without it.
@@ -432,24 +456,53 @@ def save_heatmap(matrix, path, log=False, title=None):
     path : str or path-like
     log : bool
         Colour by log10 of the values (gradient norms span orders of magnitude).
+    title : str, optional
+        Defaults to the block's name and what the numbers are, on two lines.
+    vmin, vmax : float, optional
+        The ends of the colour scale (in log10 units with ``log``); by default this matrix's own range. Give the
+        same to several blocks (see :func:`heatmap_range`) to compare them by colour.
+    numbers : bool
+        Write each cell's value in it (3 significant digits).
     """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     L = matrix.num_layers
-    values = np.ma.masked_invalid(np.log10(matrix.values) if log else matrix.values)
-    size = 2.5 + 0.35 * (L + 1)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    image = ax.imshow(values, cmap="viridis", origin="upper")
-    ax.set_xticks(range(L + 1), consumer_labels(L))
-    ax.set_yticks(range(L + 1), [f"{r} ({c})" for r, c in zip(feature_labels(L), matrix.channels)])
-    ax.set_xlabel("consumer (H_j = dense layer j, out = block output)")
-    ax.set_ylabel("feature map x_i (channels)")
-    ax.set_title(title or f"{matrix.name}: {matrix.what}", fontsize=8, wrap=True)
-    fig.colorbar(image, ax=ax, label="log10" if log else None)
+    raw = np.asarray(matrix.values, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = np.ma.masked_invalid(np.log10(raw) if log else raw)
+    cell = 0.62 if numbers else 0.4
+    width, height = 3.2 + cell * (L + 1), 2.2 + cell * (L + 1)
+    fig, ax = plt.subplots(figsize=(max(width, 5.5), max(height, 4.2)))
+    image = ax.imshow(values, cmap="viridis", origin="upper", vmin=vmin, vmax=vmax)
+    ticks = max(7, min(10, int(110 / (L + 1))))
+    ax.set_xticks(range(L + 1), consumer_labels(L), fontsize=ticks)
+    ax.set_yticks(range(L + 1), [f"{r} ({c})" for r, c in zip(feature_labels(L), matrix.channels)], fontsize=ticks)
+    ax.set_xlabel("consumer (H_j = dense layer j, out = block output)", fontsize=10)
+    ax.set_ylabel("feature map x_i (channels)", fontsize=10)
+    if title is None:
+        what = matrix.what if len(matrix.what) <= 70 else matrix.what[:matrix.what.rfind(" ", 0, 70)] + "\n" + \
+            matrix.what[matrix.what.rfind(" ", 0, 70) + 1:]
+        ax.set_title(f"{matrix.name}\n{what}", fontsize=10)
+    else:
+        ax.set_title(title, fontsize=10)
+    if numbers:
+        lo, hi = image.get_clim()
+        size = max(5, min(9, int(80 / (L + 1))))
+        for i in range(L + 1):
+            for j in range(L + 1):
+                if np.ma.is_masked(values[i, j]):
+                    continue
+                shade = (float(values[i, j]) - lo) / (hi - lo) if hi > lo else 0.5
+                ax.text(j, i, format(raw[i, j], ".2g" if log else ".3g"), ha="center", va="center", fontsize=size,
+                        color="black" if shade > 0.6 else "white")
+    scale = "log10 of the value" if log else "value"
+    if vmin is not None or vmax is not None:
+        scale += " (one scale for every block)"
+    fig.colorbar(image, ax=ax, label=scale)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
@@ -469,10 +522,11 @@ def _g(v):
 
 
 def explain_block(num_layers=5, growth_rate=4, in_channels=8, bn_size=4, batch=2, size=4, train=True,
-                  compression=0.5, seed=0):
+                  compression=0.5, seed=0, fast=False):
     """Narrate the forward and backward pass of one small dense block through its concatenation.
 
-    The block is a real :class:`~numpy_densenet.model.DenseBlock` in float64; the loss is ``sum(out * R)`` for
+    The block is a real dense block in float64, the plain tier's :class:`~numpy_densenet.model.DenseBlock`
+    (``Concat`` forward, a split backward) or with ``fast=True`` the fast tier's (one buffer); the loss is ``sum(out * R)`` for
     a fixed random R, so the gradient of the block output is R. Every gradient printed is the one the block's
     own backward computed (recorded with ``record_flow``), and the closing check compares the sum over
     consumers with the gradients the layers actually received.
@@ -490,6 +544,8 @@ def explain_block(num_layers=5, growth_rate=4, in_channels=8, bn_size=4, batch=2
     compression : float
         theta, for the transition arithmetic at the end.
     seed : int
+    fast : bool
+        Narrate the fast tier's block instead of the plain one; the numbers agree to rounding.
 
     Returns
     -------
@@ -498,11 +554,12 @@ def explain_block(num_layers=5, growth_rate=4, in_channels=8, bn_size=4, batch=2
     """
     L, k, k0, N = num_layers, growth_rate, in_channels, batch
     rng = np.random.default_rng(seed)
-    block = DenseBlock(L, k0, k, bn_size, dtype=np.float64, rng=rng)
+    make = fast_tier_block if fast else PlainDenseBlock
+    block = make(L, k0, k, bn_size, dtype=np.float64, rng=rng)
     block.train(train)
     off = block.offsets                                        # [0, k0, k0 + k, ..., k0 + L*k]
-    x0 = rng.standard_normal((k0, N, size, size))              # (k0, N, H, W), channel-major
-    R = rng.standard_normal((off[-1], N, size, size))          # dL/dout for loss = sum(out * R)
+    x0 = rng.standard_normal((k0, N, size, size)).transpose(1, 0, 2, 3)   # (N, k0, H, W)
+    R = rng.standard_normal((off[-1], N, size, size)).transpose(1, 0, 2, 3)  # dL/dout for loss = sum(out * R)
     names = feature_labels(L)
     lines = []
     add = lines.append
@@ -516,47 +573,54 @@ def explain_block(num_layers=5, growth_rate=4, in_channels=8, bn_size=4, batch=2
     add(f"batch N = {N}, H x W = {size} x {size}, float64, seed {seed}; BatchNorm in {'train' if train else 'eval'} "
         f"mode ({'batch' if train else 'running'} statistics)")
     add(f"each layer H_l: {h}")
-    add("arrays are channel-major (C, N, H, W): a feature map's channels are one contiguous slice")
+    add(f"arrays are NCHW: x_i is channels offsets[i]:offsets[i+1] (axis 1) of the block output; tier: "
+        f"{'fast (one channel-major buffer)' if fast else 'plain (Concat forward, split backward)'}")
     add("")
 
     # -- forward ----------------------------------------------------------------------------------------
     add("FORWARD: x_l = H_l([x0, ..., x(l-1)]); layer l reads k0 + (l-1)*k channels and adds k")
-    add(f"  buffer = empty ({off[-1]}, {N}, {size}, {size}): room for k0 + L*k = {k0} + {L}*{k} = {off[-1]} channels")
-    add(f"  buffer[0:{k0}] = x0")
+    if fast:
+        add(f"  buffer = empty ({off[-1]}, {N}, {size}, {size}), channel-major: room for k0 + L*k = {k0} + {L}*{k} "
+            f"= {off[-1]} channels")
+        add(f"  buffer[0:{k0}] = x0")
     width = len(f"[0:{off[-1]}]")
     for l in range(1, L + 1):
         start, stop = off[l], off[l + 1]
         read = f"[0:{start}]".ljust(width)
         inputs = "[" + ", ".join(names[:l]) + "]"
-        add(f"  layer {l}: reads buffer{read} = {inputs}, {start} = {k0} + {l - 1}*{k} channels (a view, no copy);"
-            f" writes x{l} to buffer[{start}:{stop}]")
-    out = block.forward_cnhw(x0)                                # (k0 + L*k, N, H, W)
-    add(f"  out = buffer = [{', '.join(names)}]: shape {out.shape}")
+        if fast:
+            add(f"  layer {l}: reads buffer{read} = {inputs}, {start} = {k0} + {l - 1}*{k} channels (a view, no "
+                f"copy); writes x{l} to buffer[{start}:{stop}]")
+        else:
+            add(f"  layer {l}: concat{inputs} -> {start} = {k0} + {l - 1}*{k} channels, offsets {off[:l + 1]}; "
+                f"H{l} makes x{l} ({k} channels)")
+    out = block(x0)                                             # (N, k0 + L*k, H, W)
+    add(f"  out = concat[{', '.join(names)}]: k0 + L*k = {k0} + {L}*{k} = {off[-1]} channels, shape {out.shape}")
     add("")
 
     # -- backward ---------------------------------------------------------------------------------------
     add("BACKWARD: the gradient of a concatenation is the split of the output gradient;")
     add("          a feature map's gradient is the sum over its consumers")
     add(f"  loss = sum(out * R) for a fixed random R, so dL/dout = R, shape {R.shape}")
-    add("  grad = copy of dL/dout; grad[c] collects every consumer of channel c")
+    add("  grad = split of dL/dout at the offsets; grad[x_i] collects every consumer of x_i")
     block.record_flow = True
     layers = block.layers()
     with record_backward_inputs(layers) as received:           # received[j-1]: dL/dx_j given to H_j
-        dx0 = block.backward_cnhw(R)                           # (k0, N, H, W)
+        dx0 = block.backward(R)                                # (N, k0, H, W)
     report = gradient_flow(block, R, "the block", mode="train" if train else "eval")
     for j in range(L, 0, -1):
         start, stop = off[j], off[j + 1]
         consumers = [f"H{m}" for m in range(j + 1, L + 1)] + ["out"]
-        add(f"  layer {j}: dL/dx{j} = grad[{start}:{stop}] is complete (consumers {', '.join(consumers)}), "
+        add(f"  layer {j}: dL/dx{j} = grad[:, {start}:{stop}] is complete (consumers {', '.join(consumers)}), "
             f"norm {_g(np.linalg.norm(received[j - 1]))}")
         read = names[0] if j == 1 else f"{names[0]}..{names[j - 1]}"
-        add(f"           backward through H{j}: ({k}, {N}, {size}, {size}) -> dL/d[{read}], "
+        add(f"           backward through H{j}: ({N}, {k}, {size}, {size}) -> dL/d[{read}], "
             f"shape {block.flow[j - 1].shape}, split at offsets {off[:j + 1]}:")
         for i in range(j):
-            add(f"             {names[i]} <- rows [{off[i]}:{off[i + 1]}]".ljust(34)
+            add(f"             {names[i]} <- channels [{off[i]}:{off[i + 1]}]".ljust(38)
                 + f"norm {_g(report.norms[i, j - 1])}")
-        add(f"           grad[0:{start}] += that gradient")
-    add(f"  dL/dx0 = grad[0:{k0}] (consumers {', '.join(consumer_labels(L))}), "
+        add(f"           grad[x0..x{j - 1}] += those pieces")
+    add(f"  dL/dx0 = grad[:, 0:{k0}] (consumers {', '.join(consumer_labels(L))}), "
         f"norm {_g(np.linalg.norm(dx0))}: the block's input gradient, returned")
     add("")
 
@@ -573,7 +637,7 @@ def explain_block(num_layers=5, growth_rate=4, in_channels=8, bn_size=4, batch=2
     add("  (each row's total norm is at most the sum of its terms' norms: the terms point in different directions)")
     if train:
         # BatchNorm's train-mode backward removes the per-channel mean of the gradient, and H_j starts with BN.
-        sums = max(float(np.abs(f.sum(axis=(1, 2, 3))).max()) for f in block.flow)
+        sums = max(float(np.abs(f.sum(axis=(0, 2, 3))).max()) for f in block.flow)
         add("  train mode: what a layer sends back has zero sum over (N, H, W) in every channel (its first BN")
         add(f"  removes the mean): largest |sum| {sums:.1e}; the channel sums of dL/dx_i come from out alone")
     add("")
@@ -609,3 +673,8 @@ def explain_block(num_layers=5, growth_rate=4, in_channels=8, bn_size=4, batch=2
         f"floor({compression}*{off[-1]}) = {theta_out} (1x1 conv: {off[-1]}*{theta_out} = "
         f"{off[-1] * theta_out} weights), then halves H and W")
     return lines
+
+
+def fast_tier_block(num_layers, in_channels, growth_rate, bn_size, dtype, rng):
+    """The fast tier's dense block, built like the plain one (for :func:`explain_block`)."""
+    return fast.DenseBlock(num_layers, in_channels, growth_rate, bn_size, dtype=dtype, rng=rng)

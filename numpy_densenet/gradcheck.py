@@ -163,7 +163,7 @@ def _fmt_index(index):
 
 def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8, samples=16, directions=3,
               sampled_directions=1, locate_samples=64, exhaustive_limit=4096, clear_limit=20000, float32=False,
-              raise_exception=False, check_inputs=True, check_params=True):
+              raise_exception=False, check_inputs=True, check_params=True, executor=None):
     """Check ``module.backward`` against central finite differences in float64.
 
     Parameters
@@ -202,6 +202,10 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
         Raise :class:`GradcheckError` (with the report) instead of returning a failed result.
     check_inputs, check_params : bool
         Which gradients to check.
+    executor : concurrent.futures.Executor, optional
+        Evaluate the perturbed losses on this executor's workers (a process pool, loky, Dask's
+        ``Client.get_executor()``; see :mod:`numpy_densenet.gradcheck_parallel`), in coarse tasks, each worker on
+        one thread. The result is bit-identical to a serial run with ``nn.set_num_threads(1)``.
 
     Returns
     -------
@@ -228,6 +232,9 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
             raise ValueError(f"gradcheck: {name} must be non-negative, got {v!r}")
 
     probe = _Probe(module, x, seed)
+    if executor is not None:
+        from .gradcheck_parallel import ParallelLosses
+        probe.parallel = ParallelLosses(executor, probe)
     result = GradcheckResult(type(module).__name__, mode, eps, seed)
     module_values = sum(a.size for a in probe.inputs) + sum(p.size for _, p in probe.params)
     if module_values > clear_limit:
@@ -239,6 +246,17 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
         targets += [(name, arr, grad) for name, arr, grad in probe.input_targets()]
     if check_params:
         targets += [(name, p.data, grad) for (name, p), grad in zip(probe.params, probe.param_grads)]
+    coordinates = {}
+    if mode != "directional":                       # every coordinate is known before any is judged
+        for name, array, analytic in targets:
+            n = array.size if mode == "full" else min(samples, array.size)
+            flat = np.arange(array.size) if mode == "full" else rng.choice(array.size, n, replace=False)
+            coordinates[name] = np.sort(flat)
+        if probe.parallel is not None:              # send all the first probes now, in coarse tasks across tensors
+            probe.parallel.prefetch([request for name, array, analytic in targets
+                                     if _nonfinite(analytic) is None
+                                     for request in _coordinate_requests(probe, name, array, analytic, eps,
+                                                                         coordinates[name])])
     for name, array, analytic in targets:
         bad = _nonfinite(analytic)
         if bad is not None:
@@ -247,9 +265,8 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
             row = _directional_row(probe, name, array, analytic, eps, rtol, atol, directions, locate_samples,
                                    exhaustive_limit, rng)
         else:
-            n = array.size if mode == "full" else min(samples, array.size)
-            flat = np.arange(array.size) if mode == "full" else rng.choice(array.size, n, replace=False)
-            row = _check_coordinates(probe, name, array, analytic, eps, rtol, atol, np.sort(flat))
+            n = coordinates[name].size
+            row = _check_coordinates(probe, name, array, analytic, eps, rtol, atol, coordinates[name])
             if mode == "sampled" and sampled_directions and n < array.size:
                 other = _directional_row(probe, name, array, analytic, eps, rtol, atol, sampled_directions,
                                          locate_samples, exhaustive_limit, rng, clear_kinks=False)
@@ -299,6 +316,7 @@ class _Probe:
         self.float_inputs = [i for i, a in enumerate(self.inputs) if a.dtype.kind == "f"]
         self.params = list(self.module.named_parameters())
         self.notes = []
+        self.parallel = None                        # gradcheck_parallel.ParallelLosses when given an executor
         # Everything forward may change is saved once and restored before each evaluation.
         self.generators = [(m, m.generator) for m in self.module.modules()
                            if isinstance(getattr(m, "generator", None), np.random.Generator)]
@@ -565,11 +583,15 @@ def _nanmax(values):
 # ----------------------------------------------------------------------------------------------------------
 # Coordinates and directions
 # ----------------------------------------------------------------------------------------------------------
-def _coordinate_line(probe, array, flat, step):
+def _coordinate_line(probe, array, flat, step, first=None):
+    """``line(t)``: L with array[idx] = x + t * step, and the offset actually taken in steps. ``first``: the
+    values of L at t = +1 and -1 when an executor computed them (the same arithmetic, x[i] + delta)."""
     idx = np.unravel_index(int(flat), array.shape)
     original = float(array[idx])
 
     def line(t):
+        if first is not None and t in (1.0, -1.0):
+            return first[0 if t > 0 else 1], ((original + t * step) - original) / step
         array[idx] = original + t * step
         offset = (array[idx] - original) / step
         value = probe.loss()
@@ -578,6 +600,14 @@ def _coordinate_line(probe, array, flat, step):
 
     line.h = step
     return idx, line
+
+
+def _coordinate_requests(probe, name, array, analytic, eps, flat_indices):
+    """The executor requests (name, index, +-step) of the first two evaluations of each coordinate probe, in
+    the order :func:`_check_coordinates` needs them."""
+    steps = _steps(array, eps, probe.noise, analytic).ravel()
+    return [(name, np.unravel_index(int(flat), array.shape), t * float(steps[flat]))
+            for flat in flat_indices for t in (1.0, -1.0)]
 
 
 def _tie_break_points(probe, array, flat, step, steps):
@@ -611,8 +641,13 @@ def _check_coordinates(probe, name, array, analytic, eps, rtol, atol, flat_indic
     """Probe single coordinates: perturb array[idx] by +-h (relative step); compare with analytic[idx]."""
     row = _Row(name, array.shape, rtol)
     steps = _steps(array, eps, probe.noise, analytic).ravel()
-    for flat in flat_indices:
-        idx, line = _coordinate_line(probe, array, flat, float(steps[flat]))
+    firsts = None
+    if probe.parallel is not None:                  # L(+h), L(-h) of every probe, on the executor's workers
+        values = probe.parallel.losses(_coordinate_requests(probe, name, array, analytic, eps, flat_indices))
+        firsts = [values[2 * k:2 * k + 2] for k in range(len(flat_indices))]
+    for k, flat in enumerate(flat_indices):
+        idx, line = _coordinate_line(probe, array, flat, float(steps[flat]),
+                                     firsts[k] if firsts is not None else None)
         ana = float(analytic[idx])
         v = _judge_probe(probe, line, ana, rtol, atol,
                          hull_points=_LazyPoints(probe, array, flat, float(steps[flat]), steps))
@@ -630,6 +665,21 @@ class _LazyPoints:
         return iter(_tie_break_points(*self.args))
 
 
+def _direction_line(probe, array, original, d, eps):
+    """``line(t)``: L at original + t * eps * d (``line.first``: L at t = +1 and -1 from an executor)."""
+    def line(t):
+        first = line.first
+        if first is not None and t in (1.0, -1.0):
+            return first[0 if t > 0 else 1], t
+        np.add(original, (t * eps) * d, out=array)
+        value = probe.loss()
+        array[...] = original
+        return value, t              # rounding of the move is folded into the analytic value
+
+    line.h, line.first = eps, None
+    return line
+
+
 def _directional_probes(probe, array, analytic, eps, count, rng):
     """Probe random directions d = s * u, u ~ N(0, 1/n), s_i = h_i / eps (the coordinate's relative step
     scale): the move has the length of one coordinate step, spread over the tensor (longer moves cross more
@@ -640,13 +690,7 @@ def _directional_probes(probe, array, analytic, eps, count, rng):
     for k in range(count):
         d = rng.standard_normal(array.shape) * (scale / math.sqrt(array.size))   # |u| ~ 1 over the tensor
 
-        def line(t, d=d):
-            np.add(original, (t * eps) * d, out=array)
-            value = probe.loss()
-            array[...] = original
-            return value, t              # rounding of the move is folded into the analytic value below
-
-        line.h = eps
+        line = _direction_line(probe, array, original, d, eps)
         # the analytic directional derivative along the move actually taken at t = +-1
         np.add(original, eps * d, out=array)
         up = array - original
@@ -695,7 +739,13 @@ class _LazyDirectionPoints:
 def _check_directions(probe, name, array, analytic, eps, rtol, atol, directions, rng):
     row = _Row(name, array.shape, rtol)
     steps = _steps(array, eps, probe.noise, analytic)
-    for where, line, ana, d in _directional_probes(probe, array, analytic, eps, directions, rng):
+    probes = list(_directional_probes(probe, array, analytic, eps, directions, rng))
+    parallel = probe.parallel
+    if parallel is not None and not parallel._pending:    # (sampled mode's own prefetch is left alone)
+        values = parallel.losses([(name, d, t * eps) for _, _, _, d in probes for t in (1.0, -1.0)])
+        for k, (_, line, _, _) in enumerate(probes):
+            line.first = values[2 * k:2 * k + 2]
+    for where, line, ana, d in probes:
         v = _judge_probe(probe, line, ana, rtol, atol, hull_points=_LazyDirectionPoints(probe, array, d, steps, eps))
         row.add(where, ana, v, rtol)
     report = row.report()

@@ -1,21 +1,21 @@
-"""DenseNet (Huang et al., CVPR 2017), compatible with torchvision.models.densenet.
+"""DenseNet (Huang et al., CVPR 2017), compatible with torchvision.models.densenet: the plain tier.
 
 Four small pieces, as in torchvision: the dense layer, the dense block, the transition, and the network.
+Everything here is NCHW and built from the plain layers of :mod:`numpy_densenet.nn`.
 
-Inside the network every feature map is channel-major, (C, N, H, W): a slice of channels is then one
-contiguous block of memory. A dense block allocates one buffer for all its k0 + L*k output channels; layer l
-*reads* the first k0 + (l-1)*k channels as a view (that view is the concatenation [x0, x1, ..., x(l-1)], built
-without copying anything) and *writes* its k new channels right after them::
+A dense layer's input is the concatenation of every feature map before it, x_l = H_l([x_0, ..., x_(l-1)]),
+so each feature map has many consumers: every later layer of its block, and whatever follows the block.
+Forward concatenates (:class:`~numpy_densenet.nn.Concat`); backward *splits* the gradient of each
+concatenation at its channel offsets, and a feature map's gradient is the *sum* of the slices its consumers
+send back (``DenseBlock.backward`` below)::
 
-    buffer channels:  [ x0 (k0) | x1 (k) | x2 (k) | ... | xL (k) ]
-    layer l reads:    [ <------ k0 + (l-1)*k ------> ]
-    layer l writes:                                    [ x_l ]
+    forward:   x_3 = H_3( concat[x_0, x_1, x_2] )
+    backward:  (d_0, d_1, d_2) = split( dH_3/d input )      at the offsets [0, k0, k0 + k, k0 + 2k]
+               grad[x_0] += d_0,  grad[x_1] += d_1,  grad[x_2] += d_2
 
-Backward runs the same picture in reverse. One gradient buffer of the same shape starts as the gradient of
-the block output; layer l takes the slice at its own channels (complete by then: every later consumer has
-added its share) and returns the gradient of its whole input, which is *added* into the channels it read.
-That addition is the backward of the concatenation: the input gradient splits at the channel offsets, and
-each earlier feature map's gradient becomes the sum over all of its consumers.
+``DenseNet(..., fast=True)`` (the default) builds the same network, with the same initialisation and
+``state_dict`` keys, from the fast tier (:mod:`numpy_densenet.fast`): channel-major, one buffer per block
+whose slices are the concatenations, fused BN-ReLU, threads. ``fast=False`` builds it from the pieces below.
 """
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .nn import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, BatchNormReLU2d, Conv2d, Dropout, Linear, MaxPool2d,
-                 ReLU)
-from .nn._checks import check_grad, check_input, take_cache
-from .nn.module import Module, Sequential, check_float_dtype, is_grad_enabled, saved
-from .nn.threads import add_into, blas_single_threaded, get_num_threads, parallel_for, split
+from . import fast as fast_tier
+from .fast import densenet as fast_densenet
+from .nn import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Concat, Conv2d, Dropout, Linear, MaxPool2d, ReLU,
+                 Sequential)
+from .nn._checks import check_input, take_cache
+from .nn.module import Module, check_float_dtype, saved
 
 
 def _kaiming_normal_(conv, rng):
@@ -40,30 +41,26 @@ def _kaiming_normal_(conv, rng):
 
 
 class DenseLayer(Module):
-    """H_l: BN -> ReLU -> 1x1 conv to bn_size*k -> BN -> ReLU -> 3x3 conv to k (-> dropout).
+    """H_l: concat -> BN -> ReLU -> 1x1 conv to bn_size*k -> BN -> ReLU -> 3x3 conv to k (-> dropout).
 
-    With ``bn_size=None`` it is the plain (non-bottleneck) layer BN -> ReLU -> 3x3 conv to k. It returns only
-    its k new channels; the block places them after its input. Each BN -> ReLU pair (torchvision's norm1,
-    relu1 and norm2, relu2) is one :class:`BatchNormReLU2d` named norm1 / norm2, so state_dict keys match.
+    With ``bn_size=None`` it is the plain (non-bottleneck) layer concat -> BN -> ReLU -> 3x3 conv to k.
+    Names follow torchvision (norm1, relu1, conv1, norm2, relu2, conv2), so ``state_dict`` keys match.
 
-    With ``memory_efficient=True`` (Pleiss et al. 2017) the output of the first BN -> ReLU, a tensor as large
-    as the layer's whole input, is not kept for backward: backward recomputes it from the input (a view of the
-    block buffer, alive anyway) and the batch statistics, without updating the running statistics again.
-    Memory then grows linearly with depth instead of quadratically, for one extra BN -> ReLU per layer.
-
-    Shapes (channel-major): x (C_in, N, H, W) -> new features (k, N, H, W).
+    Shapes: features x_0 (N, k0, H, W), x_1 ... x_(l-1) (N, k, H, W) -> new features x_l (N, k, H, W);
+    ``backward`` returns one gradient per input feature map, the split of its input gradient.
     """
 
-    def __init__(self, num_input_features, growth_rate, bn_size=4, drop_rate=0.0, dtype=np.float32, rng=None,
-                 memory_efficient=False):
+    def __init__(self, num_input_features, growth_rate, bn_size=4, drop_rate=0.0, dtype=np.float32, rng=None):
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng()
         self.bottleneck = bn_size is not None
-        self.memory_efficient = bool(memory_efficient)
-        self.norm1 = BatchNormReLU2d(num_input_features, dtype=dtype)                 # norm1 -> relu1
+        self.concat = Concat()
+        self.norm1 = BatchNorm2d(num_input_features, dtype=dtype)
+        self.relu1 = ReLU()
         if self.bottleneck:
             self.conv1 = Conv2d(num_input_features, bn_size * growth_rate, 1, bias=False, dtype=dtype, generator=rng)
-            self.norm2 = BatchNormReLU2d(bn_size * growth_rate, dtype=dtype)            # norm2 -> relu2
+            self.norm2 = BatchNorm2d(bn_size * growth_rate, dtype=dtype)
+            self.relu2 = ReLU()
             self.conv2 = Conv2d(bn_size * growth_rate, growth_rate, 3, padding=1, bias=False, dtype=dtype,
                                 generator=rng)
         else:
@@ -72,84 +69,54 @@ class DenseLayer(Module):
         self.drop_rate = float(drop_rate)
         if self.drop_rate > 0:
             self.dropout = Dropout(self.drop_rate, seed=rng.integers(2**63))
-        self._recompute = None
 
-    def forward_cnhw(self, x, stats=None, workspace=None):
-        """x: (C_in, N, H, W), [x0, ..., x(l-1)] as a view of the block buffer -> (k, N, H, W).
-
-        ``stats``: the batch (mean, var) of x's channels, if the block already has them (train mode).
-        ``workspace``: with ``memory_efficient``, an array of x's shape shared by the block's layers, where the
-        first BN -> ReLU output is written (forward) and recomputed (backward) instead of a new array each.
-        """
-        t = self.norm1.forward_cnhw(x, stats, out=workspace)                  # BN -> ReLU: (C_in, N, H, W)
-        h = self.conv1.forward_cnhw(t, keep_input=not self.memory_efficient)  # (4k or k, N, H, W)
-        if self.memory_efficient:
-            self.norm1._clear_cache()                                        # drop t; keep what recomputes it
-            self._recompute = saved((x, stats, workspace))
+    def forward(self, *features):
+        """x_0, ..., x_(l-1) -> x_l: (N, k, H, W)."""
+        x = self.concat(*features)                                   # (N, k0 + (l-1)k, H, W)
+        h = self.conv1(self.relu1(self.norm1(x)))                    # (N, 4k, H, W), or (N, k, H, W)
         if self.bottleneck:
-            h = self.conv2.forward_cnhw(self.norm2.forward_cnhw(h))          # BN -> ReLU -> conv: (k, N, H, W)
+            h = self.conv2(self.relu2(self.norm2(h)))                # (N, k, H, W)
         if self.drop_rate > 0:
             h = self.dropout(h)
         return h
 
-    def backward_cnhw(self, dnew, workspace=None):
-        """dnew: (k, N, H, W), the gradient of the new features -> gradient of the input (C_in, N, H, W).
-
-        ``workspace``: a C-contiguous array of the input's shape where the input gradient is computed and
-        returned, instead of new arrays (the block shares one between its layers).
-        """
+    def backward(self, dnew):
+        """dnew: (N, k, H, W) -> (dx_0, ..., dx_(l-1)), one gradient per input feature map."""
         d = self.dropout.backward(dnew) if self.drop_rate > 0 else dnew
         if self.bottleneck:
-            d = self.norm2.backward_cnhw(self.conv2.backward_cnhw(d))
-        dinput = workspace
-        if self.memory_efficient:
-            if not isinstance(self._recompute, tuple):
-                raise RuntimeError("DenseLayer.backward called before forward, or after a forward inside no_grad()")
-            x, stats, workspace = self._recompute
-            self._recompute = None
-            t = self.norm1.forward_cnhw(x, stats, update_stats=False, out=workspace)  # BN -> ReLU again
-            d = self.conv1.backward_cnhw(d, x=t, out=dinput)
-        else:
-            d = self.conv1.backward_cnhw(d, out=dinput)
-        return self.norm1.backward_cnhw(d, out=dinput)                      # in place when dinput is given
-
-    def forward(self, x):
-        """x: (N, C_in, H, W) -> (N, k, H, W)."""
-        return self.forward_cnhw(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
-
-    def backward(self, dnew):
-        return self.backward_cnhw(dnew.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+            d = self.norm2.backward(self.relu2.backward(self.conv2.backward(d)))     # (N, 4k, H, W)
+        d = self.norm1.backward(self.relu1.backward(self.conv1.backward(d)))         # (N, k0 + (l-1)k, H, W)
+        return self.concat.backward(d)                               # the split at the channel offsets
 
 
 class DenseBlock(Module):
     """L dense layers; layer l (1-based) sees [x0, ..., x(l-1)] (k0 + (l-1)*k channels); the block outputs
-    all k0 + L*k.
+    the concatenation of all of them, k0 + L*k channels.
 
-    Shapes (channel-major): x0 (k0, N, H, W) -> (k0 + L*k, N, H, W).
+    Shapes: x0 (N, k0, H, W) -> (N, k0 + L*k, H, W).
 
     Attributes
     ----------
     offsets : list of int
-        Where each feature map starts in the block buffer: [0, k0, k0 + k, ..., k0 + L*k].
+        Where each feature map starts in the block output: [0, k0, k0 + k, ..., k0 + L*k].
     flow : list or None
         Set ``block.record_flow = True`` to have backward store, for each layer j, the gradient it sends to
-        the channels it read (``flow[j]`` has shape (k0 + j*k, N, H, W)); the study tools use it.
+        the feature maps it read, concatenated: ``flow[j]`` has shape (N, k0 + j*k, H, W). The study tools
+        (:mod:`numpy_densenet.flow`) use it.
     """
 
     def __init__(self, num_layers, num_input_features, growth_rate, bn_size=4, drop_rate=0.0, dtype=np.float32,
-                 rng=None, memory_efficient=False):
+                 rng=None):
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng()
         self.num_layers, self.num_input_features, self.growth_rate = num_layers, num_input_features, growth_rate
         for i in range(num_layers):
-            layer = DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size, drop_rate, dtype, rng,
-                               memory_efficient)
+            layer = DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size, drop_rate, dtype, rng)
             setattr(self, f"denselayer{i + 1}", layer)
+        self.concat = Concat()
         self.offsets = [0] + [num_input_features + i * growth_rate for i in range(num_layers + 1)]
-        self.memory_efficient = bool(memory_efficient)
         self.record_flow = False
         self.flow = None
-        self._cache = None
 
     @property
     def num_output_features(self):
@@ -158,64 +125,47 @@ class DenseBlock(Module):
     def layers(self):
         return [getattr(self, f"denselayer{i + 1}") for i in range(self.num_layers)]
 
-    def forward_cnhw(self, x0):
-        x0 = check_input(self, x0, 4, "(C, N, H, W)")
-        k0, N, H, W = x0.shape
-        if k0 != self.num_input_features:
-            raise ValueError(f"DenseBlock: input has {k0} channels, expected {self.num_input_features}")
-        buffer = np.empty((self.num_output_features, N, H, W), dtype=x0.dtype)  # [x0 | x1 | ... | xL]
-        buffer[:k0] = x0
-        # Each feature map's batch statistics are computed once, when it is written, and shared by all of
-        # its consumers' first BatchNorm: O(L) statistics instead of O(L^2).
-        share = self.training and N * H * W > 1
-        mean = np.empty(self.num_output_features)                     # float64, as BatchNorm2d.batch_statistics
-        var = np.empty(self.num_output_features)
-        if share:
-            mean[:k0], var[:k0] = BatchNorm2d.batch_statistics(x0)
-        # Memory-efficient layers write their first BN -> ReLU output into one workspace shared by all.
-        shared = np.empty((self.offsets[-2], N, H, W), dtype=x0.dtype) if self.memory_efficient else None
-        for layer, start, stop in zip(self.layers(), self.offsets[1:-1], self.offsets[2:]):
-            stats = (mean[:start], var[:start]) if share else None
-            workspace = shared[:start] if shared is not None else None
-            buffer[start:stop] = layer.forward_cnhw(buffer[:start], stats, workspace)  # reads [x0..x(l-1)], writes x_l
-            if share:
-                mean[start:stop], var[start:stop] = BatchNorm2d.batch_statistics(buffer[start:stop])
-        self._cache = saved((buffer.shape, buffer.dtype))
-        return buffer
-
-    def backward_cnhw(self, dout):
-        """dout: (k0 + L*k, N, H, W), gradient of the block output -> gradient of x0, (k0, N, H, W)."""
-        shape, dtype = take_cache(self)
-        grad = check_grad(self, dout, shape, dtype).copy()  # grad[c] collects every consumer of channel c
-        self.flow = [None] * self.num_layers if self.record_flow else None
-        layers = self.layers()
-        shared = np.empty((self.offsets[-2],) + grad.shape[1:], dtype=grad.dtype)  # each layer's input gradient
-        for j in reversed(range(self.num_layers)):
-            start, stop = self.offsets[j + 1], self.offsets[j + 2]
-            # x_j+1's gradient is complete: the block output and every later layer have added their slices.
-            dinput = layers[j].backward_cnhw(grad[start:stop], shared[:start])  # (start, N, H, W): d[x0..x_j]
-            add_into(grad[:start], dinput)                          # concat backward: split, then add
-            if self.record_flow:
-                self.flow[j] = dinput.copy()                        # the workspace is reused by the next layer
-        return grad[:self.offsets[1]]
-
-    def forward(self, x):
-        return self.forward_cnhw(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    def forward(self, x0):
+        """x0: (N, k0, H, W) -> [x0, x1, ..., xL]: (N, k0 + L*k, H, W)."""
+        features = [x0]
+        for layer in self.layers():
+            features.append(layer(*features))                        # x_l = H_l([x0, ..., x_(l-1)])
+        return self.concat(*features)                                # (N, k0 + L*k, H, W)
 
     def backward(self, dout):
-        return self.backward_cnhw(dout.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+        """dout: (N, k0 + L*k, H, W) -> dx0: (N, k0, H, W)."""
+        grads = list(self.concat.backward(dout))                     # split: [dx0 (N, k0, ..), dx1 (N, k, ..), ..]
+        self.flow = [None] * self.num_layers if self.record_flow else None
+        layers = self.layers()
+        for l in reversed(range(self.num_layers)):                   # layer l+1 made x_(l+1)
+            # grads[l+1] is complete: the block output and every later layer have added their shares.
+            received = layers[l].backward(grads[l + 1])              # (dx0, ..., dx_l): the split of its input
+            for i, g in enumerate(received):
+                grads[i] = grads[i] + g                              # x_i's gradient: sum over its consumers
+            if self.record_flow:
+                self.flow[l] = np.concatenate(received, axis=1)      # (N, k0 + l*k, H, W)
+        return grads[0]
 
 
 class Transition(Sequential):
-    """BN -> ReLU -> 1x1 conv to ``num_output_features`` -> 2x2 average pool, stride 2 (torchvision's names;
-    its norm -> relu pair is one :class:`BatchNormReLU2d` named norm, so state_dict keys match)."""
+    """BN -> ReLU -> 1x1 conv to ``num_output_features`` -> 2x2 average pool, stride 2 (torchvision's names).
+
+    Shapes: (N, C, H, W) -> (N, num_output_features, H // 2, W // 2).
+    """
 
     def __init__(self, num_input_features, num_output_features, dtype=np.float32, rng=None):
         super().__init__(OrderedDict([
-            ("norm", BatchNormReLU2d(num_input_features, dtype=dtype)),                  # norm -> relu
+            ("norm", BatchNorm2d(num_input_features, dtype=dtype)),
+            ("relu", ReLU()),
             ("conv", Conv2d(num_input_features, num_output_features, 1, bias=False, dtype=dtype, generator=rng)),
             ("pool", AvgPool2d(2, stride=2)),
         ]))
+
+
+class _PLAIN:
+    """The plain tier's layers, under the names :class:`DenseNet` builds from (``fast`` has the same names)."""
+    Conv2d, BatchNorm2d, ReLU, MaxPool2d, AdaptiveAvgPool2d, Linear, Sequential, Transition = (
+        Conv2d, BatchNorm2d, ReLU, MaxPool2d, AdaptiveAvgPool2d, Linear, Sequential, Transition)
 
 
 _OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
@@ -256,11 +206,19 @@ class DenseNet(Module):
     dtype : float32 or float64
     seed : int or None
         Seeds the initialisation (and dropout masks).
+    fast : bool
+        True (the default): built from the fast tier (:mod:`numpy_densenet.fast`), channel-major with one
+        buffer per dense block, fused BN-ReLU and threads. False: built from the plain layers of
+        :mod:`numpy_densenet.nn` and the pieces of this module (NCHW, :class:`~numpy_densenet.nn.Concat`),
+        slow and memory-hungry but written to be read. Same initialisation (for the same seed), same
+        ``state_dict`` keys and the same results to rounding, so checkpoints move between the tiers.
     memory_efficient : bool
-        Recompute each dense layer's first BN -> ReLU in backward instead of storing it (Pleiss et al. 2017):
-        memory linear in depth, bit-identical results; see :class:`DenseLayer`. On by default here (unlike
-        torchvision, where it costs time): the recomputation is elementwise and its workspace is reused, so a
-        step is no slower (benchmarks/README.md). ``False`` keeps every layer's BN -> ReLU output instead.
+        Fast tier only: recompute each dense layer's first BN -> ReLU in backward instead of storing it
+        (Pleiss et al. 2017): memory linear in depth, bit-identical results; see
+        :class:`numpy_densenet.fast.densenet.DenseLayer`. On by default (unlike torchvision, where it costs
+        time): the recomputation is elementwise and its workspace is reused, so a step is no slower
+        (benchmarks/README.md). ``False`` keeps every layer's BN -> ReLU output instead. The plain tier always
+        keeps every activation.
 
     Shapes
     ------
@@ -269,7 +227,7 @@ class DenseNet(Module):
 
     def __init__(self, growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64, bn_size=4,
                  drop_rate=0.0, num_classes=1000, compression=0.5, stem="imagenet", in_channels=3,
-                 dtype=np.float32, seed=None, memory_efficient=True):
+                 dtype=np.float32, seed=None, memory_efficient=True, fast=True):
         super().__init__()
         for arg, v in (("growth_rate", growth_rate), ("num_init_features", num_init_features),
                        ("num_classes", num_classes), ("in_channels", in_channels)):
@@ -280,6 +238,8 @@ class DenseNet(Module):
                              f"{block_config!r}")
         if bn_size is not None and (not isinstance(bn_size, (int, np.integer)) or bn_size < 1):
             raise ValueError(f"DenseNet: bn_size must be a positive int or None, got {bn_size!r}")
+        if not isinstance(fast, (bool, np.bool_)):
+            raise TypeError(f"DenseNet: fast must be True or False, got {fast!r}")
         if not 0 < compression <= 1:
             raise ValueError(f"DenseNet: compression must be in (0, 1], got {compression!r}")
         if not 0 <= drop_rate < 1:
@@ -293,20 +253,26 @@ class DenseNet(Module):
                            num_classes=int(num_classes), compression=float(compression), stem=stem,
                            in_channels=int(in_channels))
         self.in_channels = int(in_channels)
+        self.fast = bool(fast)
+        t = fast_tier if self.fast else _PLAIN                        # the tier the layers come from
 
         stages = OrderedDict()
         if stem == "imagenet":
-            stages["conv0"] = Conv2d(in_channels, num_init_features, 7, stride=2, padding=3, bias=False, dtype=dt,
-                                     generator=rng)
-            stages["norm0"] = BatchNorm2d(num_init_features, dtype=dt)
-            stages["relu0"] = ReLU(inplace=True)
-            stages["pool0"] = MaxPool2d(3, stride=2, padding=1)
+            stages["conv0"] = t.Conv2d(in_channels, num_init_features, 7, stride=2, padding=3, bias=False,
+                                       dtype=dt, generator=rng)
+            stages["norm0"] = t.BatchNorm2d(num_init_features, dtype=dt)
+            stages["relu0"] = t.ReLU(inplace=True)
+            stages["pool0"] = t.MaxPool2d(3, stride=2, padding=1)
         else:
-            stages["conv0"] = Conv2d(in_channels, num_init_features, 3, padding=1, bias=False, dtype=dt,
-                                     generator=rng)
+            stages["conv0"] = t.Conv2d(in_channels, num_init_features, 3, padding=1, bias=False, dtype=dt,
+                                       generator=rng)
         num_features = num_init_features
         for i, num_layers in enumerate(block_config):
-            block = DenseBlock(num_layers, num_features, growth_rate, bn_size, drop_rate, dt, rng, memory_efficient)
+            if self.fast:
+                block = fast_densenet.DenseBlock(num_layers, num_features, growth_rate, bn_size, drop_rate, dt, rng,
+                                                 memory_efficient)
+            else:
+                block = DenseBlock(num_layers, num_features, growth_rate, bn_size, drop_rate, dt, rng)
             stages[f"denseblock{i + 1}"] = block
             num_features = block.num_output_features
             if i != len(block_config) - 1:
@@ -314,13 +280,13 @@ class DenseNet(Module):
                 if out_features < 1:
                     raise ValueError(f"DenseNet: compression {compression} leaves transition {i + 1} with "
                                      f"floor({compression} * {num_features}) = 0 channels")
-                stages[f"transition{i + 1}"] = Transition(num_features, out_features, dt, rng)
+                stages[f"transition{i + 1}"] = t.Transition(num_features, out_features, dt, rng)
                 num_features = out_features
-        stages["norm5"] = BatchNorm2d(num_features, dtype=dt)
-        self.features = Sequential(stages)
-        self.relu = ReLU(inplace=True)
-        self.pool = AdaptiveAvgPool2d(1)
-        self.classifier = Linear(num_features, num_classes, dtype=dt, generator=rng)
+        stages["norm5"] = t.BatchNorm2d(num_features, dtype=dt)
+        self.features = t.Sequential(stages)
+        self.relu = t.ReLU(inplace=True)
+        self.pool = t.AdaptiveAvgPool2d(1)
+        self.classifier = t.Linear(num_features, num_classes, dtype=dt, generator=rng)
         self.num_features = num_features
 
         for m in self.modules():                                 # torchvision's initialisation
@@ -338,53 +304,30 @@ class DenseNet(Module):
         return [m for name, m in self.features.named_children() if name.startswith("denseblock")]
 
     def forward(self, x):
-        """x: (N, C, H, W) float -> logits (N, num_classes).
-
-        Inference (eval mode inside :class:`~numpy_densenet.nn.no_grad`) with more than one thread runs in
-        pieces of whole images: BatchNorm then uses its running statistics, so every image's path through the
-        network is independent of the others', and each thread runs the *whole* network on a few images at a
-        time (its products with OpenBLAS on one thread). One hand-off per forward instead of several per layer,
-        and each piece's feature maps are small. The results agree with a batch forward's to rounding.
-        """
+        """x: (N, C, H, W) float -> logits (N, num_classes)."""
         x = check_input(self, x, 4, "(N, C, H, W)", self.dtype)
         if x.shape[1] != self.in_channels:
             raise ValueError(f"DenseNet: input has {x.shape[1]} channels, expected in_channels={self.in_channels} "
                              f"(input shape {x.shape})")
-        pieces = self.inference_pieces(x.shape[0])
-        if pieces is None:
-            h = self._pooled_features(x)                         # (C, N, 1, 1)
-        else:
-            with blas_single_threaded():
-                h = np.concatenate(parallel_for(lambda n: self._pooled_features(x[n]), pieces), axis=1)
-        C, N = h.shape[:2]
-        self._cache = saved((C, N))
-        return self.classifier(h.reshape(C, N).T)                 # (N, num_classes)
-
-    def _pooled_features(self, x):
-        """x: (N, C, H, W) -> pooled features (C, N, 1, 1)."""
-        h = self.features.forward_cnhw(x.transpose(1, 0, 2, 3))  # (C, N, h, w), channel-major inside
-        return self.pool.forward_cnhw(self.relu(h))              # (C, N, 1, 1)
-
-    def inference_pieces(self, N):
-        """The slices of a batch of N images that :meth:`forward` runs as separate pieces, or None for one
-        batch forward: pieces are used inside no_grad() with more than one thread when *every* layer is in
-        eval mode (a BatchNorm left in train mode needs the whole batch's statistics and updates its running
-        ones once per forward; a Dropout in train mode, as in Monte Carlo dropout, draws its masks in order),
-        if each thread gets the same number of pieces or at least two (two per thread where N allows)."""
-        threads = get_num_threads()
-        if is_grad_enabled() or threads == 1 or N < threads or (N % threads and N < 2 * threads):
-            return None
-        if any(m.training for m in self.modules()):
-            return None
-        return split(N, min(N, 2 * threads))
+        if self.fast:
+            return fast_densenet.forward(self, x)
+        h = self.features(x)                                     # (N, C, h, w)
+        h = self.pool(self.relu(h))                              # (N, C, 1, 1)
+        self._cache = saved(h.shape)
+        return self.classifier(h.reshape(h.shape[:2]))           # (N, num_classes)
 
     def backward(self, dlogits):
         """dlogits: (N, num_classes) -> dx (N, C, H, W); adds into every parameter's .grad."""
-        C, N = take_cache(self)
-        dh = self.classifier.backward(dlogits)                    # (N, C)
-        dh = np.ascontiguousarray(dh.T).reshape(C, N, 1, 1)
-        dh = self.relu.backward(self.pool.backward_cnhw(dh))
-        return self.features.backward_cnhw(dh).transpose(1, 0, 2, 3)
+        if self.fast:
+            return fast_densenet.backward(self, dlogits)
+        shape = take_cache(self)
+        dh = self.classifier.backward(dlogits).reshape(shape)    # (N, C, 1, 1)
+        return self.features.backward(self.relu.backward(self.pool.backward(dh)))
+
+    def inference_pieces(self, N):
+        """The fast tier's split of a batch of N images for inference, or None for one batch forward (always
+        None in the plain tier); see :func:`numpy_densenet.fast.densenet.inference_pieces`."""
+        return fast_densenet.inference_pieces(self, N) if self.fast else None
 
     def forward_stages(self, x):
         """Run forward one stage at a time, for inspection (summary tables, locating a NaN).
@@ -395,26 +338,27 @@ class DenseNet(Module):
 
         Yields
         ------
-        (name, module, output) : output is channel-major (C, N, H, W) for the stem layers, every dense layer
-            (its block's buffer up to and including its new channels), transitions and norm5, then (N, K)
-            logits for ``"classifier"``. It does not prepare a backward pass (run ``model(x)`` for that); the
-            per-layer outputs are the same as a normal forward's.
+        (name, module, output) : output is (N, C, H, W) for the stem layers, every dense layer (its block's
+            feature maps up to and including its new channels), transitions and norm5, then (N, K) logits for
+            ``"classifier"``. It does not prepare a backward pass (run ``model(x)`` for that); the per-layer
+            outputs are the same as a normal forward's.
         """
-        h = check_input(self, x, 4, "(N, C, H, W)", self.dtype).transpose(1, 0, 2, 3)
+        h = check_input(self, x, 4, "(N, C, H, W)", self.dtype)
+        if self.fast:
+            yield from fast_densenet.forward_stages(self, h)
+            return
         for name, stage in self.features.named_children():
             if isinstance(stage, DenseBlock):
-                buffer = np.empty((stage.num_output_features,) + h.shape[1:], dtype=h.dtype)
-                buffer[:stage.offsets[1]] = h
+                features = [h]
                 for i, layer in enumerate(stage.layers()):
-                    start, stop = stage.offsets[i + 1], stage.offsets[i + 2]
-                    buffer[start:stop] = layer.forward_cnhw(buffer[:start])
-                    yield f"features.{name}.denselayer{i + 1}", layer, buffer[:stop]
-                h = buffer
+                    features.append(layer(*features))
+                    yield f"features.{name}.denselayer{i + 1}", layer, np.concatenate(features, axis=1)
+                h = np.concatenate(features, axis=1)
             else:
-                h = stage.forward_cnhw(h)
+                h = stage(h)
                 yield f"features.{name}", stage, h
-        pooled = self.pool.forward_cnhw(self.relu(h))
-        yield "classifier", self.classifier, self.classifier(pooled.reshape(pooled.shape[0], -1).T)
+        pooled = self.pool(self.relu(h))
+        yield "classifier", self.classifier, self.classifier(pooled.reshape(pooled.shape[:2]))
 
     def load_state_dict(self, state_dict, strict=True):
         """torchvision-compatible loading: old ``norm.1``-style keys are renamed first."""
@@ -423,7 +367,8 @@ class DenseNet(Module):
     def extra_repr(self):
         c = self.config
         return (f"growth_rate={c['growth_rate']}, block_config={c['block_config']}, "
-                f"num_init_features={c['num_init_features']}, bn_size={c['bn_size']}, stem={c['stem']!r}")
+                f"num_init_features={c['num_init_features']}, bn_size={c['bn_size']}, stem={c['stem']!r}, "
+                f"fast={self.fast}")
 
 
 # -- factories ----------------------------------------------------------------------------------------------

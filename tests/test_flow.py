@@ -1,5 +1,6 @@
 """Gradient flow through concatenation, feature reuse, the inspect / explain commands and docs/walkthrough.md."""
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numpy_densenet import flow
+from numpy_densenet import fast as fast_tier, flow
 from numpy_densenet.cli import main
 from numpy_densenet.io import save_npz, save_weights
 from numpy_densenet.model import DenseBlock, DenseNet
@@ -22,8 +23,11 @@ TINY = {  # small models covering bottleneck and plain layers, dropout, and a bl
 }
 
 
-def tiny_model(kind, dtype=np.float64, seed=0):
-    return DenseNet(**TINY[kind], num_classes=4, stem="cifar", in_channels=1, dtype=dtype, seed=seed)
+def tiny_model(kind, dtype=np.float64, seed=0, fast=True):
+    return DenseNet(**TINY[kind], num_classes=4, stem="cifar", in_channels=1, dtype=dtype, seed=seed, fast=fast)
+
+
+TIERS = pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
 
 
 def batch(dtype=np.float64, n=5, size=6, seed=1):
@@ -38,7 +42,7 @@ def run_with_actual_gradients(model, x, y, train):
     returns, which is the argument of the backward of the stage before the block.
     """
     stages = list(model.features.named_children())
-    before = [stages[i - 1][1] for i, (_, s) in enumerate(stages) if isinstance(s, DenseBlock)]
+    before = [stages[i - 1][1] for i, (_, s) in enumerate(stages) if isinstance(s, flow.DenseBlock)]
     layers = [layer for block in model.blocks() for layer in block.layers()]
     with flow.record_backward_inputs(before) as dx0, flow.record_backward_inputs(layers) as dnew:
         reports = flow.block_gradient_flow(model, x, y, train=train)
@@ -49,10 +53,11 @@ def run_with_actual_gradients(model, x, y, train):
 
 
 # -- the sum over consumers ------------------------------------------------------------------------------------
+@TIERS
 @pytest.mark.parametrize("kind", sorted(TINY))
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_sum_over_consumers_is_the_gradient(kind, train):
-    model = tiny_model(kind)
+def test_sum_over_consumers_is_the_gradient(kind, train, fast):
+    model = tiny_model(kind, fast=fast)
     x, y = batch()
     reports, actual = run_with_actual_gradients(model, x, y, train)
     assert [r.name for r in reports] == ["denseblock1", "denseblock2"]
@@ -62,15 +67,16 @@ def test_sum_over_consumers_is_the_gradient(kind, train):
         for i, g in enumerate(grads):
             assert g is not None
             total = report.gradient(i)                                    # sum over j of the per-consumer parts
-            assert total.shape == g.shape == (report.channels[i], 5, size, size)
+            assert total.shape == g.shape == (5, report.channels[i], size, size)
             np.testing.assert_allclose(total, g, rtol=1e-12, atol=1e-15)
             assert np.linalg.norm(g) > 0
         np.testing.assert_allclose(report.total_norms, [np.linalg.norm(g) for g in grads], rtol=1e-12)
 
 
+@TIERS
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_sum_over_consumers_float32(train):
-    model = tiny_model("bottleneck", np.float32)
+def test_sum_over_consumers_float32(train, fast):
+    model = tiny_model("bottleneck", np.float32, fast=fast)
     x, y = batch(np.float32)
     reports, actual = run_with_actual_gradients(model, x, y, train)
     for report, grads in zip(reports, actual):
@@ -79,46 +85,52 @@ def test_sum_over_consumers_float32(train):
             np.testing.assert_allclose(report.gradient(i), g, rtol=0, atol=1e-5 * scale)
 
 
+@TIERS
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_sum_over_consumers_matches_finite_differences(train):
+def test_sum_over_consumers_matches_finite_differences(train, fast):
     """The sum over consumers is dL/dx_i itself: a central difference along a random direction agrees."""
     rng = np.random.default_rng(3)
-    block = DenseBlock(3, 4, 2, bn_size=2, dtype=np.float64, rng=rng).train(train)
+    make = flow.fast_tier_block if fast else DenseBlock
+    block = make(3, 4, 2, 2, dtype=np.float64, rng=rng).train(train)
+    entry = "forward_cnhw" if fast else "forward"                        # what the block calls on its layers
+    layout = fast_tier.swap01 if fast else (lambda a: a)
     for m in block.modules():                                            # eval mode: non-trivial statistics
         if hasattr(m, "running_var"):
             m.running_mean[...] = rng.standard_normal(m.num_features) * 0.1
             m.running_var[...] = rng.uniform(0.5, 2.0, m.num_features)
-    x0 = rng.standard_normal((4, 3, 3, 3))
-    R = rng.standard_normal((block.num_output_features, 3, 3, 3))
+    x0 = rng.standard_normal((3, 4, 3, 3))                               # (N, k0, H, W)
+    R = rng.standard_normal((3, block.num_output_features, 3, 3))
 
     def loss(i=None, v=None):
         """sum(out * R), with x_i perturbed by v (for i >= 1, right after H_i computes it)."""
         layers = block.layers()
         if i is not None and i >= 1:
-            original = layers[i - 1].forward_cnhw
-            object.__setattr__(layers[i - 1], "forward_cnhw", lambda h, *args: original(h, *args) + v)
+            original = getattr(layers[i - 1], entry)
+            object.__setattr__(layers[i - 1], entry, lambda *h, **kw: original(*h, **kw) + layout(v))
         try:
-            out = block.forward_cnhw(x0 + v if i == 0 else x0)
+            out = block(x0 + v if i == 0 else x0)
         finally:
             if i is not None and i >= 1:
-                object.__delattr__(layers[i - 1], "forward_cnhw")
-        block._clear_cache()
+                object.__delattr__(layers[i - 1], entry)
+        for m in block.modules():
+            m._clear_cache()
         return float(np.sum(out * R))
 
     block.record_flow = True
-    block.forward_cnhw(x0)
-    block.backward_cnhw(R)
+    block(x0)
+    block.backward(R)
     report = flow.gradient_flow(block, R)
     eps = 1e-6
     for i in range(block.num_layers + 1):
-        v = rng.standard_normal((report.channels[i], 3, 3, 3))
+        v = rng.standard_normal((3, report.channels[i], 3, 3))
         numeric = (loss(i, eps * v) - loss(i, -eps * v)) / (2 * eps)
         analytic = float(np.sum(report.gradient(i) * v))
         assert numeric == pytest.approx(analytic, rel=1e-6, abs=1e-8)
 
 
-def test_parts_are_the_channel_slices_of_flow():
-    model = tiny_model("bottleneck")
+@TIERS
+def test_parts_are_the_channel_slices_of_flow(fast):
+    model = tiny_model("bottleneck", fast=fast)
     x, y = batch()
     criterion = CrossEntropyLoss()
     blocks = model.blocks()
@@ -137,8 +149,8 @@ def test_parts_are_the_channel_slices_of_flow():
             if c < i:
                 assert part is None and np.isnan(report.norms[i, c])
                 continue
-            expected = dout[off[i]:off[i + 1]] if c == L else block.flow[c][off[i]:off[i + 1]]
-            assert part.shape == (off[i + 1] - off[i],) + x.shape[:1] + (6, 6)
+            expected = dout[:, off[i]:off[i + 1]] if c == L else block.flow[c][:, off[i]:off[i + 1]]
+            assert part.shape == x.shape[:1] + (off[i + 1] - off[i], 6, 6)
             np.testing.assert_array_equal(part, expected)
             assert report.norms[i, c] == pytest.approx(np.linalg.norm(expected))
             assert report.normalised[i, c] == pytest.approx(np.linalg.norm(expected) / np.sqrt(off[i + 1] - off[i]))
@@ -146,19 +158,21 @@ def test_parts_are_the_channel_slices_of_flow():
     assert "sqrt(channels of x_i)" in text and "x0 (5)" in text and text.count("\n") == L + 2
 
 
-def test_train_mode_contributions_have_zero_channel_sums():
+@TIERS
+def test_train_mode_contributions_have_zero_channel_sums(fast):
     """BatchNorm's train-mode backward removes the mean: every layer's contribution sums to 0 per channel."""
-    model = tiny_model("bottleneck")
+    model = tiny_model("bottleneck", fast=fast)
     x, y = batch()
     for report in flow.block_gradient_flow(model, x, y, train=True):
         for i, row in enumerate(report.parts):
             for c, part in enumerate(row[:-1]):
                 if part is not None:
-                    assert np.abs(part.sum(axis=(1, 2, 3))).max() < 1e-12 * max(1.0, np.abs(part).max())
+                    assert np.abs(part.sum(axis=(0, 2, 3))).max() < 1e-12 * max(1.0, np.abs(part).max())
 
 
-def test_block_gradient_flow_leaves_the_model_unchanged():
-    model = tiny_model("dropout")
+@TIERS
+def test_block_gradient_flow_leaves_the_model_unchanged(fast):
+    model = tiny_model("dropout", fast=fast)
     x, y = batch()
     before = model.state_dict()
     for p in model.parameters():
@@ -170,7 +184,8 @@ def test_block_gradient_flow_leaves_the_model_unchanged():
     assert all(np.array_equal(before[k], after[k]) for k in before)        # BN running statistics restored
     assert all((p.grad == 0.5).all() for p in model.parameters())
     assert not any(m.training for m in model.modules())
-    assert all(not b.record_flow and "backward_cnhw" not in b.__dict__ for b in model.blocks())
+    assert all(not b.record_flow and "backward_cnhw" not in b.__dict__ and "backward" not in b.__dict__
+               for b in model.blocks())
     assert model.blocks()[0].denselayer1.dropout.generator.bit_generator.state == dropout_state
 
 
@@ -179,10 +194,10 @@ def test_gradient_flow_errors():
     with pytest.raises(ValueError, match="record_flow"):
         flow.gradient_flow(block, np.zeros((7, 1, 2, 2)))
     block.record_flow = True
-    block.forward_cnhw(np.random.default_rng(1).standard_normal((3, 2, 2, 2)))
-    block.backward_cnhw(np.ones((7, 2, 2, 2)))
+    block(np.random.default_rng(1).standard_normal((2, 3, 2, 2)))
+    block.backward(np.ones((2, 7, 2, 2)))
     with pytest.raises(ValueError, match="expected the block output"):
-        flow.gradient_flow(block, np.ones((6, 2, 2, 2)))
+        flow.gradient_flow(block, np.ones((2, 6, 2, 2)))
     with pytest.raises(TypeError):
         flow.gradient_flow(object(), None)
 
@@ -256,13 +271,23 @@ def test_explain_default(capsys):
     assert main(["explain"]) == 0
     out = capsys.readouterr().out
     assert "L = 5 layers, growth rate k = 4, on an input x0 of k0 = 8 channels" in out
-    assert "k0 + L*k = 8 + 5*4 = 28 channels" in out
-    assert "layer 3: reads buffer[0:16] = [x0, x1, x2], 16 = 8 + 2*4 channels" in out
-    assert "writes x5 to buffer[24:28]" in out
+    assert "tier: plain (Concat forward, split backward)" in out
+    assert "layer 3: concat[x0, x1, x2] -> 16 = 8 + 2*4 channels, offsets [0, 8, 12, 16]" in out
+    assert "out = concat[x0, x1, x2, x3, x4, x5]: k0 + L*k = 8 + 5*4 = 28 channels, shape (2, 28, 4, 4)" in out
     assert "split at offsets [0, 8, 12, 16, 20, 24]" in out
     assert "floor(0.5*28) = 14" in out
     worst = float(re.search(r"gradient the block used\| over every x_i: (\S+)", out).group(1))
     assert worst < 1e-12
+
+
+def test_explain_fast_tier_tells_the_buffer_story_with_the_same_numbers():
+    plain, quick = flow.explain_block(), flow.explain_block(fast=True)
+    text = "\n".join(quick)
+    assert "k0 + L*k = 8 + 5*4 = 28 channels" in text
+    assert "layer 3: reads buffer[0:16] = [x0, x1, x2], 16 = 8 + 2*4 channels" in text
+    assert "writes x5 to buffer[24:28]" in text
+    numbers = lambda lines: [float(v) for line in lines for v in re.findall(r"norm (\S+e[+-]\d+)", line)]  # noqa
+    assert len(numbers(plain)) > 20 and numbers(plain) == numbers(quick)      # printed to 3 digits: equal
 
 
 def test_explain_options(capsys):
@@ -365,10 +390,17 @@ def test_inspect_errors(capsys, tmp_path):
 
 # -- the walk-through ------------------------------------------------------------------------------------------
 def doc_commands():
-    """(command line, expected output lines) for every ```console block of the walk-through."""
+    """(command line, expected output lines) for every ```console block of the walk-through.
+
+    A block preceded by ``<!-- slow -->`` (a training run of minutes, and what is inspected of it) runs only when
+    NUMPY_DENSENET_SLOW_DOCS=1 (see tests/test_docs.py).
+    """
     text = WALKTHROUGH.read_text(encoding="utf-8")
+    slow_ok = os.environ.get("NUMPY_DENSENET_SLOW_DOCS") == "1"
     found = []
-    for body in re.findall(r"```console\n(.*?)```", text, flags=re.S):
+    for marker, body in re.findall(r"(<!--\s*slow\s*-->\n)?```console\n(.*?)```", text, flags=re.S):
+        if marker and not slow_ok:
+            continue
         lines = body.rstrip("\n").split("\n")
         assert lines[0].startswith("$ numpy-densenet "), lines[0]
         found.append((lines[0][2:], lines[1:]))
@@ -425,6 +457,31 @@ def test_walkthrough_commands_reproduce_their_output(capsys, tmp_path, monkeypat
         assert missing is None, f"`{command}` no longer prints:\n" + "\n".join(missing)
 
 
+def test_walkthrough_links_point_at_the_code_they_name():
+    """Every link to a line range of the package's code lands on the function the text names."""
+    text = WALKTHROUGH.read_text(encoding="utf-8")
+    links = re.findall(r"\[`([\w./]+)`\]\(\.\./(numpy_densenet/[\w/]+\.py)#L(\d+)-L(\d+)\)", text)
+    assert len(links) >= 3
+    root = WALKTHROUGH.parents[1]
+    for name, path, first, last in links:
+        lines = (root / path).read_text(encoding="utf-8").split("\n")[int(first) - 1:int(last)]
+        assert lines[0].lstrip().startswith("def "), (path, first, lines[0])
+        function = name.rsplit(".", 1)[-1] if not name.endswith(".py") else "backward"
+        assert function in lines[0], (name, path, first, lines[0])
+        assert "return" in lines[-1], (name, path, last, lines[-1])         # the whole function
+
+
+def test_walkthrough_code_excerpts_are_the_code():
+    """```py blocks of the walk-through are excerpts of model.py: every line (but "...") stands there as shown."""
+    text = WALKTHROUGH.read_text(encoding="utf-8")
+    excerpts = re.findall(r"^```py\n(.*?)^```", text, re.M | re.S)
+    assert excerpts
+    code = (WALKTHROUGH.parents[1] / "numpy_densenet" / "model.py").read_text(encoding="utf-8").split("\n")
+    for excerpt in excerpts:
+        for line in excerpt.rstrip("\n").split("\n"):
+            assert line.strip() == "..." or line in code, line
+
+
 def test_walkthrough_arithmetic():
     """Numbers stated in the prose of the walk-through."""
     text = WALKTHROUGH.read_text(encoding="utf-8")
@@ -433,3 +490,43 @@ def test_walkthrough_arithmetic():
     assert f"⌊0.5 · {k0 + L * k}⌋ = {(k0 + L * k) // 2}" in text
     assert f"{9 * 4 * k / (9 - 4):.1f}" in text                           # the bottleneck's break-even C_in
     assert f"{np.sqrt(2 / 8) * np.sqrt(2 / np.pi):.3f}" in text           # E|w| of H1 at initialisation
+
+
+def test_heatmaps_share_one_colour_scale_with_same_scale(tmp_path, monkeypatch):
+    """--same-scale passes every block the same (vmin, vmax): the range over all blocks' values."""
+    pytest.importorskip("matplotlib")
+    seen = []
+    real = flow.save_heatmap
+
+    def recording(matrix, path, log=False, title=None, vmin=None, vmax=None, numbers=True):
+        seen.append((matrix.name, log, vmin, vmax, matrix.values))
+        return real(matrix, path, log=log, title=title, vmin=vmin, vmax=vmax, numbers=numbers)
+
+    monkeypatch.setattr(flow, "save_heatmap", recording)
+    base = ["inspect", "--depth", "16", "--growth-rate", "4", "--batch-size", "8", "--out"]
+    assert main(base + [str(tmp_path / "own")]) == 0
+    assert all(vmin is None and vmax is None for _, _, vmin, vmax, _ in seen)
+    seen.clear()
+    assert main(base + [str(tmp_path / "same"), "--same-scale"]) == 0
+    for log in (False, True):
+        ranges = {(vmin, vmax) for _, lg, vmin, vmax, _ in seen if lg == log}
+        assert len(ranges) == 1
+        values = np.concatenate([v[np.isfinite(v)] for _, lg, _, _, v in seen if lg == log])
+        values = np.log10(values) if log else values
+        assert ranges.pop() == pytest.approx((values.min(), values.max()))
+    assert len(list((tmp_path / "same").glob("*.png"))) == 6
+
+
+def test_heatmap_writes_the_values_in_the_cells(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+    texts = []
+    real_text = matplotlib.axes.Axes.text
+    monkeypatch.setattr(matplotlib.axes.Axes, "text",
+                        lambda self, x, y, s, *a, **k: texts.append((x, y, s)) or real_text(self, x, y, s, *a, **k))
+    values = np.array([[0.5, 0.25, 0.125], [np.nan, 0.3, 0.2], [np.nan, np.nan, 0.1]])
+    m = flow.BlockMatrix("denseblock1", values, (8, 4, 4), "feature reuse")
+    flow.save_heatmap(m, tmp_path / "h.png", vmin=0.0, vmax=1.0)
+    assert sorted(texts) == sorted([(0, 0, "0.5"), (1, 0, "0.25"), (2, 0, "0.125"), (1, 1, "0.3"), (2, 1, "0.2"),
+                                    (2, 2, "0.1")])
+    assert (tmp_path / "h.png").stat().st_size > 0

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from numpy_densenet import GradcheckError, GradcheckResult, gradcheck, nn
+from numpy_densenet import GradcheckError, GradcheckResult, fast, gradcheck, nn
 from numpy_densenet.nn._checks import check_grad, take_cache
 from numpy_densenet.nn.concat import split_channels
 
@@ -56,14 +56,14 @@ class LinearTransposedDx(nn.Linear):
         return dout @ self.weight.data.T
 
 
-class ConvTransposedDx(nn.Conv2d):
+class ConvTransposedDx(fast.Conv2d):
     """dx transposed in H and W (shapes still match on square images)."""
 
     def backward_cnhw(self, dout):
         return np.ascontiguousarray(super().backward_cnhw(dout).transpose(0, 1, 3, 2))
 
 
-class BatchNormNoMeanTerm(nn.BatchNorm2d):
+class BatchNormNoMeanTerm(fast.BatchNorm2d):
     """Train-mode dx without the ``- sum(dy)`` term (the gradient through the batch mean)."""
 
     def backward_cnhw(self, dout):
@@ -85,10 +85,10 @@ class BatchNormNoMeanTerm(nn.BatchNorm2d):
 class ConcatShiftedSplit(nn.Concat):
     """The backward split taken one channel late (offsets + 1, wrapping around so that shapes still match)."""
 
-    def backward_cnhw(self, dout):
+    def backward(self, dout):
         offsets, shape, dtype = take_cache(self)
         dout = check_grad(self, dout, shape, dtype)
-        return split_channels(np.roll(dout, -1, axis=0), offsets)
+        return split_channels(np.roll(dout, -1, axis=1), offsets)
 
 
 class LinearBiasWrongAxis(nn.Linear):
@@ -103,7 +103,7 @@ class LinearBiasWrongAxis(nn.Linear):
         return dx
 
 
-class ConvBiasWrongAxis(nn.Conv2d):
+class ConvBiasWrongAxis(fast.Conv2d):
     """bias.grad summed over the out-channel axis instead of (N, Ho, Wo); shapes match when O == N*Ho*Wo."""
 
     def backward_cnhw(self, dout):
@@ -124,7 +124,7 @@ class LinearAssignsGrad(nn.Linear):
         return dout @ self.weight.data
 
 
-class ConvAssignsBiasGrad(nn.Conv2d):
+class ConvAssignsBiasGrad(fast.Conv2d):
     """Accumulates weight.grad correctly but assigns bias.grad."""
 
     def backward_cnhw(self, dout):
@@ -668,7 +668,7 @@ def test_dropped_coordinate_among_kinks_is_caught_in_directional_mode():
     assert failing(result) == {"input"}, result.table()
 
 
-class MaxPoolGradToEveryTiedMax(nn.MaxPool2d):
+class MaxPoolGradToEveryTiedMax(fast.MaxPool2d):
     """Sends the full gradient to *every* tied maximum: double counting (the true sum is dy, not 2*dy)."""
 
     def forward_cnhw(self, x):

@@ -1,11 +1,12 @@
-"""Tests of every layer in numpy_densenet.nn, without PyTorch.
+"""Tests of every layer in numpy_densenet.nn (the plain tier), and of the fast tier's layers where noted, without
+PyTorch (tests/test_fast_tier.py proves the fast layers equal to these).
 
 * forward against the loop oracles of :mod:`numpy_densenet.reference` or a closed form;
 * backward through :func:`numpy_densenet.gradcheck` in float64 at rtol 1e-6, on geometries drawn by
   hypothesis (kernel and dilation first, then an input large enough for them);
 * errors: invalid geometry, wrong ndim, channel and dtype mismatches, protocol misuse, each with a message
   that names the problem;
-* semantics: BatchNorm2d running statistics, BatchNormReLU2d = BatchNorm2d then ReLU bit for bit, Dropout,
+* semantics: BatchNorm2d running statistics, fast BatchNormReLU2d = fast BatchNorm2d then ReLU bit for bit, Dropout,
   dtypes, gradient accumulation, MaxPool2d ties, CrossEntropyLoss stability and label smoothing, state_dict
   round trips, Module.to.
 """
@@ -19,8 +20,8 @@ import pytest
 from hypothesis import given, strategies as st
 from scipy.special import log_softmax
 
-from numpy_densenet import gradcheck, nn
-from numpy_densenet import reference as ref
+from numpy_densenet import fast, gradcheck, nn
+import reference_loops as ref  # the naive loop oracles, tests/reference_loops.py
 
 RTOL = 1e-6                                  # gradcheck tolerance (float64 central differences)
 EXACT = dict(rtol=1e-12, atol=1e-12)         # forward vs oracle in float64
@@ -261,7 +262,7 @@ def test_batchnorm2d_train_forward_matches_closed_form(data):
     np.testing.assert_allclose(bn(x), expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("layer", [nn.BatchNorm2d, nn.BatchNormReLU2d])
+@pytest.mark.parametrize("layer", [nn.BatchNorm2d, fast.BatchNorm2d, fast.BatchNormReLU2d])
 @given(data=st.data())
 def test_batchnorm2d_gradcheck_train_and_eval(layer, data):
     rng = draw_rng(data)
@@ -283,8 +284,8 @@ def test_batchnormrelu2d_is_batchnorm2d_then_relu_bit_for_bit(data):
     dtype = data.draw(st.sampled_from([np.float32, np.float64]), label="dtype")
     N, C = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4))
     H, W = data.draw(st.integers(1, 5)), data.draw(st.integers(2, 5))
-    fused = set_params(nn.BatchNormReLU2d(C, dtype=dtype), rng)
-    plain, relu = nn.BatchNorm2d(C, dtype=dtype), nn.ReLU()
+    fused = set_params(fast.BatchNormReLU2d(C, dtype=dtype), rng)
+    plain, relu = fast.BatchNorm2d(C, dtype=dtype), fast.ReLU()
     plain.load_state_dict(fused.state_dict())
     assert list(fused.state_dict()) == list(plain.state_dict())
     if data.draw(st.booleans(), label="eval"):
@@ -303,7 +304,7 @@ def test_batchnormrelu2d_is_batchnorm2d_then_relu_bit_for_bit(data):
 
 
 def test_gradcheck_catches_batchnormrelu2d_backward_without_the_relu_mask():
-    class NoMask(nn.BatchNormReLU2d):
+    class NoMask(fast.BatchNormReLU2d):
         def backward_cnhw(self, dout):
             x, mean, invstd, training, _ = self._cache
             self._cache = (x, mean, invstd, training, None)     # forgets the ReLU: gradient where y == 0 too
@@ -319,14 +320,21 @@ def test_gradcheck_catches_batchnorm_backward_without_the_batch_statistics_terms
     (the eval-mode formula used in train mode) is rejected."""
 
     class ConstantStatsBN(nn.BatchNorm2d):
+        def backward(self, dout):
+            xhat, invstd, _ = self._cache               # (xhat, 1/std, training)
+            self._cache = (xhat, invstd, False)
+            return super().backward(dout)
+
+    class FastConstantStatsBN(fast.BatchNorm2d):
         def backward_cnhw(self, dout):
             x, mean, invstd, _, _ = self._cache         # (input, batch mean, 1/std, training, fused output)
             self._cache = (x, mean, invstd, False, None)
             return super().backward_cnhw(dout)
 
-    rng = np.random.default_rng(0)
-    bn = set_params(ConstantStatsBN(2, dtype=np.float64), rng)
-    assert not gradcheck(bn, rng.standard_normal((2, 2, 3, 3)), rtol=RTOL).passed
+    for layer in (ConstantStatsBN, FastConstantStatsBN):
+        rng = np.random.default_rng(0)
+        bn = set_params(layer(2, dtype=np.float64), rng)
+        assert not gradcheck(bn, rng.standard_normal((2, 2, 3, 3)), rtol=RTOL).passed, layer.__name__
 
 
 def _unbiased(var, M):
@@ -608,9 +616,29 @@ def _cases():
     }
 
 
+SPATIAL = ("Conv2d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Concat")
+
+
+def _fast_cases(plain_cases):
+    """The same cases on the fast tier's layers (a name with "fast" in it), where the fast tier has one."""
+    swap = {nn.Conv2d: fast.Conv2d, nn.BatchNorm2d: fast.BatchNorm2d, nn.ReLU: fast.ReLU, nn.Linear: fast.Linear,
+            nn.MaxPool2d: fast.MaxPool2d, nn.AvgPool2d: fast.AvgPool2d, nn.AdaptiveAvgPool2d: fast.AdaptiveAvgPool2d}
+    cases = {}
+    for name, (make, inputs) in plain_cases.items():
+        layer = make(np.float32)
+        if type(layer) in swap:
+            def fast_make(dt, _make=make):
+                plain = _make(dt)
+                quick = object.__new__(swap[type(plain)])           # the same constructor arguments ...
+                quick.__dict__.update(plain.__dict__)               # ... and state, in the fast class
+                return quick
+            cases[name.split("-")[0] + "-fast" + name[len(name.split("-")[0]):]] = (fast_make, inputs)
+    return cases
+
+
 CASES = _cases()
-PARAMETRIC = ["Conv2d", "Conv2d-strided-dilated-nobias", "Conv2d-pointwise", "BatchNorm2d-train",
-              "BatchNorm2d-eval", "Linear"]
+CASES.update(_fast_cases(CASES))
+PARAMETRIC = [c for c in CASES if c.split("-")[0] in ("Conv2d", "BatchNorm2d", "Linear")]
 
 
 def _run(case, dt, seed=0):
@@ -700,12 +728,12 @@ def test_spatial_wrong_gradient_shape_message_names_the_nchw_shapes():
         pool.backward(np.ones((2, 3, 2, 3)))
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if isinstance(CASES[c][0](np.float32), nn.SpatialModule)])
+@pytest.mark.parametrize("case", [c for c in CASES if c.split("-")[0] in SPATIAL])
 def test_spatial_upstream_gradient_of_wrong_ndim_raises(case):
     make, inputs = CASES[case]
     layer = make(np.float64)
     layer(*inputs(np.random.default_rng(0), np.float64))
-    with pytest.raises(ValueError, match="expected a 4-D gradient"):
+    with pytest.raises(ValueError, match="expected a 4-D gradient|upstream gradient has shape"):
         layer.backward(np.ones((2, 3, 4)))
 
 
@@ -818,10 +846,10 @@ def test_pool_padding_of_exactly_half_the_kernel_is_fine():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the channel-major entry points agree with the NCHW API
+# the fast tier's channel-major entry points agree with its NCHW API
 # ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", ["Conv2d", "Conv2d-strided-dilated-nobias", "BatchNorm2d-train", "MaxPool2d",
-                                  "AvgPool2d", "AdaptiveAvgPool2d", "ReLU"])
+@pytest.mark.parametrize("case", ["Conv2d-fast", "Conv2d-fast-strided-dilated-nobias", "BatchNorm2d-fast-train",
+                                  "MaxPool2d-fast", "AvgPool2d-fast", "AdaptiveAvgPool2d-fast", "ReLU-fast"])
 def test_forward_cnhw_matches_nchw(case):
     make, inputs = CASES[case]
     rng = np.random.default_rng(0)

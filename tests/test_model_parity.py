@@ -117,8 +117,8 @@ def randomize_state(model, seed):
     return model
 
 
-def make_pair(cfg, dtype, seed=0, train=True):
-    ours = randomize_state(DenseNet(**cfg, dtype=dtype, seed=seed), seed + 100).train(train)
+def make_pair(cfg, dtype, seed=0, train=True, fast=True):
+    ours = randomize_state(DenseNet(**cfg, dtype=dtype, seed=seed, fast=fast), seed + 100).train(train)
     ref = tdn.from_numpy_model(ours).train(train)
     return ours, ref
 
@@ -200,12 +200,14 @@ def inputs(shape, num_classes, dtype, seed):
 
 
 # -- small configurations, both dtypes, train and eval ------------------------------------------------------
+@pytest.mark.parametrize("tier", ["fast", "plain"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_parity_small_models(name, dtype, mode):
+def test_parity_small_models(name, dtype, mode, tier):
+    """Both tiers against torch: DenseNet(..., fast=True) and the plain tier (fast=False)."""
     cfg, shape = CONFIGS[name]
-    ours, ref = make_pair(cfg, dtype, seed=sum(map(ord, name)), train=(mode == "train"))
+    ours, ref = make_pair(cfg, dtype, seed=sum(map(ord, name)), train=(mode == "train"), fast=tier == "fast")
     x, dlogits = inputs(shape, cfg["num_classes"], dtype, seed=len(name))
     assert_parity(ours, ref, x, dlogits, TOL[dtype], f"{name}/{np.dtype(dtype).name}/{mode}")
 
@@ -433,7 +435,8 @@ def test_convert_renames_old_keys_and_unwraps(tmp_path, wrap):
     torch.save(saved, tmp_path / "old.pth")
     convert_torch_checkpoint(tmp_path / "old.pth", tmp_path / "old.npz")
     with np.load(tmp_path / "old.npz", allow_pickle=False) as f:
-        assert sorted(f.files) == sorted(state)                                     # new-style names
+        assert sorted(k for k in f.files if not k.startswith("_")) == sorted(state)   # new-style names
+        assert "_model_config" in f.files                                            # self-describing
     ours = DenseNet(**CONVERT_CFG, seed=11)
     load_weights(ours, tmp_path / "old.npz")
     got, expected = eval_logits_both(ours, ref, (2, 3, 8, 8), seed=4)

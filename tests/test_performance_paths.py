@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from numpy_densenet import DenseNet, gradcheck, nn
-from numpy_densenet.reference import conv2d_loop
+from numpy_densenet import DenseNet, gradcheck, fast, nn
+from reference_loops import conv2d_loop
 
 
-class ForcedConv(nn.Conv2d):
+class ForcedConv(fast.Conv2d):
     """Conv2d with its algorithm chosen by the test rather than by the geometry."""
 
     def __init__(self, algorithm, *args, **kwargs):
@@ -70,7 +70,7 @@ def test_shift_algorithm_for_same_size_outputs_uses_flat_shifts(C, O, kernel, pa
     """Output as large as the input: the shift algorithm adds each offset's contribution as one slice over
     the flattened images (Conv2d._flat_shifts), zeroing what would be read across a row's or image's edge.
     Checked against the loop oracle and the im2col algorithm, forward and backward, in chunks of images too."""
-    from numpy_densenet.nn import conv as conv_module
+    from numpy_densenet.fast import conv as conv_module
     before = nn.get_num_threads()
     nn.set_num_threads(threads)
     monkeypatch.setattr(conv_module, "SHIFT_CHUNK_ELEMENTS", chunk_elements)   # 1: one image per chunk (views)
@@ -102,15 +102,15 @@ def test_shift_algorithm_for_same_size_outputs_uses_flat_shifts(C, O, kernel, pa
 
 
 def test_algorithm_choice_follows_the_geometry():
-    assert nn.Conv2d(8, 4, 1).algorithm == "pointwise"
-    assert nn.Conv2d(48, 12, 3, padding=1).algorithm == "shift"          # DenseNet-BC's 3x3 conv
-    assert nn.Conv2d(3, 24, 3, padding=1).algorithm == "im2col"          # more outputs than inputs
-    assert nn.Conv2d(48, 12, 3, stride=2, padding=1).algorithm == "im2col"
-    assert nn.Conv2d(8, 4, 1, stride=2).algorithm == "im2col"
+    assert fast.Conv2d(8, 4, 1).algorithm == "pointwise"
+    assert fast.Conv2d(48, 12, 3, padding=1).algorithm == "shift"          # DenseNet-BC's 3x3 conv
+    assert fast.Conv2d(3, 24, 3, padding=1).algorithm == "im2col"          # more outputs than inputs
+    assert fast.Conv2d(48, 12, 3, stride=2, padding=1).algorithm == "im2col"
+    assert fast.Conv2d(8, 4, 1, stride=2).algorithm == "im2col"
 
 
 def test_shift_algorithm_passes_gradcheck_with_dilation_and_padding():
-    conv = nn.Conv2d(5, 3, (2, 3), padding=(1, 2), dilation=(2, 1), dtype=np.float64,
+    conv = fast.Conv2d(5, 3, (2, 3), padding=(1, 2), dilation=(2, 1), dtype=np.float64,
                      generator=np.random.default_rng(1))
     assert conv.algorithm == "shift"
     assert gradcheck(conv, np.random.default_rng(2).standard_normal((2, 5, 6, 5))).passed
@@ -172,8 +172,9 @@ def test_shared_block_statistics_equal_each_batchnorms_own():
         object.__setattr__(layer.norm1, "forward_cnhw", spy)
     block.forward_cnhw(x0)
     assert len(seen) == block.num_layers
-    for x, (mean, var) in seen:
-        own_mean, own_var = nn.BatchNorm2d.batch_statistics(x)
+    for x, (mean, var, count) in seen:
+        assert count == x[0].size                                        # N*H*W: the batch is this process's
+        own_mean, own_var = fast.BatchNorm2d.batch_statistics(x)
         np.testing.assert_allclose(mean, own_mean, rtol=1e-13, atol=1e-15)
         np.testing.assert_allclose(var, own_var, rtol=1e-13, atol=1e-15)
 
@@ -201,7 +202,7 @@ def test_float32_batchnorm_backward_is_accurate_for_a_large_mean():
     dy = rng.standard_normal(x.shape).astype(np.float32)
     results = {}
     for dtype in (np.float32, np.float64):
-        bn = nn.BatchNorm2d(3, dtype=dtype)
+        bn = fast.BatchNorm2d(3, dtype=dtype)
         bn(x.astype(dtype))
         dx = bn.backward(dy.astype(dtype))
         results[dtype] = (dx, bn.weight.grad.copy())
@@ -215,7 +216,7 @@ def test_batchnorm_backward_in_place_into_its_upstream_gradient(relu):
     rng = np.random.default_rng(11)
     x = rng.standard_normal((5, 3, 4, 4)) * 2 + 1                       # channel-major (C, N, H, W)
     dy = rng.standard_normal(x.shape)
-    layers = [(nn.BatchNormReLU2d if relu else nn.BatchNorm2d)(5, dtype=np.float64) for _ in range(2)]
+    layers = [(fast.BatchNormReLU2d if relu else fast.BatchNorm2d)(5, dtype=np.float64) for _ in range(2)]
     expected = (layers[0].forward_cnhw(x), layers[0].backward_cnhw(dy))
     buffer = dy.copy()
     layers[1].forward_cnhw(x)
@@ -228,19 +229,19 @@ def test_batchnorm_backward_in_place_into_its_upstream_gradient(relu):
 def test_out_arguments_are_checked():
     rng = np.random.default_rng(12)
     x = rng.standard_normal((4, 2, 3, 3))                               # channel-major
-    bn = nn.BatchNorm2d(4, dtype=np.float64)
+    bn = fast.BatchNorm2d(4, dtype=np.float64)
     with pytest.raises(ValueError, match="BatchNorm2d: out must be a C-contiguous array of the input's shape"):
         bn.forward_cnhw(x, out=np.empty((4, 2, 3, 6))[..., ::2])
     bn.forward_cnhw(x)
     with pytest.raises(ValueError, match=r"BatchNorm2d.backward: out must be a C-contiguous .* got \(4, 2, 3\)"):
         bn.backward_cnhw(np.ones_like(x), out=np.empty((4, 2, 3)))
-    conv = nn.Conv2d(4, 3, 1, bias=False, dtype=np.float64)
+    conv = fast.Conv2d(4, 3, 1, bias=False, dtype=np.float64)
     conv.forward_cnhw(x)
     with pytest.raises(ValueError, match="Conv2d.backward: out must be a C-contiguous array"):
         conv.backward_cnhw(np.ones((3, 2, 3, 3)), out=np.empty((4, 2, 3, 3), dtype=np.float32))
-    for algorithm_conv in (nn.Conv2d(4, 3, 1, bias=False, dtype=np.float64),              # pointwise
-                           nn.Conv2d(4, 2, 3, padding=1, bias=False, dtype=np.float64),   # shift
-                           nn.Conv2d(4, 5, 3, stride=2, padding=1, dtype=np.float64)):    # im2col
+    for algorithm_conv in (fast.Conv2d(4, 3, 1, bias=False, dtype=np.float64),              # pointwise
+                           fast.Conv2d(4, 2, 3, padding=1, bias=False, dtype=np.float64),   # shift
+                           fast.Conv2d(4, 5, 3, stride=2, padding=1, dtype=np.float64)):    # im2col
         y = algorithm_conv.forward_cnhw(x)
         d = rng.standard_normal(y.shape)
         plain = algorithm_conv.backward_cnhw(d)
@@ -253,11 +254,11 @@ def test_out_arguments_are_checked():
 def test_rejected_out_arguments_change_nothing():
     rng = np.random.default_rng(13)
     x = rng.standard_normal((4, 2, 3, 3))                               # channel-major
-    bn = nn.BatchNorm2d(4, dtype=np.float64)
+    bn = fast.BatchNorm2d(4, dtype=np.float64)
     with pytest.raises(ValueError, match="BatchNorm2d: out must not overlap the input"):
         bn.forward_cnhw(x, out=x)
     assert int(bn.num_batches_tracked) == 0                             # running statistics untouched
-    conv = nn.Conv2d(4, 3, 1, dtype=np.float64)                         # with a bias
+    conv = fast.Conv2d(4, 3, 1, dtype=np.float64)                         # with a bias
     conv.forward_cnhw(x)
     with pytest.raises(ValueError, match="Conv2d.backward: out must be"):
         conv.backward_cnhw(np.ones((3, 2, 3, 3)), out=np.empty((4, 2, 3, 3), dtype=np.float32))
@@ -270,7 +271,7 @@ def test_rejected_out_arguments_change_nothing():
 def test_relu_into_equals_maximum_with_zero(dtype, shape, layout):
     """ReLU (and BatchNormReLU2d) compare contiguous arrays with a block of zeros, piece by piece, instead of
     the scalar 0 (faster in NumPy): same values, NaN kept, every piece written."""
-    from numpy_densenet.nn.activation import relu_into
+    from numpy_densenet.fast.activation import relu_into
     rng = np.random.default_rng(len(shape))
     x = rng.standard_normal(shape).astype(dtype)
     x.reshape(-1)[::97] = np.nan

@@ -1,4 +1,4 @@
-"""numpy_densenet's own threads (numpy_densenet.nn.threads) change how work is shared out, not the results.
+"""numpy_densenet's own threads (numpy_densenet.fast.threads) change how work is shared out, not the results.
 
 * matmul split by columns or by the inner dimension equals a @ b, and leaves OpenBLAS's thread count as it was;
 * parallel_for keeps the order of results, raises a piece's exception, and runs nested calls serially;
@@ -13,8 +13,8 @@
 import numpy as np
 import pytest
 
-from numpy_densenet import densenet_bc, nn
-from numpy_densenet.nn import conv, norm, pooling, threads
+from numpy_densenet import densenet_bc, fast, nn
+from numpy_densenet.fast import conv, norm, pooling, threads
 
 
 @pytest.fixture
@@ -115,15 +115,15 @@ def test_layers_agree_across_thread_counts(case, restore_threads):
     nn.set_num_threads(2)
     assert len(norm.channel_blocks(C, 16 * 32 * 32)) == 4 and 2 * 64 * C * 16 * 32 * 32 >= threads.MIN_FLOPS_TO_SPLIT
     layer, out_shape = {
-        "conv1x1": (nn.Conv2d(C, 64, 1, bias=False, dtype=np.float64, generator=rng), (16, 64, 32, 32)),
-        "conv3x3_shift": (nn.Conv2d(C, 6, 3, padding=1, bias=False, dtype=np.float64, generator=rng),
+        "conv1x1": (fast.Conv2d(C, 64, 1, bias=False, dtype=np.float64, generator=rng), (16, 64, 32, 32)),
+        "conv3x3_shift": (fast.Conv2d(C, 6, 3, padding=1, bias=False, dtype=np.float64, generator=rng),
                           (16, 6, 32, 32)),
-        "conv3x3_stride2_im2col": (nn.Conv2d(C, 12, 3, stride=2, padding=1, dtype=np.float64, generator=rng),
+        "conv3x3_stride2_im2col": (fast.Conv2d(C, 12, 3, stride=2, padding=1, dtype=np.float64, generator=rng),
                                    (16, 12, 16, 16)),
-        "bn": (nn.BatchNorm2d(C, dtype=np.float64), (16, C, 32, 32)),
-        "bnrelu": (nn.BatchNormReLU2d(C, dtype=np.float64), (16, C, 32, 32)),
-        "maxpool": (nn.MaxPool2d(3, stride=2, padding=1), (16, C, 32, 32)),
-        "relu": (nn.ReLU(), (16, C, 32, 32)),
+        "bn": (fast.BatchNorm2d(C, dtype=np.float64), (16, C, 32, 32)),
+        "bnrelu": (fast.BatchNormReLU2d(C, dtype=np.float64), (16, C, 32, 32)),
+        "maxpool": (fast.MaxPool2d(3, stride=2, padding=1), (16, C, 32, 32)),
+        "relu": (fast.ReLU(), (16, C, 32, 32)),
     }[case]
     if case == "maxpool":                                  # 6 blocks of channels need 64x64 images
         x = rng.standard_normal((16, C, 64, 64))
@@ -207,6 +207,41 @@ def test_openblas_is_found_without_numpy_config(monkeypatch):
     assert bool(threads._find_openblas()) == bool(found)
 
 
+def test_threadpoolctl_and_the_ctypes_search_control_the_same_blas():
+    """With threadpoolctl installed (the test extra has it) NumPy's BLAS is found through it; the hand-written
+    OpenBLAS search, used without threadpoolctl, finds the same library: a setting made through one is read
+    back through the other."""
+    pytest.importorskip("threadpoolctl")
+    via_threadpoolctl, via_ctypes = threads._find_blas_with_threadpoolctl(), threads._find_openblas()
+    assert via_threadpoolctl is not None and via_ctypes is not None
+    before = via_ctypes[0]()
+    try:
+        for n in (1, 2):
+            via_threadpoolctl[1](n)
+            assert via_ctypes[0]() == n
+            via_ctypes[1](3 - n)
+            assert via_threadpoolctl[0]() == 3 - n
+    finally:
+        via_ctypes[1](before)
+
+
+def test_without_threadpoolctl_the_ctypes_search_is_used(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_threadpoolctl(name, *args, **kwargs):
+        if name == "threadpoolctl":
+            raise ImportError("not installed")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_threadpoolctl)
+    assert threads._find_blas_with_threadpoolctl() is None
+    monkeypatch.setitem(threads._state, "blas", None)
+    found = threads._blas()
+    assert type(found[0]).__name__ == "_FuncPtr"                      # ctypes functions, not threadpoolctl's
+    assert found[0]() == threads._find_openblas()[0]()
+
+
 def test_matmul_rejects_mismatched_inner_dimensions(restore_threads):
     nn.set_num_threads(2)
     for split_inner in (False, True):
@@ -220,8 +255,8 @@ def test_an_empty_batch_goes_through_every_layer(n, restore_threads):
     model = densenet_bc(16, 12, dtype=np.float64, seed=0).eval()
     with nn.no_grad():
         assert model(np.zeros((0, 3, 32, 32))).shape == (0, 10)
-    for conv_layer, out_channels in ((nn.Conv2d(8, 2, 3, padding=1, dtype=np.float64), 2),           # shift
-                                     (nn.Conv2d(8, 4, 3, stride=2, padding=1, dtype=np.float64), 4)):  # im2col
+    for conv_layer, out_channels in ((fast.Conv2d(8, 2, 3, padding=1, dtype=np.float64), 2),           # shift
+                                     (fast.Conv2d(8, 4, 3, stride=2, padding=1, dtype=np.float64), 4)):  # im2col
         y = conv_layer(np.zeros((0, 8, 6, 6)))
         assert y.shape[:2] == (0, out_channels)
         assert conv_layer.backward(np.zeros_like(y)).shape == (0, 8, 6, 6)
@@ -233,7 +268,7 @@ def _eval_model_with_running_stats(dtype, seed, **kwargs):
     model = DenseNet(dtype=dtype, seed=seed, **kwargs)
     rng = np.random.default_rng(seed)
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, fast.BatchNorm2d):
             C = m.num_features
             m.running_mean[...] = rng.standard_normal(C)
             m.running_var[...] = rng.uniform(0.5, 2.0, C)
@@ -248,7 +283,7 @@ def _eval_model_with_running_stats(dtype, seed, **kwargs):
     (np.float32, 2, 6, dict(growth_rate=4, block_config=(3,), num_init_features=8, num_classes=3, stem="cifar",
                             memory_efficient=False)),
 ])
-def test_inference_in_pieces_agrees_with_a_batch_forward(dtype, n, N, kwargs, restore_threads):
+def test_inference_in_pieces_agrees_with_a_batch_forward(dtype, n, N, kwargs, restore_threads, monkeypatch):
     """Eval mode inside no_grad() runs the network on pieces of the batch in parallel (DenseNet.forward): the
     logits equal the one-batch forward's (run with gradients enabled, which never uses pieces), image by image
     in order, to rounding."""
@@ -260,8 +295,10 @@ def test_inference_in_pieces_agrees_with_a_batch_forward(dtype, n, N, kwargs, re
         pieces = model.inference_pieces(N)
     assert pieces is not None and len(pieces) > 1                    # the piece path is the one under test
     calls = []
-    pooled_features = model._pooled_features
-    object.__setattr__(model, "_pooled_features", lambda x_: calls.append(len(x_)) or pooled_features(x_))
+    from numpy_densenet.fast import densenet as fast_densenet
+    pooled_features = fast_densenet._pooled_features
+    monkeypatch.setattr(fast_densenet, "_pooled_features",
+                        lambda m, x_: calls.append(len(x_)) or pooled_features(m, x_))
     with nn.no_grad():
         pieced = model(x)
     assert sorted(calls) == sorted(p.stop - p.start for p in pieces)

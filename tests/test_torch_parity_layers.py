@@ -14,7 +14,7 @@ from hypothesis import given, strategies as st
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from numpy_densenet import nn  # noqa: E402
+from numpy_densenet import fast, nn  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -104,11 +104,12 @@ def test_conv2d_parity(data):
                                     dict(stride=(1, 2), bias=False), dict(kernel_size=1), dict(kernel_size=1,
                                                                                                 bias=False)],
                          ids=["plain", "stride-pad", "dilated", "nobias", "pointwise", "pointwise-nobias"])
-def test_conv2d_parity_fixed_cases(kwargs, dt):
+@pytest.mark.parametrize("tier", [nn, fast], ids=["plain", "fast"])
+def test_conv2d_parity_fixed_cases(kwargs, dt, tier):
     rng = np.random.default_rng(0)
     kwargs = dict(kwargs)
     k = kwargs.pop("kernel_size", 3)
-    ours = nn.Conv2d(5, 6, k, dtype=dt, generator=rng, **kwargs)
+    ours = tier.Conv2d(5, 6, k, dtype=dt, generator=rng, **kwargs)
     theirs = torch.nn.Conv2d(5, 6, k, dtype=tdtype(dt), **kwargs)
     check_parity(ours, theirs, rng.standard_normal((3, 5, 9, 8)).astype(dt), rng)
 
@@ -127,10 +128,11 @@ def test_linear_parity(bias, dt):
 # ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("momentum", [0.1, 0.7, None])
-def test_batchnorm2d_parity_train_then_eval(momentum, dt):
+@pytest.mark.parametrize("tier", [nn, fast], ids=["plain", "fast"])
+def test_batchnorm2d_parity_train_then_eval(momentum, dt, tier):
     rng = np.random.default_rng(2)
     C = 3
-    ours = nn.BatchNorm2d(C, eps=1e-4, momentum=momentum, dtype=dt)
+    ours = tier.BatchNorm2d(C, eps=1e-4, momentum=momentum, dtype=dt)
     theirs = torch.nn.BatchNorm2d(C, eps=1e-4, momentum=momentum, dtype=tdtype(dt))
     ours.weight.data[...] = 0.5 + rng.random(C)
     ours.bias.data[...] = rng.standard_normal(C)
@@ -191,11 +193,12 @@ def test_maxpool2d_parity_with_and_without_ties(data):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
-def test_maxpool2d_parity_all_ties(dt):
+@pytest.mark.parametrize("tier", [nn, fast], ids=["plain", "fast"])
+def test_maxpool2d_parity_all_ties(dt, tier):
     """Constant input: every window ties everywhere; torch and we both pick each window's first element."""
     rng = np.random.default_rng(3)
     for k, s, p in [(2, 1, 0), (3, 2, 1), (3, 1, 1), ((2, 3), (1, 2), (1, 1))]:
-        check_parity(nn.MaxPool2d(k, s, p), torch.nn.MaxPool2d(k, s, p), np.full((2, 2, 6, 7), 0.5, dt), rng)
+        check_parity(tier.MaxPool2d(k, s, p), torch.nn.MaxPool2d(k, s, p), np.full((2, 2, 6, 7), 0.5, dt), rng)
 
 
 @given(data=st.data())

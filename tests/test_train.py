@@ -21,7 +21,12 @@ from numpy_densenet.data import load_dataset
 from numpy_densenet.train import (Diverged, Progress, Run, TrainConfig, TrainingError, evaluate, load_model_file,
                                   train)
 
-METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
+METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds"}
+
+
+def chosen_epoch(rows):
+    """The metrics row best.npz must hold: best val_acc, ties by lower val_loss, then the earlier epoch."""
+    return max(rows, key=lambda r: (r["val_acc"], -r["val_loss"], -r["epoch"]))
 RUN_FILES = {"checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png"}
 
 
@@ -126,18 +131,21 @@ def test_default_config_is_densenet_bc_16_12_on_digits_for_30_epochs(tmp_path):
     run = Run(TrainConfig(out=str(tmp_path / "run")), log=quiet)    # builds, does not train
     assert run.model.config["block_config"] == (2, 2, 2) and run.model.config["growth_rate"] == 12
     assert run.model.config["num_classes"] == 10 and run.model.in_channels == 1
-    assert run.batches.augment is False and len(run.batches) == math.ceil(1438 / 64)
+    assert run.split.size == 143 and len(run.y_train) == 1438 - 143          # 10% held out, per class
+    assert run.batches.augment is False and len(run.batches) == math.ceil((1438 - 143) / 64)
     assert run.scheduler.milestones == [15, 22]
 
 
 def test_cli_train_without_options_uses_the_default_config(monkeypatch):
     import numpy_densenet.train as train_module
     seen = []
-    monkeypatch.setattr(train_module, "train", lambda cfg, resume=None, log=None: seen.append((cfg, resume)))
+    monkeypatch.setattr(train_module, "train",
+                        lambda cfg, resume=None, log=None, given_options=None, overwrite=False:
+                        seen.append((cfg, resume, overwrite)))
     code, _, stderr = cli(["train"])
     assert code == 0, stderr
-    (cfg, resume), = seen
-    assert resume is None
+    (cfg, resume, overwrite), = seen
+    assert resume is None and overwrite is False and cfg.val_fraction == 0.1
     assert cfg.resolved() == TrainConfig(out=os.path.join("runs", "digits")).resolved()
 
 
@@ -156,7 +164,14 @@ def test_cli_train_prints_one_line_per_epoch_without_a_progress_bar(digits_run):
     epoch_lines = [line for line in stdout.splitlines() if re.match(r"epoch\s+\d+/2\s", line)]
     assert [int(re.match(r"epoch\s+(\d+)", line).group(1)) for line in epoch_lines] == [1, 2]
     for line in epoch_lines:
-        assert re.search(r"lr [\d.e-]+\s+train loss \d+\.\d+ acc \d\.\d+\s+test loss \d+\.\d+ acc \d\.\d+", line)
+        assert re.search(r"lr [\d.e-]+\s+train loss \d+\.\d+ acc \d\.\d+\s+val loss \d+\.\d+ acc \d\.\d+\s+"
+                         r"test loss \d+\.\d+ acc \d\.\d+", line)
+    rows = read_metrics(digits_run["out"])
+    best = chosen_epoch(rows)
+    assert stdout.splitlines()[-2 if "curves" in stdout.splitlines()[-1] else -1] == (
+        f"done: final epoch 2: test accuracy {rows[-1]['test_acc']:.4f}; best validation accuracy "
+        f"{best['val_acc']:.4f} at epoch {best['epoch']}, test accuracy {best['test_acc']:.4f} there; its weights "
+        f"in {os.path.join(digits_run['out'], 'best.npz')}")
     assert "\r" not in stdout + stderr and "\x1b" not in stdout + stderr       # not a terminal: no bar
     assert "Traceback" not in stderr
 
@@ -167,7 +182,7 @@ def test_short_run_lowers_the_loss_and_writes_metrics_per_epoch(digits_run):
     for r in rows:
         assert set(r) == METRIC_KEYS
         assert all(isinstance(r[k], (int, float)) and math.isfinite(r[k]) for k in METRIC_KEYS)
-        assert 0 <= r["train_acc"] <= 1 and 0 <= r["test_acc"] <= 1 and r["seconds"] >= 0
+        assert 0 <= r["train_acc"] <= 1 and 0 <= r["test_acc"] <= 1 and 0 <= r["val_acc"] <= 1 and r["seconds"] >= 0
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] or rows[-1]["test_loss"] < rows[0]["test_loss"]
     assert rows[0]["train_loss"] < 2.5                                 # not diverging either (ln 10 = 2.30)
     assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.001])       # epochs=2: milestones 1 and 1
@@ -185,20 +200,20 @@ def test_run_files_load_without_pickle_and_no_temporary_files_remain(digits_run)
     assert without_seconds(state["history"]) == without_seconds(read_metrics(out))
 
 
-def test_best_weights_rebuild_the_model_with_the_best_test_accuracy(digits_run):
+def test_best_weights_rebuild_the_model_of_the_best_validation_epoch(digits_run):
     rows = read_metrics(digits_run["out"])
     model, meta = load_model_file(os.path.join(digits_run["out"], "best.npz"))
     assert meta["classes"] == [str(k) for k in range(10)]
     data = load_dataset("digits")
     r = evaluate(model, data.x_test, data.y_test, mean=meta["mean"], std=meta["std"])
-    assert r["acc"] == pytest.approx(max(row["test_acc"] for row in rows), abs=1e-12)
+    assert r["acc"] == pytest.approx(chosen_epoch(rows)["test_acc"], abs=1e-12)
     assert r["confusion"].sum() == len(data.y_test)
 
 
 def test_cli_evaluate_prints_accuracy_per_class_accuracy_and_confusion_matrix(digits_run):
     code, stdout, stderr = cli(["evaluate", "--weights", os.path.join(digits_run["out"], "best.npz")])
     assert code == 0, stderr
-    best = max(r["test_acc"] for r in read_metrics(digits_run["out"]))
+    best = chosen_epoch(read_metrics(digits_run["out"]))["test_acc"]
     m = re.search(r"359 images, accuracy (\d\.\d{4})", stdout)
     assert m and float(m.group(1)) == pytest.approx(best, abs=6e-5)
     lines = stdout.splitlines()
@@ -271,7 +286,8 @@ def test_resume_with_different_options_is_refused(digits_run, tmp_path):
     ckpt = os.path.join(digits_run["out"], "checkpoint.npz")
     code, stdout, stderr = cli(["train", "--epochs", 2, "--depth", 10, "--growth-rate", 6, "--batch-size", 128,
                                 "--resume", ckpt, "--out", tmp_path / "o"])
-    assert_one_paragraph_error(code, stdout, stderr, "train", "different options", "growth_rate=4", "6")
+    assert_one_paragraph_error(code, stdout, stderr, "train", "different options", "--growth-rate 6",
+                               "the checkpoint has --growth-rate 4")
     cfg = TrainConfig(depth=10, growth_rate=4, epochs=2, batch_size=128, drop_rate=0.1, out=str(tmp_path / "p"))
     with pytest.raises(TrainingError, match=r"different options.*drop_rate=0\.0"):
         train(cfg, resume=ckpt, log=quiet)
@@ -421,11 +437,12 @@ def test_sigint_stops_cleanly_with_a_checkpoint_and_resumes_bit_identically(npz_
         return False
 
     lines = []
-    history = train(npz_config(npz_data, out), log=lines.append, on_step=interrupt_at_step_2)
+    with pytest.raises(KeyboardInterrupt):                              # raised after the checkpoint is saved
+        train(npz_config(npz_data, out), log=lines.append, on_step=interrupt_at_step_2)
     assert handlers and handlers[0] not in (signal.default_int_handler, signal.SIG_DFL, None), \
         "train() did not install its own SIGINT handler"
     assert signal.getsignal(signal.SIGINT) is before                     # restored afterwards
-    assert history == [] and len(steps) == 2                             # on_step not called once interrupted
+    assert len(steps) == 2                                               # on_step not called once interrupted
     state = run_state(out / "checkpoint.npz")
     assert state["epoch"] == 0 and state["step"] in (2, 3)               # at the end of a step, mid-epoch 1
     assert any("stopped" in line for line in lines)

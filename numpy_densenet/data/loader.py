@@ -23,7 +23,7 @@ import numbers
 
 import numpy as np
 
-from .datasets import to_float
+from .base import to_float
 
 __all__ = ["channel_stats", "normalize", "BatchIterator"]
 

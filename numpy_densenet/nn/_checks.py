@@ -67,3 +67,20 @@ def take_cache(layer):
                            f"forward): run forward first; backward frees what forward cached")
     object.__setattr__(layer, "_cache", None)
     return cache
+
+
+def positive_int(value, argument):
+    """``value`` as an int if it is a positive int (not a bool), else a ValueError naming ``argument``."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{argument} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_generator(generator, layer):
+    """``generator`` if it is a numpy.random.Generator, a fresh one if None, else a TypeError."""
+    if generator is None:
+        return np.random.default_rng()
+    if not isinstance(generator, np.random.Generator):
+        raise TypeError(f"{layer}: generator must be a numpy.random.Generator (e.g. np.random.default_rng(0)) "
+                        f"or None, got {type(generator).__name__} {generator!r}")
+    return generator

@@ -1,4 +1,8 @@
-"""Element-wise layers: ReLU and (inverted) Dropout. Layout-free, so any shape works."""
+"""Element-wise layers: ReLU and (inverted) Dropout. Layout-free, so any shape works.
+
+The fast tier's :class:`numpy_densenet.fast.ReLU` is the same ReLU run on several threads (and fused into
+BatchNorm as :class:`numpy_densenet.fast.BatchNormReLU2d`); Dropout has no fast version.
+"""
 from __future__ import annotations
 
 import numbers
@@ -7,7 +11,6 @@ import numpy as np
 
 from ._checks import check_grad, take_cache
 from .module import FLOAT_DTYPES, Module, saved
-from .threads import elementwise
 
 
 def _check_float_array(layer, x):
@@ -17,30 +20,6 @@ def _check_float_array(layer, x):
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: input must be float32 or float64, got dtype {x.dtype}")
     return x
-
-
-_ZEROS = {}                          # dtype -> a read-only block of zeros for relu_into
-
-
-def relu_into(x, out):
-    """``out = max(x, 0)`` for two arrays of one shape and dtype (``out`` may be ``x``); returns ``out``.
-
-    NumPy's ``maximum`` is several times slower against the scalar 0 than against an array of zeros (float32:
-    ~120 vs ~45 us per 2**18 values, NumPy 2.4 on this project's machines), so C-contiguous arrays are
-    compared with a cached block of zeros, one piece of that length at a time.
-    """
-    if not (x.flags.c_contiguous and out.flags.c_contiguous):
-        return np.maximum(x, 0, out=out)
-    zeros = _ZEROS.get(x.dtype)
-    if zeros is None:
-        zeros = np.zeros(1 << 16, dtype=x.dtype)
-        zeros.flags.writeable = False
-        _ZEROS[x.dtype] = zeros
-    flat_x, flat_out = x.reshape(-1), out.reshape(-1)
-    for i in range(0, flat_x.size, zeros.size):
-        piece = slice(i, i + zeros.size)
-        np.maximum(flat_x[piece], zeros[:flat_x[piece].size], out=flat_out[piece])
-    return out
 
 
 class ReLU(Module):
@@ -63,17 +42,14 @@ class ReLU(Module):
 
     def forward(self, x):
         x = _check_float_array(self, x)
-        y = x if self.inplace else np.empty_like(x)                          # same dtype as x
-        elementwise(relu_into, x, y)
+        y = np.maximum(x, 0, out=x if self.inplace else None)               # same shape and dtype as x
         self._cache = saved(y)
         return y
 
     def backward(self, dout):
         y = take_cache(self)
         dout = check_grad(self, dout, y.shape, y.dtype)
-        dx = np.empty_like(y)
-        elementwise(lambda d, y_, dx_: np.multiply(d, y_ > 0, out=dx_), dout, y, dx)
-        return dx
+        return dout * (y > 0)                                                # pass dy where the unit was on
 
 
 class Dropout(Module):
@@ -88,6 +64,8 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, seed=None):
         super().__init__()
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"Dropout: seed must be an int or None, got {seed!r}")
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)

@@ -1,13 +1,13 @@
-"""Fully connected layer and Flatten."""
+"""Fully connected layer and Flatten (the fast tier's :class:`numpy_densenet.fast.Linear` splits the products
+between its threads)."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from ._checks import check_grad, check_input, take_cache
+from ._checks import check_generator, check_grad, check_input, positive_int, take_cache
 from .module import Module, Parameter, check_float_dtype, saved
-from .threads import matmul
 
 
 class Linear(Module):
@@ -21,12 +21,10 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, generator=None):
         super().__init__()
-        for arg, v in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"Linear: {arg} must be a positive int, got {v!r}")
+        self.in_features = positive_int(in_features, "Linear: in_features")
+        self.out_features = positive_int(out_features, "Linear: out_features")
         dt = check_float_dtype(dtype)
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        rng = generator if generator is not None else np.random.default_rng()
+        rng = check_generator(generator, "Linear")
         bound = 1.0 / math.sqrt(in_features)
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(dt))
         self.bias = Parameter(rng.uniform(-bound, bound, out_features).astype(dt)) if bias else None
@@ -40,7 +38,7 @@ class Linear(Module):
         if x.shape[1] != self.in_features:
             raise ValueError(f"Linear: input has {x.shape[1]} features, expected in_features="
                              f"{self.in_features} (input shape {x.shape})")
-        y = matmul(x, self.weight.data.T)                                    # (N, out)
+        y = x @ self.weight.data.T                                          # (N, out)
         if self.bias is not None:
             y += self.bias.data
         self._cache = saved(x)
@@ -49,10 +47,10 @@ class Linear(Module):
     def backward(self, dout):
         x = take_cache(self)
         dout = check_grad(self, dout, (x.shape[0], self.out_features), self.weight.dtype)
-        self.weight.grad += matmul(dout.T, x)                                # (out, in)
+        self.weight.grad += dout.T @ x                                       # (out, in)
         if self.bias is not None:
             self.bias.grad += dout.sum(axis=0)                               # sum over the batch
-        return matmul(dout, self.weight.data)                                # (N, in)
+        return dout @ self.weight.data                                       # (N, in)
 
 
 class Flatten(Module):
@@ -60,6 +58,8 @@ class Flatten(Module):
 
     def __init__(self, start_dim=1):
         super().__init__()
+        if isinstance(start_dim, bool) or not isinstance(start_dim, (int, np.integer)) or start_dim < 0:
+            raise TypeError(f"Flatten: start_dim must be a non-negative int, got {start_dim!r}")
         self.start_dim = int(start_dim)
         self._cache = None
 

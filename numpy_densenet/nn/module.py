@@ -143,16 +143,6 @@ class Module:
     def backward(self, dout):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} does not define backward")
 
-    # Channel-major entry points. Spatial layers compute internally in (C, N, H, W) layout, where a slice of
-    # channels is contiguous and a 1x1 convolution is a single GEMM; models built from them (the DenseNet)
-    # call these to skip the NCHW <-> CNHW axis swap at every layer. Layout-free modules (ReLU, Dropout)
-    # simply run forward/backward.
-    def forward_cnhw(self, *inputs):
-        return self.forward(*inputs)
-
-    def backward_cnhw(self, dout):
-        return self.backward(dout)
-
     # -- traversal ------------------------------------------------------------------------------------
     def named_children(self) -> Iterator[tuple[str, "Module"]]:
         yield from self._modules.items()
@@ -260,30 +250,45 @@ class Module:
     def load_state_dict(self, state_dict, strict=True):
         """Copy arrays from ``state_dict`` into parameters and buffers (values cast to their dtype).
 
-        With ``strict=True`` every missing key, unexpected key and shape mismatch is reported in one
-        ``ValueError``; with ``strict=False`` missing and unexpected keys are returned (shape mismatches still
-        raise). A missing ``num_batches_tracked`` is set to 0, as PyTorch does for old checkpoints.
-        Returns ``(missing_keys, unexpected_keys)``.
+        Everything is checked before anything changes: with ``strict=True`` every missing key, unexpected
+        key and shape mismatch is reported in one ``ValueError``; with ``strict=False`` missing and
+        unexpected keys are returned (shape mismatches still raise). Values must be real numbers (a float
+        parameter or buffer takes float or integer values, never complex, boolean, text or objects) and
+        finite, and a ``running_var`` must be >= 0. A missing ``num_batches_tracked`` is set to 0, as
+        PyTorch does for old checkpoints. Returns ``(missing_keys, unexpected_keys)``.
         """
+        if not hasattr(state_dict, "items"):
+            raise TypeError(f"load_state_dict: state_dict must be a mapping of name -> array, got "
+                            f"{type(state_dict).__name__}")
         slots = self._state_slots()
         given = OrderedDict((str(k), v) for k, v in state_dict.items())
         for key in slots:           # state dicts from before PyTorch 0.4.1 (torchvision's published weights)
-            if key.endswith(".num_batches_tracked") and key not in given:     # have no counter: PyTorch
-                given[key] = np.array(0, dtype=np.int64)                       # starts it at 0, and so do we
+            if key.rsplit(".", 1)[-1] == "num_batches_tracked" and key not in given:   # have no counter:
+                given[key] = np.array(0, dtype=np.int64)                # PyTorch starts it at 0, so do we
         missing = [k for k in slots if k not in given]
         unexpected = [k for k in given if k not in slots]
-        mismatched = []
+        mismatched, bad_values, converted = [], [], OrderedDict()
         for key, value in given.items():
-            if key in slots:
-                mod, name, is_param = slots[key]
-                current = getattr(mod, name).data if is_param else getattr(mod, name)
-                shape = np.shape(value)
-                if tuple(shape) != tuple(np.shape(current)):
-                    mismatched.append(f"{key}: checkpoint has shape {tuple(shape)}, "
-                                      f"model expects {tuple(np.shape(current))}")
+            if key not in slots:
+                continue
+            mod, name, is_param = slots[key]
+            current = getattr(mod, name).data if is_param else getattr(mod, name)
+            target = np.asarray(current).dtype
+            shape = np.shape(value)
+            if tuple(shape) != tuple(np.shape(current)):
+                mismatched.append(f"{key}: checkpoint has shape {tuple(shape)}, "
+                                  f"model expects {tuple(np.shape(current))}")
+                continue
+            problem, array = _convert(value, target, is_variance=name == "running_var")
+            if problem:
+                bad_values.append(f"{key}: {problem}")
+            else:
+                converted[key] = array
         problems = []
         if mismatched:
             problems.append("size mismatch for " + _some(mismatched, "; "))
+        if bad_values:
+            problems.append("bad values for " + _some(bad_values, "; "))
         if strict and missing:
             problems.append("missing keys: " + _some(missing))
         if strict and unexpected:
@@ -291,16 +296,12 @@ class Module:
         if problems:
             raise ValueError(f"Error(s) in loading state_dict for {type(self).__name__}: "
                              + " | ".join(problems))
-        for key, value in given.items():
-            if key not in slots:
-                continue
+        for key, array in converted.items():            # nothing has changed until here
             mod, name, is_param = slots[key]
             if is_param:
-                p = getattr(mod, name)
-                p.data[...] = np.asarray(value, dtype=p.data.dtype)
+                getattr(mod, name).data[...] = array
             else:
-                buf = getattr(mod, name)
-                object.__setattr__(mod, name, np.array(value, dtype=buf.dtype).reshape(np.shape(buf)))
+                object.__setattr__(mod, name, array.reshape(np.shape(getattr(mod, name))))
         return missing, unexpected
 
     # -- printing -------------------------------------------------------------------------------------
@@ -317,51 +318,34 @@ class Module:
         return lines[0] + ")"
 
 
+def restore_buffers(module, buffers):
+    """Put back buffers saved from ``module.named_buffers()`` (a dict name -> array copy), unchecked: for
+    tools that run a forward and leave the model as it was, even one whose statistics are already NaN."""
+    slots = module._state_slots()
+    for key, value in buffers.items():
+        mod, name, _ = slots[key]
+        object.__setattr__(mod, name, np.array(value, copy=True))
+
+
+def _convert(value, dtype, is_variance=False):
+    """(problem, array): ``value`` as a new array of ``dtype``, or a description of why it cannot be."""
+    try:
+        array = np.asarray(value)
+    except Exception as exc:                                     # ragged lists and the like
+        return f"not an array ({exc})", None
+    if array.dtype.kind not in "fiu" or (dtype.kind in "iu" and array.dtype.kind == "f"):
+        return f"dtype {array.dtype} cannot be loaded into a {dtype} tensor", None
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        return f"{int(np.size(array) - np.isfinite(array).sum())} non-finite value(s) (NaN or inf)", None
+    if is_variance and array.size and (array < 0).any():
+        return f"a running variance must be >= 0, got minimum {array.min()}", None
+    return None, np.array(array, dtype=dtype, copy=True)
+
+
 def _some(items, sep=", ", shown=12):
     """The first ``shown`` items joined, and how many more there are."""
     more = f"{sep}... and {len(items) - shown} more ({len(items)} in all)" if len(items) > shown else ""
     return sep.join(items[:shown]) + more
-
-
-class SpatialModule(Module):
-    """A layer on images: public ``forward``/``backward`` take PyTorch's NCHW, the work is done channel-major.
-
-    Subclasses implement ``forward_cnhw(x)`` and ``backward_cnhw(dout)`` on arrays of shape (C, N, H, W).
-    ``forward(x)`` swaps the first two axes of an (N, C, H, W) input (a view, no copy), runs
-    ``forward_cnhw`` and swaps back, so the public API has PyTorch's layout and semantics.
-    """
-
-    def forward(self, x):
-        if isinstance(x, np.ndarray) and x.ndim != 4:
-            raise ValueError(f"{type(self).__name__}: expected a 4-D input of shape (N, C, H, W), "
-                             f"got shape {x.shape}")
-        y = _swap01(self.forward_cnhw(_swap01(x)))
-        object.__setattr__(self, "_output_shape", y.shape)
-        return y
-
-    def backward(self, dout):
-        if isinstance(dout, np.ndarray) and dout.ndim != 4:
-            raise ValueError(f"{type(self).__name__}.backward: expected a 4-D gradient of shape "
-                             f"(N, C, H, W), got shape {dout.shape}")
-        expected = self.__dict__.get("_output_shape")
-        if isinstance(dout, np.ndarray) and expected is not None and self.__dict__.get("_cache") is not None \
-                and dout.shape != expected:
-            raise ValueError(f"{type(self).__name__}.backward: upstream gradient has shape {dout.shape}, expected "
-                             f"the forward output's shape {expected}")
-        return _swap01(self.backward_cnhw(_swap01(dout)))
-
-    def forward_cnhw(self, x):  # pragma: no cover - abstract
-        raise NotImplementedError(f"{type(self).__name__} does not define forward_cnhw")
-
-    def backward_cnhw(self, dout):  # pragma: no cover - abstract
-        raise NotImplementedError(f"{type(self).__name__} does not define backward_cnhw")
-
-
-def _swap01(x):
-    """(N, C, H, W) <-> (C, N, H, W): a transposed view, never a copy."""
-    if isinstance(x, np.ndarray) and x.ndim == 4:
-        return x.transpose(1, 0, 2, 3)
-    return x
 
 
 class Sequential(Module):
@@ -372,12 +356,13 @@ class Sequential(Module):
 
     def __init__(self, *modules):
         super().__init__()
-        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
-            for name, m in modules[0].items():
-                setattr(self, name, m)
-        else:
-            for i, m in enumerate(modules):
-                setattr(self, str(i), m)
+        named = modules[0].items() if len(modules) == 1 and isinstance(modules[0], dict) else \
+            ((str(i), m) for i, m in enumerate(modules))
+        for name, m in named:
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: every child must be a Module, got {type(m).__name__} ({m!r}) "
+                                f"as child {name!r}")
+            setattr(self, name, m)
 
     def __iter__(self):
         return iter(self._modules.values())
@@ -396,14 +381,4 @@ class Sequential(Module):
     def backward(self, dout):
         for m in reversed(list(self._modules.values())):
             dout = m.backward(dout)
-        return dout
-
-    def forward_cnhw(self, x):
-        for m in self._modules.values():
-            x = m.forward_cnhw(x)
-        return x
-
-    def backward_cnhw(self, dout):
-        for m in reversed(list(self._modules.values())):
-            dout = m.backward_cnhw(dout)
         return dout

@@ -1,15 +1,60 @@
-"""Batch normalisation over (N, H, W) for each channel, PyTorch's ``nn.BatchNorm2d`` semantics."""
+"""Batch normalisation over (N, H, W) for each channel, PyTorch's ``nn.BatchNorm2d`` semantics.
+
+The textbook formulas (Ioffe & Szegedy 2015), with M = N*H*W values per channel::
+
+    mean = sum(x) / M                  var = sum((x - mean)^2) / M          (biased)
+    xhat = (x - mean) / sqrt(var + eps)
+    y    = weight * xhat + bias
+
+    dbias   = sum(dy)                  dweight = sum(dy * xhat)
+    dx      = weight / sqrt(var + eps) / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))
+
+The two sums in dx are the gradient through the batch mean and the batch variance: every value of a channel
+moved the statistics every other value was normalised with. In eval mode the statistics are constants, so
+dx = dy * weight / sqrt(running_var + eps).
+
+The batch may span several processes (data-parallel training with synchronised BatchNorm): the layer's
+``batch_sync`` hook (by default :data:`LOCAL_BATCH`, which does nothing) turns this process's statistics into
+the whole batch's, and in backward its two per-channel sums into the whole batch's; the formulas are unchanged,
+with M the whole batch's count. :mod:`numpy_densenet.distributed` installs an MPI hook.
+
+The fast tier's :class:`numpy_densenet.fast.BatchNorm2d` computes the same channel-major, in cache-sized
+blocks of channels on several threads, with statistics shared between a dense block's consumers and an
+optional fused ReLU; ``tests/test_fast_tier.py`` proves the two equal.
+"""
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
-from ._checks import check_grad, check_input, take_cache
-from .activation import relu_into
-from .module import Parameter, SpatialModule, check_float_dtype, saved
-from .threads import MIN_ELEMENTS_TO_SPLIT, get_num_threads, parallel_for
+from ._checks import check_grad, check_input, positive_int, take_cache
+from .module import Module, Parameter, check_float_dtype, saved
 
 
-class BatchNorm2d(SpatialModule):
+class LocalBatch:
+    """A BatchNorm's ``batch_sync`` hook when the batch is this process's alone (the default): does nothing.
+
+    Data-parallel training with synchronised BatchNorm replaces it (per layer, see
+    :class:`numpy_densenet.distributed.SyncBatch`) by one that combines the processes' values, so that every
+    process normalises with the statistics of the whole, global batch.
+    """
+
+    def statistics(self, mean, var, count):
+        """This process's per-channel batch mean and biased variance (each (C,)) over ``count`` values per
+        channel -> ``(mean, var, count)`` of the whole batch, in the same dtypes."""
+        return mean, var, count
+
+    def sums(self, sums):
+        """This process's per-channel sums of backward, ``sums`` (2, C) = [sum(dy), sum(dy * xhat)] -> the
+        whole batch's, same shape and dtype."""
+        return sums
+
+
+LOCAL_BATCH = LocalBatch()
+
+
+class BatchNorm2d(Module):
     """Batch normalisation with learnable affine parameters and running statistics.
 
     Train mode normalises with the batch mean and the *biased* batch variance, and updates
@@ -22,196 +67,93 @@ class BatchNorm2d(SpatialModule):
     num_features : int
         C, the number of channels.
     eps : float
-    momentum : float or None
+        Added to the variance; a finite positive number.
+    momentum : float in [0, 1] or None
     dtype : float32 or float64
 
     Shapes
     ------
     x : (N, C, H, W) -> y : (N, C, H, W); weight, bias, running_mean, running_var : (C,).
+
+    Attributes
+    ----------
+    batch_sync : LocalBatch
+        Where the batch statistics come from (see the module docstring): :data:`LOCAL_BATCH` unless data-parallel
+        training synchronises this layer across processes.
     """
 
-    relu = False                                        # BatchNormReLU2d: a ReLU fused into the same pass
+    batch_sync = LOCAL_BATCH
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
         super().__init__()
-        if not isinstance(num_features, (int, np.integer)) or isinstance(num_features, bool) or num_features < 1:
-            raise ValueError(f"BatchNorm2d: num_features must be a positive int, got {num_features!r}")
-        if not eps > 0:
-            raise ValueError(f"BatchNorm2d: eps must be positive, got {eps!r}")
-        if momentum is not None and not 0 <= momentum <= 1:
-            raise ValueError(f"BatchNorm2d: momentum must be in [0, 1] or None, got {momentum!r}")
+        name = type(self).__name__
+        self.num_features = positive_int(num_features, f"{name}: num_features")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < np.inf:
+            raise ValueError(f"{name}: eps must be a finite positive number, got {eps!r}")
+        if momentum is not None and (isinstance(momentum, bool) or not isinstance(momentum, numbers.Real)
+                                     or not 0 <= momentum <= 1):
+            raise ValueError(f"{name}: momentum must be a number in [0, 1] or None, got {momentum!r}")
         dt = check_float_dtype(dtype)
-        self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
-        self.weight = Parameter(np.ones(num_features, dtype=dt))
-        self.bias = Parameter(np.zeros(num_features, dtype=dt))
-        self.register_buffer("running_mean", np.zeros(num_features, dtype=dt))
-        self.register_buffer("running_var", np.ones(num_features, dtype=dt))
+        self.eps, self.momentum = float(eps), momentum
+        self.weight = Parameter(np.ones(self.num_features, dtype=dt))
+        self.bias = Parameter(np.zeros(self.num_features, dtype=dt))
+        self.register_buffer("running_mean", np.zeros(self.num_features, dtype=dt))
+        self.register_buffer("running_var", np.ones(self.num_features, dtype=dt))
         self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
         self._cache = None
+        self.batch_count = None     # values per channel in the last batch normalised in train mode (whole batch)
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
-    def _check(self, x):
-        x = check_input(self, x, 4, "(C, N, H, W)", self.weight.dtype)
-        if x.shape[0] != self.num_features:
-            raise ValueError(f"{type(self).__name__}: input has {x.shape[0]} channels, expected "
-                             f"num_features={self.num_features} (input shape {_nchw(x.shape)} as NCHW)")
-        return x
-
-    @staticmethod
-    def batch_statistics(x):
-        """Per-channel mean and biased variance of x: (C, N, H, W) -> two float64 (C,) arrays.
-
-        Two passes of pairwise sums: a first mean, rounded to x's dtype, then the sums of the deviations from
-        it, which correct the mean (to within rounding of the spread, not of the mean's size) and give the
-        variance around the corrected mean.
-        """
-        C = x.shape[0]
-        x2 = x.reshape(C, -1)                                                # (C, M), M = N*H*W
-        M = x2.shape[1]
-        mean, var = np.empty(C), np.empty(C)
-
-        def block(c):                                                        # channels c: cache-sized
-            first = x2[c].sum(axis=1) / x.dtype.type(M)                      # in x's dtype
-            centred = x2[c] - first[:, None]
-            s1 = centred.sum(axis=1).astype(np.float64) / M                  # mean - first
-            centred *= centred
-            mean[c] = first.astype(np.float64) + s1
-            var[c] = centred.sum(axis=1).astype(np.float64) / M - s1 * s1    # variance around the mean
-
-        parallel_for(block, channel_blocks(C, M))
-        return mean, np.maximum(var, 0.0)
+    def check(self, x, channel_axis):
+        """Check the input's channel count and, in train mode, that each channel has more than one value."""
+        C = x.shape[channel_axis]
+        nchw = x.shape if channel_axis == 1 else (x.shape[1], x.shape[0]) + x.shape[2:]
+        if C != self.num_features:
+            raise ValueError(f"{type(self).__name__}: input has {C} channels, expected "
+                             f"num_features={self.num_features} (input shape {nchw} as NCHW)")
+        if self.training and x.size // C <= 1:
+            raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when training, "
+                             f"got input of shape {nchw} (NCHW)")
 
     def update_running_stats(self, mean, var, count):
         """running = (1 - m) running + m batch, with the unbiased variance var * M/(M-1)."""
         self.num_batches_tracked += 1
         m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        self.running_mean *= 1 - m
-        self.running_mean += m * mean
-        self.running_var *= 1 - m
-        self.running_var += m * var * (count / (count - 1))
+        self.running_mean[...] = (1 - m) * self.running_mean + m * mean
+        self.running_var[...] = (1 - m) * self.running_var + m * var * (count / (count - 1))
 
-    def forward_cnhw(self, x, stats=None, update_stats=True, out=None):
-        """x: (C, N, H, W) -> y: (C, N, H, W).
-
-        Parameters
-        ----------
-        stats : (mean, var) of shape (C,), optional
-            Train mode only: the batch statistics of ``x`` if the caller already has them (a dense block
-            computes each feature map's once and shares them with all its consumers).
-        update_stats : bool
-            Train mode only: False when recomputing a forward whose running statistics were already updated
-            (the memory-efficient dense layer recomputes BN in backward).
-        out : ndarray of x's shape and dtype, optional
-            Where to write y (a shared workspace); never x itself, which backward needs.
-        """
-        x = self._check(x)
-        C = x.shape[0]
-        M = x.size // C                                                      # values per channel
-        if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous):
-            raise ValueError(f"{type(self).__name__}: out must be a C-contiguous array of the input's shape "
-                             f"{x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
-        if out is not None and np.may_share_memory(out, x):
-            raise ValueError(f"{type(self).__name__}: out must not overlap the input, which backward needs")
+    def forward(self, x):
+        """x: (N, C, H, W) -> y: (N, C, H, W)."""
+        x = check_input(self, x, 4, "(N, C, H, W)", self.weight.dtype)
+        self.check(x, channel_axis=1)
+        M = x.size // self.num_features                                     # values per channel: N*H*W
         if self.training:
-            if M <= 1:
-                raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when training, "
-                                 f"got input of shape {_nchw(x.shape)} (NCHW)")
-            mean, var = stats if stats is not None else self.batch_statistics(x)
-            if update_stats:
-                self.update_running_stats(mean, var, M)
+            mean = x.mean(axis=(0, 2, 3))                                   # (C,)
+            var = ((x - mean[:, None, None]) ** 2).mean(axis=(0, 2, 3))     # (C,) biased
+            mean, var, M = self.batch_sync.statistics(mean, var, M)         # the whole batch's (if it spans processes)
+            self.update_running_stats(mean, var, M)
         else:
             mean, var = self.running_mean, self.running_var
-        invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)              # (C,)
-        scale = self.weight.data * invstd                                    # y = x * scale + shift
-        shift = self.bias.data - mean.astype(x.dtype) * scale
-        x2 = x.reshape(C, M)
-        y = np.empty_like(x2) if out is None else out.reshape(C, M)          # (C, M)
+        invstd = 1.0 / np.sqrt(var + x.dtype.type(self.eps))                # (C,)
+        xhat = (x - mean[:, None, None]) * invstd[:, None, None]            # (N, C, H, W)
+        y = self.weight.data[:, None, None] * xhat + self.bias.data[:, None, None]
+        self._cache = saved((xhat, invstd, self.training))
+        self.batch_count = M                                                # for backward: the whole batch's
+        return y
 
-        def block(c):                                                        # channels c: cache-sized
-            np.multiply(x2[c], scale[c, None], out=y[c])
-            y[c] += shift[c, None]
-            if self.relu:
-                relu_into(y[c], y[c])                                        # the fused ReLU, while in cache
-
-        parallel_for(block, channel_blocks(C, M))
-        # Cache the input (usually alive anyway: in a dense block it is a view of the block buffer), not xhat;
-        # with the fused ReLU also the output, whose zeros mask the gradient (the next conv keeps it anyway).
-        self._cache = saved((x, np.asarray(mean, dtype=np.float64), invstd, self.training,
-                             y if self.relu else None))
-        return y.reshape(x.shape)
-
-    def backward_cnhw(self, dout, out=None):
-        """dout: (C, N, H, W) -> dx: (C, N, H, W); adds into weight.grad and bias.grad.
-
-        ``out``: where to write dx instead of a new array; it may be ``dout`` itself (each block of channels
-        is read before it is written).
-
-        Train mode: with xhat = (x - mean) * invstd and M values per channel,
-        dx = weight * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)).
-        The two sums are the gradient through the batch mean and the batch variance. Eval mode: the
-        statistics are constants, so dx = dy * weight * invstd. Both are evaluated as
-        dx = a*dy + b*(x - mean) + c with per-channel a, b, c, so xhat is never stored.
-        With the fused ReLU, dy is first zeroed where the output was (ReLU's backward).
-        """
-        x, mean, invstd, training, y = take_cache(self)
-        dout = check_grad(self, dout, x.shape, self.weight.dtype)
-        C = x.shape[0]
-        M = x.size // C
-        dout2, x2 = dout.reshape(C, M), x.reshape(C, M)
-        y2 = y.reshape(C, M) if y is not None else None
-        if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous):
-            raise ValueError(f"{type(self).__name__}.backward: out must be a C-contiguous array of the input's "
-                             f"shape {x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
-        dx = np.empty_like(dout2) if out is None else out.reshape(C, M)
-        mean_x = mean.astype(x.dtype)                                        # the mean in x's dtype ...
-        rounding = mean_x - mean                                             # ... and its rounding error
-        a = self.weight.data * invstd                                        # (C,)
-
-        def block(c):                                                        # channels c: cache-sized
-            dy = dout2[c] if y2 is None else dout2[c] * (y2[c] > 0)          # (c, M); ReLU backward if fused
-            centred = x2[c] - mean_x[c, None]                                # (c, M): x - mean
-            dbeta = dy.sum(axis=1)                                           # (c,)  sum(dy)
-            dgamma = invstd[c] * (np.einsum("cm,cm->c", dy, centred) + rounding[c] * dbeta)  # sum(dy*xhat)
-            self.weight.grad[c] += dgamma
-            self.bias.grad[c] += dbeta
-            np.multiply(dy, a[c, None], out=dx[c])
-            if training:
-                b = -a[c] * invstd[c] * dgamma / M
-                centred *= b[:, None]                                        # the variance path
-                dx[c] += centred
-                dx[c] += (b * rounding[c] - a[c] * dbeta / M)[:, None]       # the mean path
-
-        parallel_for(block, channel_blocks(C, M))
-        return dx.reshape(x.shape)
-
-
-class BatchNormReLU2d(BatchNorm2d):
-    """BatchNorm2d followed by ReLU, computed in one pass: y = max(BN(x), 0).
-
-    The same parameters, buffers and state_dict keys as :class:`BatchNorm2d` (a DenseNet's ``norm1`` and
-    ``norm2`` are BatchNormReLU2d, standing for torchvision's norm -> relu pair). Fusing saves a pass over
-    the feature maps each way: the ReLU is applied to each block of channels while it is still in cache, and
-    backward masks the gradient there too. Caches its output as well as its input.
-
-    Shapes: x (N, C, H, W) -> y (N, C, H, W), y >= 0.
-    """
-
-    relu = True
-
-
-def channel_blocks(C, M, elements=1 << 18):
-    """Slices of consecutive channels holding about ``elements`` values each (at least one channel); smaller
-    ones if that gives fewer than two blocks per thread, so that the threads share evenly (from
-    MIN_ELEMENTS_TO_SPLIT values on)."""
-    total = C * M
-    if MIN_ELEMENTS_TO_SPLIT <= total < 2 * get_num_threads() * elements:
-        elements = total // (2 * get_num_threads())
-    step = max(1, elements // max(M, 1))
-    return [slice(i, min(i + step, C)) for i in range(0, C, step)]
-
-
-def _nchw(cnhw_shape):
-    C, N, H, W = cnhw_shape
-    return (N, C, H, W)
+    def backward(self, dout):
+        """dout: (N, C, H, W) -> dx: (N, C, H, W); adds into weight.grad and bias.grad."""
+        xhat, invstd, training = take_cache(self)
+        M = self.batch_count                                                # values per channel, whole batch
+        dy = check_grad(self, dout, xhat.shape, self.weight.dtype)
+        dbias = dy.sum(axis=(0, 2, 3))                                      # (C,)  sum(dy)
+        dweight = (dy * xhat).sum(axis=(0, 2, 3))                           # (C,)  sum(dy * xhat)
+        self.bias.grad += dbias                                             # this process's share of the
+        self.weight.grad += dweight                                         # gradients (data parallel sums them)
+        scale = (self.weight.data * invstd)[:, None, None]                  # (C, 1, 1)
+        if not training:                                                    # constant statistics
+            return dy * scale
+        dbias, dweight = self.batch_sync.sums(np.stack([dbias, dweight]))   # the whole batch's sums
+        return scale / M * (M * dy - dbias[:, None, None] - xhat * dweight[:, None, None])

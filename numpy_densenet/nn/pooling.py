@@ -1,25 +1,29 @@
-"""Max, average and adaptive average pooling in channel-major (C, N, H, W) layout.
+"""Max, average and adaptive average pooling on NCHW arrays: the plain specification.
 
-Like im2col, each pool is a loop over the kh x kw window offsets, each reading one slice of the padded
-input; backward is the same loop adding into the padded gradient. MaxPool2d with a stride s > 1 first splits
-the padded input into its s x s stride phases (every s-th row and column, copied contiguous), so that each
-of its overlapping windows reads a unit-stride slice of one phase instead of a stride-s gather, which NumPy
-runs several times slower (for AvgPool's non-overlapping 2x2 windows the plain gather is as fast).
+Like im2col, each pool is a loop over the kh x kw window offsets, each reading one strided slice of the
+padded input for all output positions at once; backward is the same loop adding into the padded gradient.
+
+The fast tier (:mod:`numpy_densenet.fast.pooling`) computes the same channel-major, MaxPool2d on the
+stride phases of its input and on several threads; ``tests/test_fast_tier.py`` proves them equal.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ._checks import check_grad, check_input, pair, take_cache
-from .conv import conv_output_size, pad_cnhw, window_slices
-from .module import SpatialModule, is_grad_enabled, saved
-from .norm import channel_blocks
-from .threads import parallel_for
-
-POOL_BLOCK_ELEMENTS = 1 << 19      # MaxPool2d: about this many input values per block of channels
+from .conv import conv_output_size
+from .module import Module, is_grad_enabled, saved
 
 
-class _Pool2d(SpatialModule):
+def pad_nchw(x, padding, value=0.0):
+    """``x`` (N, C, H, W) with ``padding = (ph, pw)`` rows/cols of ``value`` on each side."""
+    ph, pw = padding
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+class _Pool2d(Module):
+    """Shared geometry of MaxPool2d and AvgPool2d (ceil_mode=False)."""
+
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         name = type(self).__name__
@@ -35,100 +39,59 @@ class _Pool2d(SpatialModule):
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
-    def _geometry(self, x):
-        x = check_input(self, x, 4, "(C, N, H, W)")
-        H, W = x.shape[2:]
+    def output_shape(self, H, W):
+        """(Ho, Wo) for an H x W input; a clear error if the window does not fit."""
         Ho, Wo = (conv_output_size(s, k, st, p, 1)
                   for s, k, st, p in zip((H, W), self.kernel_size, self.stride, self.padding))
         if Ho < 1 or Wo < 1:
             raise ValueError(f"{type(self).__name__}: kernel_size {self.kernel_size} is larger than the padded "
                              f"input {(H + 2 * self.padding[0], W + 2 * self.padding[1])}")
-        return x, Ho, Wo
+        return Ho, Wo
 
-    def _windows(self, Ho, Wo):
-        """Yield (k, rows, cols): window offset index k = i*kw + j and its strided slices."""
-        kh, kw = self.kernel_size
+    def windows(self, Ho, Wo):
+        """Yield (k, rows, cols): window offset k = i*kw + j and the strided slices of the padded input that
+        offset (i, j) reads for every output position."""
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
         for i in range(kh):
             for j in range(kw):
-                yield (i * kw + j,) + window_slices(i, j, (Ho, Wo), self.stride, (1, 1))
-
-    def _phases(self, xp):
-        """{(a, b): xp[:, :, a::sh, b::sw]} as contiguous copies (just {(0, 0): xp} for stride 1)."""
-        (sh, sw), (kh, kw) = self.stride, self.kernel_size
-        if (sh, sw) == (1, 1):
-            return {(0, 0): xp}
-        return {(a, b): np.ascontiguousarray(xp[:, :, a::sh, b::sw]) for a in range(min(sh, kh))
-                for b in range(min(sw, kw))}
-
-    def _phase_windows(self, Ho, Wo):
-        """Yield (k, phase, rows, cols): window offset (i, j) reads rows i + s*t of the padded input, which
-        are rows i//s + t of phase i % s: a unit-stride slice."""
-        (sh, sw), (kh, kw) = self.stride, self.kernel_size
-        for i in range(kh):
-            for j in range(kw):
-                yield (i * kw + j, (i % sh, j % sw), slice(i // sh, i // sh + Ho), slice(j // sw, j // sw + Wo))
-
-    def _unphase(self, dphases, padded_shape, dtype):
-        """The adjoint of :meth:`_phases`: interleave per-phase gradients back into the padded layout."""
-        if (0, 0) in dphases and len(dphases) == 1 and self.stride == (1, 1):
-            return dphases[(0, 0)]
-        sh, sw = self.stride
-        dxp = np.zeros(padded_shape, dtype=dtype)
-        for (a, b), d in dphases.items():
-            dxp[:, :, a::sh, b::sw] = d
-        return dxp
+                yield i * kw + j, slice(i, i + sh * (Ho - 1) + 1, sh), slice(j, j + sw * (Wo - 1) + 1, sw)
 
 
 class MaxPool2d(_Pool2d):
     """Max pooling, PyTorch's ``nn.MaxPool2d`` (padding acts as -inf; stride defaults to kernel_size).
 
     Ties: the gradient goes to the *first* maximal element of each window in row-major window order (the
-    same element PyTorch's CPU kernel picks), never split among tied elements.
+    element PyTorch's CPU kernel picks), never split among tied elements. NaN propagates, as in PyTorch.
 
     Shapes: (N, C, H, W) -> (N, C, Ho, Wo), Ho = floor((H + 2p - kh)/s) + 1.
     """
 
-    def forward_cnhw(self, x):
-        x, Ho, Wo = self._geometry(x)
-        C, N, H, W = x.shape
-        windows = list(self._phase_windows(Ho, Wo))
-        out = np.empty((C, N, Ho, Wo), dtype=x.dtype)
-        argmax = np.empty((C, N, Ho, Wo), dtype=np.uint16) if is_grad_enabled() else None
+    def forward(self, x):
+        x = check_input(self, x, 4, "(N, C, H, W)")
+        Ho, Wo = self.output_shape(*x.shape[2:])
+        xp = pad_nchw(x, self.padding, value=-np.inf)                        # (N, C, H+2ph, W+2pw)
+        y = np.full(x.shape[:2] + (Ho, Wo), -np.inf, dtype=x.dtype)          # (N, C, Ho, Wo)
+        for _, rows, cols in self.windows(Ho, Wo):
+            y = np.maximum(y, xp[:, :, rows, cols])                          # NaN propagates
+        if not is_grad_enabled():
+            self._cache = saved(None)
+            return y
+        # Which window offset k held each maximum: scanning backwards, the last match written is the first
+        # maximal element in row-major window order.
+        argmax = np.zeros(y.shape, dtype=np.int64)                           # (N, C, Ho, Wo)
+        for k, rows, cols in reversed(list(self.windows(Ho, Wo))):
+            argmax[xp[:, :, rows, cols] == y] = k
+        self._cache = saved((argmax, x.shape, x.dtype))
+        return y
 
-        def channels(c):                                                     # the threads share the channels
-            phases = self._phases(pad_cnhw(x[c], self.padding, value=-np.inf))
-            out[c] = -np.inf
-            for _, phase, rows, cols in windows:
-                np.maximum(out[c], phases[phase][:, :, rows, cols], out=out[c])  # NaN propagates, as PyTorch
-            if argmax is not None:
-                # Where each maximum came from: scanning the window offsets backwards, the last match
-                # written is the first maximal element in row-major window order.
-                argmax[c] = 0
-                for k, phase, rows, cols in reversed(windows):
-                    np.copyto(argmax[c], np.uint16(k), where=phases[phase][:, :, rows, cols] == out[c])
-
-        parallel_for(channels, channel_blocks(C, N * H * W, POOL_BLOCK_ELEMENTS))
-        self._cache = saved((argmax, x.shape, x.dtype)) if argmax is not None else saved(None)
-        return out
-
-    def backward_cnhw(self, dout):
-        argmax, shape, dtype = take_cache(self)
+    def backward(self, dout):
+        argmax, (N, C, H, W), dtype = take_cache(self)
         dout = check_grad(self, dout, argmax.shape, dtype)
-        C, N, H, W = shape
         ph, pw = self.padding
-        Ho, Wo = argmax.shape[2:]
-        dx = np.empty(shape, dtype=dtype)
-
-        def channels(c):                                                     # the threads share the channels
-            padded = (c.stop - c.start, N, H + 2 * ph, W + 2 * pw)
-            dphases = {phase: np.zeros(p.shape, dtype=dtype)
-                       for phase, p in self._phases(np.empty(padded, dtype=np.uint8)).items()}
-            for k, phase, rows, cols in self._phase_windows(Ho, Wo):
-                dphases[phase][:, :, rows, cols] += dout[c] * (argmax[c] == k)  # route to the chosen element
-            dx[c] = self._unphase(dphases, padded, dtype)[:, :, ph:ph + H, pw:pw + W]
-
-        parallel_for(channels, channel_blocks(C, N * H * W, POOL_BLOCK_ELEMENTS))
-        return dx
+        dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dtype)
+        for k, rows, cols in self.windows(*argmax.shape[2:]):
+            dxp[:, :, rows, cols] += dout * (argmax == k)                    # route to the chosen element
+        return dxp[:, :, ph:ph + H, pw:pw + W].copy()
 
 
 class AvgPool2d(_Pool2d):
@@ -144,43 +107,38 @@ class AvgPool2d(_Pool2d):
         super().__init__(kernel_size, stride, padding)
         self.count_include_pad = bool(count_include_pad)
 
-    def _divisor(self, H, W, Ho, Wo, dtype):
-        kh, kw = self.kernel_size
+    def divisor(self, H, W, dtype):
+        """kh*kw, or per output position the number of real elements in its window, shape (Ho, Wo)."""
         if self.count_include_pad or self.padding == (0, 0):
-            return dtype.type(kh * kw)
-        ones = pad_cnhw(np.ones((1, 1, H, W), dtype=dtype), self.padding)   # 1 inside, 0 in the padding
-        count = np.zeros((Ho, Wo), dtype=dtype)
-        for _, rows, cols in self._windows(Ho, Wo):
-            count += ones[0, 0, rows, cols]
-        return count                                                         # (Ho, Wo), broadcasts
+            return dtype.type(self.kernel_size[0] * self.kernel_size[1])
+        ones = pad_nchw(np.ones((1, 1, H, W), dtype=dtype), self.padding)    # 1 inside, 0 in the padding
+        Ho, Wo = self.output_shape(H, W)
+        return sum(ones[0, 0, rows, cols] for _, rows, cols in self.windows(Ho, Wo))
 
-    def forward_cnhw(self, x):
-        x, Ho, Wo = self._geometry(x)
-        xp = pad_cnhw(x, self.padding)
-        C, N, H, W = x.shape
-        out = np.zeros((C, N, Ho, Wo), dtype=x.dtype)
-        for _, rows, cols in self._windows(Ho, Wo):
-            out += xp[:, :, rows, cols]
-        divisor = self._divisor(H, W, Ho, Wo, x.dtype)
-        out /= divisor
-        self._cache = saved((x.shape, (Ho, Wo), divisor, x.dtype))
-        return out
+    def forward(self, x):
+        x = check_input(self, x, 4, "(N, C, H, W)")
+        (N, C, H, W), (Ho, Wo) = x.shape, self.output_shape(*x.shape[2:])
+        xp = pad_nchw(x, self.padding)
+        y = np.zeros((N, C, Ho, Wo), dtype=x.dtype)
+        for _, rows, cols in self.windows(Ho, Wo):
+            y += xp[:, :, rows, cols]                                        # sum over the window
+        y /= self.divisor(H, W, x.dtype)
+        self._cache = saved((x.shape, x.dtype))
+        return y
 
-    def backward_cnhw(self, dout):
-        shape, (Ho, Wo), divisor, dtype = take_cache(self)
-        C, N, H, W = shape
-        dout = check_grad(self, dout, (C, N, Ho, Wo), dtype)
+    def backward(self, dout):
+        (N, C, H, W), dtype = take_cache(self)
+        Ho, Wo = self.output_shape(H, W)
+        dout = check_grad(self, dout, (N, C, Ho, Wo), dtype)
         ph, pw = self.padding
-        share = dout / divisor                                               # each element's share
-        dxp = np.zeros((C, N, H + 2 * ph, W + 2 * pw), dtype=dtype)
-        for _, rows, cols in self._windows(Ho, Wo):
+        share = dout / self.divisor(H, W, dtype)                            # each element's share
+        dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dtype)
+        for _, rows, cols in self.windows(Ho, Wo):
             dxp[:, :, rows, cols] += share
-        if ph == 0 and pw == 0:
-            return dxp
-        return np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W])
+        return dxp[:, :, ph:ph + H, pw:pw + W].copy()
 
 
-class AdaptiveAvgPool2d(SpatialModule):
+class AdaptiveAvgPool2d(Module):
     """Average pooling to a fixed output size, PyTorch's ``nn.AdaptiveAvgPool2d``.
 
     Output cell (i, j) averages rows floor(i*H/oh) .. ceil((i+1)*H/oh) - 1 and likewise for columns.
@@ -197,32 +155,28 @@ class AdaptiveAvgPool2d(SpatialModule):
     def extra_repr(self):
         return f"output_size={self.output_size}"
 
-    def _cells(self, H, W):
+    def cells(self, H, W):
+        """Yield (i, j, rows, cols): output cell (i, j) and the input rows and columns it averages."""
         oh, ow = self.output_size
         for i in range(oh):
             rows = slice((i * H) // oh, -(-((i + 1) * H) // oh))
             for j in range(ow):
                 yield i, j, rows, slice((j * W) // ow, -(-((j + 1) * W) // ow))
 
-    def forward_cnhw(self, x):
-        x = check_input(self, x, 4, "(C, N, H, W)")
-        C, N, H, W = x.shape
-        oh, ow = self.output_size
-        if (oh, ow) == (1, 1):
-            out = x.mean(axis=(2, 3), keepdims=True)                         # global average pool
-        else:
-            out = np.empty((C, N, oh, ow), dtype=x.dtype)
-            for i, j, rows, cols in self._cells(H, W):
-                out[:, :, i, j] = x[:, :, rows, cols].mean(axis=(2, 3))
+    def forward(self, x):
+        x = check_input(self, x, 4, "(N, C, H, W)")
+        (N, C, H, W) = x.shape
+        y = np.empty((N, C) + self.output_size, dtype=x.dtype)
+        for i, j, rows, cols in self.cells(H, W):
+            y[:, :, i, j] = x[:, :, rows, cols].mean(axis=(2, 3))
         self._cache = saved((x.shape, x.dtype))
-        return out
+        return y
 
-    def backward_cnhw(self, dout):
-        shape, dtype = take_cache(self)
-        C, N, H, W = shape
-        dout = check_grad(self, dout, (C, N) + self.output_size, dtype)
-        dx = np.zeros(shape, dtype=dtype)
-        for i, j, rows, cols in self._cells(H, W):
+    def backward(self, dout):
+        (N, C, H, W), dtype = take_cache(self)
+        dout = check_grad(self, dout, (N, C) + self.output_size, dtype)
+        dx = np.zeros((N, C, H, W), dtype=dtype)
+        for i, j, rows, cols in self.cells(H, W):
             area = (rows.stop - rows.start) * (cols.stop - cols.start)
             dx[:, :, rows, cols] += dout[:, :, i:i + 1, j:j + 1] / dtype.type(area)
         return dx

@@ -1,8 +1,7 @@
 """The study commands of ``numpy-densenet``: ``inspect`` (gradient flow and feature reuse of a model on a batch)
 and ``explain`` (one small dense block's forward and backward pass, step by step).
 
-:func:`register` is called by :func:`numpy_densenet.cli.make_parser`; the helpers of :mod:`numpy_densenet.cli`
-are imported inside the functions, as that module imports this one.
+:func:`register` is called by :func:`numpy_densenet.cli.main.make_parser`.
 """
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ PLOT_NOTE = 'no PNG heatmaps: matplotlib is not installed; pip install "numpy_de
 
 def register(subparsers):
     """Add the ``inspect`` and ``explain`` subcommands to the ``numpy-densenet`` parser."""
-    from .cli import add_model_args, nonneg_int, positive_int
+    from .common import add_model_args, nonneg_int, positive_int
 
     p = subparsers.add_parser(
         "inspect", help="gradient-flow and feature-reuse matrices of every dense block, on one batch",
@@ -37,6 +36,9 @@ def register(subparsers):
     p.add_argument("--seed", type=nonneg_int, default=0, help="initialisation seed of a random model (default 0)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="write PNG heatmaps (with matplotlib) and the matrices (matrices.npz) to DIR")
+    p.add_argument("--same-scale", action="store_true",
+                   help="with --out: draw every block's heatmap on one colour scale (one for the gradient flow, one "
+                        "for the feature reuse), so that colours compare across blocks")
     p.set_defaults(func=cmd_inspect)
 
     p = subparsers.add_parser(
@@ -53,14 +55,17 @@ def register(subparsers):
     p.add_argument("--size", type=int, default=4, metavar="HW", help="height = width of the input (default 4)")
     p.add_argument("--compression", type=float, default=0.5, help="theta of the transition arithmetic (default 0.5)")
     p.add_argument("--eval", action="store_true", help="BatchNorm with running statistics")
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--fast", action="store_true",
+                   help="narrate the fast tier's block (one channel-major buffer, slices as concatenations) "
+                        "instead of the plain tier's (Concat forward, split backward); the numbers agree")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the weights, input and R (default 0)")
     p.set_defaults(func=cmd_explain)
 
 
 # -- explain -------------------------------------------------------------------------------------------------
 def cmd_explain(args):
-    from .cli import UserError
-    from .flow import explain_block
+    from .common import UserError
+    from ..flow import explain_block
     for name, value, low in (("--layers", args.layers, 1), ("--growth-rate", args.growth_rate, 1),
                              ("--in-channels", args.in_channels, 1), ("--bn-size", args.bn_size, 1),
                              ("--batch", args.batch, 1), ("--size", args.size, 1)):
@@ -72,15 +77,16 @@ def cmd_explain(args):
         raise UserError("BatchNorm in train mode needs more than one value per channel: raise --batch or "
                         "--size, or use --eval")
     lines = explain_block(args.layers, args.growth_rate, args.in_channels, None if args.plain else args.bn_size,
-                          args.batch, args.size, train=not args.eval, compression=args.compression, seed=args.seed)
+                          args.batch, args.size, train=not args.eval, compression=args.compression, seed=args.seed,
+                          fast=args.fast)
     print("\n".join(lines))
     return 0
 
 
 # -- inspect -------------------------------------------------------------------------------------------------
 def _load_dataset(args):
-    from .cli import UserError
-    from .data import DatasetError, load_dataset
+    from .common import UserError
+    from ..data import DatasetError, load_dataset
     try:
         return load_dataset(args.dataset, args.data_dir)
     except DatasetError as e:
@@ -89,8 +95,8 @@ def _load_dataset(args):
 
 def _batch(args, dataset, mean=None, std=None):
     """The first ``--batch-size`` images of the split, normalised per channel: (x, y)."""
-    from .cli import UserError
-    from .data import channel_stats, normalize
+    from .common import UserError
+    from ..data import channel_stats, normalize
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     x = dataset.x_train if args.split == "train" else dataset.x_test
@@ -106,9 +112,9 @@ def _make_model(args, dataset):
 
     ``mean`` and ``std`` are the normalisation statistics stored in a file written by ``train`` (else None).
     """
-    from .cli import build_model
-    from .io import load_npz, load_weights
-    from .train import load_model_file
+    from .common import build_model
+    from ..io import load_npz, load_weights
+    from ..train import load_model_file
     if args.weights is not None and "_model_config" in load_npz(args.weights):   # written by `train`
         model, meta = load_model_file(args.weights)                 # best.npz or checkpoint.npz
         return (model, f"DenseNet: {model.extra_repr()} (weights {args.weights}, model from the file)",
@@ -137,15 +143,16 @@ def _block_header(model, index, name, block):
 
 
 def cmd_inspect(args):
-    from .cli import UserError
-    from .flow import block_gradient_flow, feature_reuse, have_matplotlib, save_heatmap
-    from .io import save_npz
+    from ..flow import block_gradient_flow, feature_reuse, have_matplotlib, heatmap_range, save_heatmap
+    from ..io import save_npz
+    from .common import UserError
 
     dataset = _load_dataset(args)
     model, description, mean, std = _make_model(args, dataset)
+    if dataset.in_channels != model.in_channels:        # checked before normalising with the file's statistics
+        raise UserError(f"the model takes {model.in_channels}-channel images, {dataset.name} has "
+                        f"{dataset.in_channels}; give the data set it was trained on with --dataset / --data-dir")
     x, y = _batch(args, dataset, mean, std)
-    if x.shape[1] != model.in_channels:
-        raise UserError(f"the model takes {model.in_channels}-channel images, {dataset.name} has {x.shape[1]}")
     if y.max() >= model.config["num_classes"]:
         raise UserError(f"the model has {model.config['num_classes']} classes, {dataset.name} has "
                         f"{dataset.num_classes}")
@@ -190,10 +197,15 @@ def cmd_inspect(args):
         print(PLOT_NOTE)
         return 0
     written = []
+    flow_range = heatmap_range([flows[b].matrix(normalised=True) for b in chosen], log=True) if args.same_scale \
+        else (None, None)
+    reuse_range = heatmap_range([reuse[b] for b in chosen]) if args.same_scale else (None, None)
     for b in chosen:
         name = flows[b].name
         written.append(save_heatmap(flows[b].matrix(normalised=True),
-                                    os.path.join(args.out, f"gradient_flow_{name}.png"), log=True))
-        written.append(save_heatmap(reuse[b], os.path.join(args.out, f"feature_reuse_{name}.png")))
+                                    os.path.join(args.out, f"gradient_flow_{name}.png"), log=True,
+                                    vmin=flow_range[0], vmax=flow_range[1]))
+        written.append(save_heatmap(reuse[b], os.path.join(args.out, f"feature_reuse_{name}.png"),
+                                    vmin=reuse_range[0], vmax=reuse_range[1]))
     print(f"wrote {len(written)} PNG heatmaps to {args.out}: " + ", ".join(os.path.basename(p) for p in written))
     return 0

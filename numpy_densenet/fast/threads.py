@@ -18,9 +18,9 @@ So numpy_densenet shares its work between its own threads (NumPy releases the GI
 
 The number of threads defaults to OpenBLAS's own (``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS`` or the number
 of cores) and can be changed with :func:`set_num_threads`, as ``torch.set_num_threads``. Results depend only
-on that number, not on timing: every piece is computed the same way whichever thread runs it. If NumPy's
-BLAS is not an OpenBLAS this module can find (MKL, Accelerate), the default is one thread and everything runs
-as plain NumPy would.
+on that number, not on timing: every piece is computed the same way whichever thread runs it. NumPy's BLAS is
+found through threadpoolctl when it is installed (OpenBLAS, MKL, BLIS), else by looking for OpenBLAS by hand;
+if neither finds it (Accelerate), the default is one thread and everything runs as plain NumPy would.
 """
 from __future__ import annotations
 
@@ -73,9 +73,33 @@ def _find_openblas():
     return None
 
 
+def _find_blas_with_threadpoolctl():
+    """(get, set) for NumPy's BLAS through threadpoolctl (OpenBLAS, MKL or BLIS), if threadpoolctl is installed
+    and finds exactly one BLAS, or one inside NumPy's own folder; else None.
+
+    threadpoolctl (the small pure-Python library scikit-learn uses) is not a dependency: without it the
+    library finds OpenBLAS by hand (:func:`_find_openblas`). Its per-call cost is a few microseconds, the same
+    as the ctypes calls (benchmarks/README.md, "Threads: threadpoolctl").
+    """
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    try:
+        libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    except Exception:                                    # a broken install: fall back to the ctypes search
+        return None
+    numpy_dir = os.path.dirname(np.__file__)
+    own = [lib for lib in libs if str(getattr(lib, "filepath", "")).startswith(numpy_dir)]   # numpy.libs, .dylibs
+    chosen = own[0] if len(own) == 1 else libs[0] if len(libs) == 1 else None
+    if chosen is None:
+        return None
+    return chosen.get_num_threads, chosen.set_num_threads
+
+
 def _blas():
     if _state["blas"] is None:
-        _state["blas"] = _find_openblas() or False
+        _state["blas"] = _find_blas_with_threadpoolctl() or _find_openblas() or False
     return _state["blas"]
 
 

@@ -1,0 +1,89 @@
+"""The ``numpy-densenet`` command line (also ``python -m numpy_densenet``): the parser and the entry point."""
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+
+from .. import __version__
+from . import gradcheck, models, study, train
+from .common import UserError
+
+
+def make_parser():
+    """The ``numpy-densenet`` argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="numpy-densenet",
+                                     description="A DenseNet in pure NumPy with verified hand-written backward passes.")
+    parser.add_argument("--version", action="version", version=f"numpy_densenet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (gradcheck, models, train, study):
+        module.register(sub)
+    return parser
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free space, then run the command again",
+    errno.EDQUOT: "the disk quota is exceeded: free space, then run the command again",
+    errno.EROFS: "the file system is read-only: write somewhere else",
+    errno.EACCES: "permission denied: check the permissions of the file and its folders",
+    errno.EPERM: "operation not permitted: check the permissions of the file and its folders",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ELOOP: "the path is a symbolic link loop",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def describe_os_error(e):
+    """One sentence for an OSError: the file, what happened (with the errno name) and what to do."""
+    name = errno.errorcode.get(e.errno, "")
+    where = f"{e.filename}: " if e.filename is not None else ""
+    what = e.strerror or str(e)
+    hint = _OS_HINTS.get(e.errno)
+    return f"{where}{what}{f' ({name})' if name else ''}" + (f"; {hint}" if hint else "")
+
+
+def main(argv=None):
+    """Run ``numpy-densenet ARGV``; returns the exit status.
+
+    0 on success, 1 for a failed gradient check, 2 for any error (a bad option, a file that cannot be read or
+    written, malformed contents, a full disk, not enough memory), printed as one line on stderr naming the
+    file or option, 130 after Ctrl-C.
+    """
+    from ..data import DatasetError
+    from ..data.files import FileFormatError
+    from ..io import WeightsFileError
+    from ..train import TrainingError
+    parser = make_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:                  # --help, --version, or a usage error already printed by argparse
+        return e.code
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+
+    def error(message):
+        message = " ".join(str(message).split())                       # one line
+        print(f"numpy-densenet {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        return args.func(args)
+    except (UserError, WeightsFileError, DatasetError, TrainingError, FileFormatError) as e:
+        return error(e)
+    except OSError as e:
+        if isinstance(e, BrokenPipeError):   # output piped into e.g. `head`
+            sys.stderr.close()
+            return 0
+        return error(describe_os_error(e))
+    except MemoryError:
+        return error("out of memory: the data, the model or the batch is too large for this machine; use a smaller "
+                     "--batch-size, model or data set")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
