@@ -2,25 +2,40 @@
 
 ``gradcheck(module, x)`` compares the module's hand-written backward pass with central finite differences:
 
-* on a float64 copy of the module and input (a float32 module is never checked in float32);
-* of the scalar L = sum(g * module(x)) with a seeded random, non-uniform upstream gradient g (a uniform g,
-  such as the gradient of ``sum()``, makes BatchNorm's input gradient vanish and hides its bugs);
+* on a float64 copy of the module and input, of the scalar L = sum(g * module(x)) with a seeded random,
+  non-uniform upstream gradient g (a uniform g, such as the gradient of ``sum()``, makes BatchNorm's input
+  gradient vanish and hides its bugs);
 * for the input(s) *and* every parameter, each reported on its own row with the worst entry;
 * with the module's randomness (Dropout masks) and buffers (BatchNorm running statistics) reset before every
   forward, so every probe evaluates the same function, and the module you passed in is never touched;
-* in three modes: ``"full"`` (every coordinate), ``"sampled"`` (``samples`` seeded coordinates per tensor) and
-  ``"directional"`` (v^T J u along ``directions`` seeded random directions u per tensor: two forwards per
-  direction, one backward in all). A failing direction falls back to per-coordinate probes to locate the
-  wrong entries;
-* telling kinks from bugs: a failing probe whose five-point quadratic fit (at -eps, -eps/2, 0, eps/2, eps)
-  does not fit, and whose analytic value lies between the one-sided slopes, is reported as
-  "non-differentiable here" (ReLU at 0, tied maxima) rather than as a wrong gradient;
+* with steps relative to each coordinate's magnitude, h_i = eps * max(|x_i|, mean |x|) (as SciPy's
+  finite-difference routines choose them, with the tensor's mean magnitude in place of SciPy's 1), divided by
+  the step actually taken (x_i + h_i rounds), and a rounding-noise floor
+  that accounts for the rounding of every output and for cancellation inside the module;
+* in three modes: ``"full"`` (every coordinate), ``"sampled"`` (``samples`` seeded coordinates per tensor plus
+  ``sampled_directions`` random directions covering all the others) and ``"directional"`` (the derivative
+  along ``directions`` seeded random directions per tensor: two forwards per direction, one backward in all).
+  A failing direction falls back to per-coordinate probes to locate the wrong entries;
+* non-finite values never pass: a NaN or inf in an analytic gradient, a numeric derivative or the output fails
+  its row, with its own diagnosis ("NaN in analytic d(weight) at (2, 0, 1, 1)");
+* telling kinks from bugs: a failing probe is first re-judged against a Richardson extrapolation (smooth
+  functions with curvature); if the second differences at h and h/2 do not scale like a smooth function's
+  (a kink), the analytic value is accepted when it lies in the hull of the derivatives sampled at nearby
+  differentiable points: the one-sided slopes, and the slopes at two tie-breaking perturbations of the other
+  coordinates (earlier coordinates raised and later ones lowered, and the mirror image), so ReLU's 0 at x = 0
+  and PyTorch's first-maximum convention at tied, overlapping max-pool windows pass, while a value outside
+  the hull (ReLU's 2*dy at 0) still fails;
 * checking the protocol itself: backward twice on the same input must give the same input gradient
-  (reentrancy), and the second backward must *add* to ``.grad`` rather than overwrite it (accumulation).
+  (reentrancy), the second backward must *add* to ``.grad`` (accumulation), and backward must leave the
+  upstream gradient it was handed unchanged (in a DenseNet the same gradient array feeds several consumers);
+* with ``float32=True``, also running the module in float32 and comparing its analytic gradients with float64
+  ones at the same (float32-rounded) point, at tolerances derived from float32's precision and the size of
+  the computation, reported in rows of their own.
 """
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +43,10 @@ import numpy as np
 from .nn.module import Module
 
 MODES = ("full", "sampled", "directional")
+EPS64 = float(np.finfo(np.float64).eps)
+EPS32 = float(np.finfo(np.float32).eps)
+NOISE_FACTOR = 4.0          # rounding error of one evaluation of L: NOISE_FACTOR * eps64 * S (see _Probe.size)
+FLOAT32_FACTOR = 8.0        # float32 rows: rtol32 = FLOAT32_FACTOR * eps32 * sqrt(computation size)
 
 
 class GradcheckError(AssertionError):
@@ -40,7 +59,8 @@ class GradcheckError(AssertionError):
 
 @dataclass
 class TensorReport:
-    """One row of the report: how one tensor's gradient compared with finite differences."""
+    """One row of the report: how one tensor's gradient compared with finite differences (or, on a float32 row,
+    how the float32 analytic gradient compared with the float64 one)."""
     name: str
     shape: tuple
     probes: int                     # coordinates or directions probed
@@ -50,10 +70,12 @@ class TensorReport:
     analytic: float
     numeric: float
     rtol: float
-    atol: float
+    atol: float                     # the largest effective atol' = atol + noise floor used on the row
     status: str                     # "pass", "FAIL" or "kink" (mismatch only at non-differentiable points)
     kinks: int = 0                  # probes explained by a kink
     note: str = ""
+    detects: float = math.nan       # smallest relative error |a - n| / |n| some probe of the row would catch
+    worst_ratio: float = 0.0        # max over probes of |a - n| / (atol' + rtol |n|): the row passes when <= 1
 
     @property
     def passed(self):
@@ -68,40 +90,67 @@ class GradcheckResult:
     eps: float
     seed: int
     rows: list = field(default_factory=list)
+    float32_rows: list = field(default_factory=list)
     reentrant: bool = True
     accumulates: bool = True
+    upstream_intact: bool = True
     notes: list = field(default_factory=list)
 
     @property
     def passed(self):
-        return self.reentrant and self.accumulates and all(r.passed for r in self.rows)
+        return (self.reentrant and self.accumulates and self.upstream_intact
+                and all(r.passed for r in self.rows) and all(r.passed for r in self.float32_rows))
 
     @property
     def failures(self):
-        return [r for r in self.rows if not r.passed]
+        return [r for r in self.rows + self.float32_rows if not r.passed]
 
     def table(self):
-        head = ("tensor", "shape", "probes", "max abs err", "max rel err", "worst at", "analytic", "numeric",
-                "rtol", "atol", "status")
-        body = []
-        for r in self.rows:
-            status = r.status if r.status != "kink" else "non-differentiable here"
-            if r.kinks and r.status == "pass":
-                status = f"pass ({r.kinks} kink probe{'s' if r.kinks > 1 else ''} skipped)"
-            body.append((r.name, str(tuple(r.shape)), str(r.probes), f"{r.max_abs_err:.2e}",
-                         f"{r.max_rel_err:.2e}", _fmt_index(r.worst), f"{r.analytic:.6g}", f"{r.numeric:.6g}",
-                         f"{r.rtol:.0e}", f"{r.atol:.1e}", status + (f" {r.note}" if r.note else "")))
-        widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-        lines = [f"gradcheck {self.module}: mode={self.mode}, float64, eps={self.eps:g}, seed={self.seed}",
-                 "  ".join(h.ljust(w) for h, w in zip(head, widths))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
+        lines = [f"gradcheck {self.module}: mode={self.mode}, float64, eps={self.eps:g} (relative step), "
+                 f"seed={self.seed}"]
+        lines += _format_rows(self.rows, ("analytic", "numeric"))
+        if self.float32_rows:
+            lines.append("float32 run: analytic float32 gradients vs the float64 ones at the same float32-rounded "
+                         "point")
+            lines += _format_rows(self.float32_rows, ("float32", "float64"))
         lines.append(f"reentrant (backward twice, same gradients): {'yes' if self.reentrant else 'NO'}; "
-                     f"accumulates into .grad (+=): {'yes' if self.accumulates else 'NO'}")
+                     f"accumulates into .grad (+=): {'yes' if self.accumulates else 'NO'}; "
+                     f"upstream gradient left unchanged: {'yes' if self.upstream_intact else 'NO'}")
         lines += self.notes
+        lines += LEGEND
         lines.append("PASSED" if self.passed else "FAILED")
         return "\n".join(lines)
 
     __str__ = table
+
+
+LEGEND = (
+    "legend: a = analytic (backward), n = numeric (central difference of L = sum(g * y), relative step",
+    "  h = eps*max(|x|, mean |x|), grown if L's rounding would drown it). A probe passes when",
+    "  |a - n| <= atol' + rtol*|n|, with atol' = atol + the rounding-noise floor of the",
+    "  difference; the atol column is the row's largest atol', err/tol its worst |a - n| / (atol' + rtol*|n|)",
+    "  (pass <=> <= 1), detects the smallest relative error a probe of the row would have caught. NaN or inf",
+    "  anywhere fails. kink: L is not differentiable at the probe, and a lies in the hull of the derivatives at",
+    "  nearby differentiable points.",
+)
+
+
+def _format_rows(rows, value_heads):
+    head = ("tensor", "shape", "probes", "max abs err", "max rel err", "worst at") + value_heads + (
+        "rtol", "atol", "err/tol", "detects", "status")
+    body = []
+    for r in rows:
+        status = r.status if r.status != "kink" else "non-differentiable here"
+        if r.kinks and r.status == "pass":
+            status = f"pass ({r.kinks} kink probe{'s' if r.kinks > 1 else ''} skipped)"
+        body.append((r.name, str(tuple(r.shape)), str(r.probes), f"{r.max_abs_err:.2e}", f"{r.max_rel_err:.2e}",
+                     _fmt_index(r.worst), f"{r.analytic:.6g}", f"{r.numeric:.6g}", f"{r.rtol:.1e}",
+                     f"{r.atol:.1e}", f"{r.worst_ratio:.2g}", f"{r.detects:.1e}",
+                     status + (f" {r.note}" if r.note else "")))
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
+    return lines
 
 
 def _fmt_index(index):
@@ -113,30 +162,42 @@ def _fmt_index(index):
 
 
 def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8, samples=16, directions=3,
-              locate_samples=64, exhaustive_limit=4096, raise_exception=False, check_inputs=True,
-              check_params=True, executor=None):
+              sampled_directions=1, locate_samples=64, exhaustive_limit=4096, clear_limit=20000, float32=False,
+              raise_exception=False, check_inputs=True, check_params=True, executor=None):
     """Check ``module.backward`` against central finite differences in float64.
 
     Parameters
     ----------
     module : Module
-        Any module following the layer protocol; it is deep-copied and converted to float64, so the
-        original (and its running statistics, random generators and ``.grad``) is left untouched.
+        Any module following the layer protocol (``forward(*x)``, ``backward(dout)``, parameters with
+        ``.data``/``.grad``); it is deep-copied and converted to float64, so the original (and its running
+        statistics, random generators and ``.grad``) is left untouched.
     x : ndarray or tuple of ndarrays
-        The input(s) of ``module(*x)``. Integer inputs (class labels) are passed through but not checked.
+        The input(s) of ``module(*x)``, any shapes. Integer inputs (class labels) are passed through but not
+        checked.
     mode : {"full", "sampled", "directional"}
-        Every coordinate; ``samples`` seeded random coordinates per tensor; or ``directions`` seeded random
-        unit directions per tensor (v^T J u), falling back to ``locate_samples`` coordinates to locate a
-        failure. A direction that failed while crossing a non-differentiable point is cleared only by
-        probing every coordinate, done for tensors of at most ``exhaustive_limit`` entries (larger ones fail
-        with a note to use ``mode="full"``).
+        Every coordinate; ``samples`` seeded random coordinates per tensor plus ``sampled_directions`` random
+        directions; or ``directions`` seeded random directions per tensor, falling back to
+        ``locate_samples`` coordinates to locate a failure. A direction that fails is a failure (it is
+        located coordinate-wise for the report). A direction that crosses a non-differentiable point and
+        passes within the hull of nearby derivatives is backed up by probing every coordinate of the tensor,
+        when the tensor has at most ``exhaustive_limit`` entries and the module (its inputs and parameters) at
+        most ``clear_limit`` values (so a whole DenseNet is not probed coordinate by coordinate).
     seed : int
         Seeds the upstream gradient, the sampled coordinates and the directions.
     eps : float
-        Finite-difference step.
+        Relative finite-difference step: coordinate i moves by h_i = eps * max(|x_i|, mean |x|) (1 in place
+        of the mean for an all-zero tensor).
     rtol, atol : float
         A probe passes when |analytic - numeric| <= atol' + rtol * |numeric|, where atol' is ``atol`` plus
         the rounding-noise floor of the finite difference (shown in the report's atol column).
+    samples, directions, sampled_directions, locate_samples : int
+        Probe counts (``sampled_directions`` may be 0).
+    exhaustive_limit, clear_limit : int
+        See ``mode``.
+    float32 : bool
+        Also run a float32 copy of the module on the float32-rounded input and compare its analytic gradients
+        with the float64 ones at that point (reported in separate rows).
     raise_exception : bool
         Raise :class:`GradcheckError` (with the report) instead of returning a failed result.
     check_inputs, check_params : bool
@@ -150,7 +211,8 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
     -------
     GradcheckResult
         ``.passed``, and ``print(result)`` shows one row per tensor: max abs and rel error, the worst index
-        with its analytic and numeric values, the tolerances and the status.
+        with its analytic and numeric values, the effective tolerances, the smallest relative error the row
+        could detect, and the status, then the protocol checks and a legend.
     """
     if not isinstance(module, Module):
         raise TypeError(f"gradcheck: module must be a numpy_densenet Module, got {type(module).__name__}")
@@ -159,14 +221,24 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
     if not eps > 0:
         raise ValueError(f"gradcheck: eps must be positive, got {eps!r}")
     for name, v in (("samples", samples), ("directions", directions), ("locate_samples", locate_samples)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise ValueError(f"gradcheck: {name} must be a positive int, got {v!r}")
+    for name, v in (("sampled_directions", sampled_directions), ("exhaustive_limit", exhaustive_limit),
+                    ("clear_limit", clear_limit)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"gradcheck: {name} must be a non-negative int, got {v!r}")
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if not v >= 0:
+            raise ValueError(f"gradcheck: {name} must be non-negative, got {v!r}")
 
     probe = _Probe(module, x, seed)
     if executor is not None:
         from .gradcheck_parallel import ParallelLosses
         probe.parallel = ParallelLosses(executor, probe)
     result = GradcheckResult(type(module).__name__, mode, eps, seed)
+    module_values = sum(a.size for a in probe.inputs) + sum(p.size for _, p in probe.params)
+    if module_values > clear_limit:
+        exhaustive_limit = 0            # too costly to probe a tensor coordinate by coordinate
     rng = np.random.default_rng([seed, 1])
 
     targets = []
@@ -174,47 +246,60 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
         targets += [(name, arr, grad) for name, arr, grad in probe.input_targets()]
     if check_params:
         targets += [(name, p.data, grad) for (name, p), grad in zip(probe.params, probe.param_grads)]
+    coordinates = {}
     if mode != "directional":                       # every coordinate is known before any is judged
-        coordinates = []
-        for name, array, _ in targets:
+        for name, array, analytic in targets:
             n = array.size if mode == "full" else min(samples, array.size)
             flat = np.arange(array.size) if mode == "full" else rng.choice(array.size, n, replace=False)
-            coordinates.append(np.sort(flat))
-        if probe.parallel is not None:              # send all the probes now, in coarse tasks across tensors
-            probe.parallel.prefetch([(name, np.unravel_index(int(i), array.shape), d)
-                                     for (name, array, _), flat in zip(targets, coordinates)
-                                     for i in flat for d in (eps, -eps)])
-    for k, (name, array, analytic) in enumerate(targets):
-        if mode == "directional":
-            row = _check_directional(probe, name, array, analytic, eps, rtol, atol, directions, rng)
-            if row.status == "FAIL":
-                # Locate the wrong entries coordinate by coordinate. When every failing direction crossed a
-                # non-differentiable point, only an exhaustive search can clear the tensor.
-                exhaustive = row.kinks and array.size <= exhaustive_limit
-                indices = np.arange(array.size) if exhaustive else _locate_indices(analytic, locate_samples, rng)
-                located = _check_coordinates(probe, name, array, analytic, eps, rtol, atol, indices)
-                located.note = (f"(direction {row.worst}: analytic {row.analytic:.6g} vs numeric "
-                                f"{row.numeric:.6g}; located over {located.probes} coordinates)")
-                if located.status != "FAIL":
-                    located.status = "FAIL"
-                    if exhaustive:      # every coordinate is right or a kink: the direction crossed kinks
-                        located.status = "kink"
-                        located.note += " - the direction crosses a non-differentiable point"
-                    elif row.kinks:
-                        located.note += (" - the direction crosses a non-differentiable point and the tensor is "
-                                         "too large to clear exhaustively: check it with mode='full'")
-                    else:
-                        located.note += " - no single wrong coordinate found"
-                row = located
+            coordinates[name] = np.sort(flat)
+        if probe.parallel is not None:              # send all the first probes now, in coarse tasks across tensors
+            probe.parallel.prefetch([request for name, array, analytic in targets
+                                     if _nonfinite(analytic) is None
+                                     for request in _coordinate_requests(probe, name, array, analytic, eps,
+                                                                         coordinates[name])])
+    for name, array, analytic in targets:
+        bad = _nonfinite(analytic)
+        if bad is not None:
+            row = _nonfinite_row(probe, name, array, analytic, bad, eps, rtol, atol)
+        elif mode == "directional":
+            row = _directional_row(probe, name, array, analytic, eps, rtol, atol, directions, locate_samples,
+                                   exhaustive_limit, rng)
         else:
-            row = _check_coordinates(probe, name, array, analytic, eps, rtol, atol, coordinates[k])
+            n = coordinates[name].size
+            row = _check_coordinates(probe, name, array, analytic, eps, rtol, atol, coordinates[name])
+            if mode == "sampled" and sampled_directions and n < array.size:
+                other = _directional_row(probe, name, array, analytic, eps, rtol, atol, sampled_directions,
+                                         locate_samples, exhaustive_limit, rng, clear_kinks=False)
+                row = _merge(row, other)
         result.rows.append(row)
 
     result.reentrant, result.accumulates = probe.reentrant, probe.accumulates
+    result.upstream_intact = probe.upstream_intact
     result.notes += probe.notes
+    if float32:
+        result.float32_rows = _float32_rows(module, probe, check_inputs, check_params)
     if raise_exception and not result.passed:
         raise GradcheckError(result)
     return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The probe: a float64 copy of the module, evaluated with its state reset
+# ----------------------------------------------------------------------------------------------------------
+class _Float32Draws:
+    """Wraps a ``numpy.random.Generator`` so that ``random(..., dtype=float64)`` returns float32 draws: a
+    float64 copy of a Dropout then draws the very mask its float32 twin draws."""
+
+    def __init__(self, generator):
+        self._generator = generator
+
+    def random(self, size=None, dtype=np.float64, out=None):
+        if np.dtype(dtype) == np.float64 and out is None:
+            return self._generator.random(size, dtype=np.float32).astype(np.float64)
+        return self._generator.random(size, dtype=dtype, out=out)
+
+    def __getattr__(self, name):
+        return getattr(self._generator, name)
 
 
 class _Probe:
@@ -233,40 +318,58 @@ class _Probe:
         self.notes = []
         self.parallel = None                        # gradcheck_parallel.ParallelLosses when given an executor
         # Everything forward may change is saved once and restored before each evaluation.
-        self.generators = [m.generator for m in self.module.modules()
+        self.generators = [(m, m.generator) for m in self.module.modules()
                            if isinstance(getattr(m, "generator", None), np.random.Generator)]
-        self.generator_states = [copy.deepcopy(g.bit_generator.state) for g in self.generators]
+        self.generator_states = [copy.deepcopy(g.bit_generator.state) for _, g in self.generators]
         self.buffers = [(m, name, np.array(getattr(m, name), copy=True))
                         for m in self.module.modules() for name in m._buffers]
 
         out = self._forward()
         self.g = np.random.default_rng([seed, 0]).standard_normal(np.shape(out))  # non-uniform upstream grad
-        self.scale = float(np.abs(self.g * out).sum()) + 1.0                    # for the rounding-noise floor
+        bad = _nonfinite(out)
+        if bad is not None:
+            self.notes.append(f"{bad[0]} in the forward output at {_fmt_index(bad[1])}: every numeric "
+                              f"derivative is undefined")
         self.L0 = self.loss()
         self._analytic()
+        # S bounds the rounding error of one evaluation of L: the output's own magnitude, plus the magnitude of
+        # the inputs and parameters weighted by their gradients, which is how far the output's rounding can
+        # reach when the module cancels large terms (BatchNorm on 1e4 + N(0, 1) subtracts 1e4 from each input).
+        terms = [np.abs(self.g * out)] + [np.abs(a * self.inputs[i]) for a, i in
+                                          zip(self.input_grads, self.float_inputs)]
+        terms += [np.abs(a * p.data) for a, (_, p) in zip(self.param_grads, self.params)]
+        self.size = float(sum(np.nansum(np.where(np.isfinite(t), t, 0.0)) for t in terms))
+        self.size += abs(self.L0) if math.isfinite(self.L0) else 0.0
+        self.noise = NOISE_FACTOR * EPS64 * (self.size + 1e-300)          # |error of one evaluation of L|
 
     def _reset(self):
-        for g, state in zip(self.generators, self.generator_states):
+        for (_, g), state in zip(self.generators, self.generator_states):
             g.bit_generator.state = copy.deepcopy(state)
         for m, name, value in self.buffers:
             object.__setattr__(m, name, value.copy())
 
-    def _forward(self):
+    def _forward(self, inputs=None):
         self._reset()
         # fresh copies: an in-place module (ReLU(inplace=True)) must not overwrite the probe point
-        out = self.module(*[a.copy() if a.dtype.kind == "f" else a for a in self.inputs])
+        inputs = self.inputs if inputs is None else inputs
+        out = self.module(*[a.copy() if a.dtype.kind == "f" else a for a in inputs])
         return np.asarray(out, dtype=np.float64)
 
     def loss(self):
         return float(np.dot(self.g.ravel(), self._forward().ravel()))
 
-    def _backward(self):
-        self._forward()
-        grads = self.module.backward(self.g.copy() if self.g.shape else self.g[()])
+    def _backward(self, g=None, inputs=None):
+        """One forward and backward; returns (input grads, param grads, upstream intact, returned view)."""
+        self._forward(inputs)
+        g = self.g if g is None else g
+        upstream = g.copy() if g.shape else g[()]
+        grads = self.module.backward(upstream)
         grads = grads if isinstance(grads, (tuple, list)) else (grads,)
         if len(grads) < len(self.float_inputs):
             raise ValueError(f"gradcheck: {type(self.module).__name__}.backward returned {len(grads)} "
                              f"gradient(s) for {len(self.float_inputs)} float input(s)")
+        intact = not g.shape or np.array_equal(upstream, g, equal_nan=True)
+        aliases = g.shape and any(isinstance(d, np.ndarray) and np.shares_memory(d, upstream) for d in grads)
         dxs = []
         for slot, i in enumerate(self.float_inputs):
             dx = grads[slot]
@@ -274,16 +377,18 @@ class _Probe:
                 raise ValueError(f"gradcheck: gradient of input {i} has shape {np.shape(dx)}, expected "
                                  f"{self.inputs[i].shape}")
             dxs.append(np.array(dx, dtype=np.float64))
-        return dxs, [p.grad.copy() for _, p in self.params]
+        return dxs, [np.array(p.grad, dtype=np.float64) for _, p in self.params], intact, aliases
 
     def _analytic(self):
-        """Run backward twice: same input gradients (reentrancy), doubled .grad (accumulation)."""
+        """Run backward twice: same input gradients (reentrancy), doubled .grad (accumulation), and the
+        upstream gradient left as it was handed over."""
         self.module.zero_grad()
-        dx1, pg1 = self._backward()
-        dx2, pg2 = self._backward()                     # no zero_grad: .grad must now hold twice pg1
+        dx1, pg1, intact1, aliases = self._backward()
+        dx2, pg2, intact2, _ = self._backward()          # no zero_grad: .grad must now hold twice pg1
         self.input_grads, self.param_grads = dx1, pg1
         self.reentrant = all(_close(a, b) for a, b in zip(dx1, dx2))
         self.accumulates = all(_close(2 * a, b) for a, b in zip(pg1, pg2))
+        self.upstream_intact = intact1 and intact2
         if not self.reentrant:
             self.notes.append("backward twice on the same input gave different input gradients: state leaks "
                               "between calls")
@@ -291,6 +396,10 @@ class _Probe:
             bad = [name for (name, _), a, b in zip(self.params, pg1, pg2) if not _close(2 * a, b)]
             self.notes.append("a second backward did not add to .grad (assigned instead of +=?): "
                               + ", ".join(bad))
+        if not self.upstream_intact:
+            self.notes.append("backward modified the upstream gradient it was given, in place"
+                              + (" (it returned a view of it and wrote into that)" if aliases else "")
+                              + ": other consumers of the same gradient would see the corruption")
         self.module.zero_grad()
 
     def input_targets(self):
@@ -298,13 +407,420 @@ class _Probe:
         for slot, i in enumerate(self.float_inputs):
             yield (f"input[{i}]" if many else "input"), self.inputs[i], self.input_grads[slot]
 
-    def noise_floor(self, eps):
-        """Rounding error of a central difference of L, which sums |g * y| ~ scale."""
-        return 4 * np.finfo(np.float64).eps * self.scale / eps
-
 
 def _close(a, b):
-    return np.allclose(a, b, rtol=1e-10, atol=1e-12 * (1.0 + np.abs(a).max(initial=0.0)))
+    """Equal up to rounding, with NaN and inf required at the same places (so NaN is not 'state leaks')."""
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    if not np.array_equal(fa, fb) or not np.array_equal(a[~fa], b[~fb], equal_nan=True):
+        return False
+    a, b = a[fa], b[fb]
+    return bool(np.allclose(a, b, rtol=1e-10, atol=1e-12 * (1.0 + np.abs(a).max(initial=0.0))))
+
+
+def _nonfinite(a):
+    """None if every entry is finite, else ("NaN" or "inf", index of the first, NaN count, inf count)."""
+    a = np.asarray(a)
+    finite = np.isfinite(a)
+    if finite.all():
+        return None
+    nans, infs = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+    first = np.unravel_index(int(np.flatnonzero(~finite.ravel())[0]), a.shape)
+    return ("NaN" if np.isnan(a[first]) else "inf"), tuple(int(i) for i in first), nans, infs
+
+
+def _scales(array):
+    """Each coordinate's magnitude for its step: |x_i|, or the tensor's mean magnitude when larger (1 for an
+    all-zero tensor). SciPy's max(1, |x_i|) would step far past the values of a tensor around 1e-6."""
+    magnitude = np.abs(array)
+    typical = float(magnitude.mean()) if magnitude.size else 1.0
+    return np.maximum(magnitude, typical if typical > 0 and math.isfinite(typical) else 1.0)
+
+
+NOISE_TARGET = 1e-6         # steps grow until the noise floor is this small relative to the gradient's rms
+MAX_RELATIVE_STEP = 1e-4
+
+
+def _steps(array, eps, noise=0.0, analytic=None):
+    """Per-coordinate steps: eps * scale, grown (up to 1e-4 * scale) until the rounding-noise floor
+    noise / h is at most 1e-6 of the gradient's rms. Without that, a tensor much smaller than the output
+    (an input around 1e-6 feeding outputs around 1) would be probed with steps whose effect on L drowns in
+    L's own rounding."""
+    scale = _scales(array)
+    h = eps * scale
+    if analytic is not None and noise > 0:
+        a = analytic[np.isfinite(analytic)]
+        rms = float(np.sqrt(np.mean(a * a))) if a.size else 0.0
+        if rms > 0:
+            h = np.minimum(np.maximum(h, noise / (NOISE_TARGET * rms)), max(MAX_RELATIVE_STEP, eps) * scale)
+    return h
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Judging one probe
+# ----------------------------------------------------------------------------------------------------------
+class _Verdict:
+    __slots__ = ("ok", "kink", "err", "tol", "num", "smooth_fail")
+
+    def __init__(self, ok, kink, err, tol, num, smooth_fail=False):
+        self.ok, self.kink, self.err, self.tol, self.num, self.smooth_fail = ok, kink, err, tol, num, smooth_fail
+
+
+def _judge_probe(probe, line, ana, rtol, atol, hull_points=(), refinements=3):
+    """Compare ``ana`` with the derivative of t -> L(line(t)) at t = 0.
+
+    ``line(t)`` evaluates L at the probe point moved by t steps (t in {-1, -1/2, 1/2, 1}) and returns
+    ``(L, actual offset in units of the nominal step h)``; ``line.h`` is the nominal step (for noise). Extra
+    ``hull_points`` are callables returning (left, right) one-sided slopes at tie-breaking perturbations.
+
+    A failing probe is re-judged, in order: against the Richardson extrapolation of the differences at h and
+    h/2 (a smooth function with curvature); as a kink (second differences at h and h/2 in the ratio 2 of a
+    kink rather than the 4 of a smooth function), where the analytic value must lie in the hull of the nearby
+    slopes; and, when the truncation error |D(h) - D(h/2)| is what separates the values (the function
+    varies on a scale shorter than the step, as BatchNorm does on 1e4 + 1e-6 N(0, 1)), with the step divided
+    by 8, up to ``refinements`` times. A value outside the kink hull is also re-judged at the smaller steps
+    before it fails: at a step comparable to the scale of a steep smooth function, its second differences can
+    look like a kink's.
+    """
+    h, noise, l0 = line.h, probe.noise, probe.L0
+    for level in range(refinements + 1):
+        f = 0.125 ** level
+        lp, op = line(f)
+        lm, om = line(-f)
+        num = (lp - lm) / ((op - om) * h)
+        err = abs(ana - num)
+        floor = noise / (f * h)
+        tol = atol + floor + rtol * abs(num)
+        if err <= tol:
+            return _Verdict(True, False, err, tol, num)
+        if not (math.isfinite(num) and math.isfinite(ana)):
+            return _Verdict(False, False, err, tol, num, smooth_fail=True)
+        lph, oph = line(f / 2)
+        lmh, omh = line(-f / 2)
+        num2 = (lph - lmh) / ((oph - omh) * h)
+        richardson = (4.0 * num2 - num) / 3.0
+        tol_r = atol + 3.0 * floor + rtol * abs(richardson)
+        if abs(ana - richardson) <= tol_r:      # smooth with curvature: the truncation error explained it
+            return _Verdict(True, False, abs(ana - richardson), tol_r, richardson)
+        # Second differences at h and h/2: a smooth function's scale by 4 (h^2), a kink at the probe's by 2.
+        sd1, sd2 = lp - 2.0 * l0 + lm, lph - 2.0 * l0 + lmh
+        if abs(sd1 - 4.0 * sd2) > max(0.5 * abs(sd1), 2.0 * noise):
+            slopes = [(l0 - lm) / (-om * h), (lp - l0) / (op * h), (l0 - lmh) / (-omh * h),
+                      (lph - l0) / (oph * h)]
+            hull_floor = 4.0 * floor
+
+            def within():
+                lo, hi = min(slopes), max(slopes)
+                hull_tol = atol + hull_floor + rtol * max(abs(lo), abs(hi))
+                return lo - hull_tol <= ana <= hi + hull_tol
+
+            inside = within()
+            if not inside:                               # the tie-breaking points, only when needed
+                for point in hull_points:
+                    more, point_floor = point()
+                    slopes += more
+                    hull_floor = max(hull_floor, point_floor)
+                inside = within()
+            if inside or level == refinements:
+                return _Verdict(inside, True, err, tol, num)
+            continue            # a kink stays a kink at a smaller step; a steep smooth function does not
+        if not abs(num - num2) > 0.05 * err:
+            break                                         # smooth, no truncation to speak of: a wrong gradient
+    return _Verdict(False, False, err, tol, num, smooth_fail=True)
+
+
+class _Row:
+    """Accumulates probe verdicts into a TensorReport."""
+
+    def __init__(self, name, shape, rtol):
+        self.name, self.shape, self.rtol = name, shape, rtol
+        self.count = self.fails = self.kinks = self.smooth_fails = self.kink_fails = 0
+        self.errs, self.rels, self.atols, self.detects = [], [], [0.0], []
+        self.worst = (-np.inf, "-", 0.0, 0.0)
+        self.ratio = 0.0
+        self.notes = []
+
+    def add(self, where, ana, v, rtol):
+        self.count += 1
+        atol_eff = v.tol - rtol * abs(v.num) if math.isfinite(v.num) else v.tol
+        self.atols.append(atol_eff)
+        if math.isfinite(v.num) and abs(v.num) > 0:
+            self.detects.append(v.tol / abs(v.num))
+        if v.ok and v.kink:
+            self.kinks += 1
+            return
+        if not v.ok:
+            self.fails += 1
+            self.smooth_fails += v.smooth_fail
+            self.kink_fails += v.kink
+            if not (math.isfinite(v.num) and math.isfinite(ana)) and not self.notes:
+                kind = "NaN" if math.isnan(v.num) or math.isnan(ana) else "inf"
+                side = "numeric derivative" if not math.isfinite(v.num) else "analytic value"
+                self.notes.append(f"({kind} {side} at {_fmt_index(where)})")
+        ratio = v.err / v.tol if v.tol > 0 else (0.0 if v.err == 0 else math.inf)
+        self.ratio = max(self.ratio, ratio if not math.isnan(ratio) else math.inf)
+        excess = v.err - v.tol
+        if not excess <= self.worst[0]:        # NaN ranks worst
+            self.worst = (excess if not math.isnan(excess) else math.inf, where, ana, v.num)
+        self.errs.append(v.err)
+        big = max(abs(ana), abs(v.num))
+        self.rels.append(v.err / big if big > atol_eff else 0.0)
+
+    def report(self, probes=None):
+        status = "FAIL" if self.fails else ("kink" if self.kinks and not self.errs else "pass")
+        _, where, ana, num = self.worst
+        return TensorReport(self.name, self.shape, self.count if probes is None else probes,
+                            _nanmax(self.errs), _nanmax(self.rels), where, ana, num, self.rtol, max(self.atols),
+                            status, self.kinks, " ".join(self.notes), min(self.detects, default=math.nan),
+                            self.ratio)
+
+
+def _nanmax(values):
+    if not values:
+        return 0.0
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Coordinates and directions
+# ----------------------------------------------------------------------------------------------------------
+def _coordinate_line(probe, array, flat, step, first=None):
+    """``line(t)``: L with array[idx] = x + t * step, and the offset actually taken in steps. ``first``: the
+    values of L at t = +1 and -1 when an executor computed them (the same arithmetic, x[i] + delta)."""
+    idx = np.unravel_index(int(flat), array.shape)
+    original = float(array[idx])
+
+    def line(t):
+        if first is not None and t in (1.0, -1.0):
+            return first[0 if t > 0 else 1], ((original + t * step) - original) / step
+        array[idx] = original + t * step
+        offset = (array[idx] - original) / step
+        value = probe.loss()
+        array[idx] = original
+        return value, offset
+
+    line.h = step
+    return idx, line
+
+
+def _coordinate_requests(probe, name, array, analytic, eps, flat_indices):
+    """The executor requests (name, index, +-step) of the first two evaluations of each coordinate probe, in
+    the order :func:`_check_coordinates` needs them."""
+    steps = _steps(array, eps, probe.noise, analytic).ravel()
+    return [(name, np.unravel_index(int(flat), array.shape), t * float(steps[flat]))
+            for flat in flat_indices for t in (1.0, -1.0)]
+
+
+def _tie_break_points(probe, array, flat, step, steps):
+    """Two hull points for coordinate ``flat``: the other coordinates of the same tensor moved by one step of
+    their own, earlier ones up and later ones down (so that ties break towards the first element, as
+    PyTorch's max pooling does, and values at a kink fall to one side) and the mirror image; at each, the
+    one-sided slopes along the coordinate with half a step."""
+    idx = np.unravel_index(int(flat), array.shape)
+    original = array.copy()
+    order = np.arange(array.size).reshape(array.shape)
+    push = np.where(order < flat, 1.0, -1.0) * steps.reshape(array.shape)
+    push[idx] = 0.0
+
+    def point(sign):
+        def slopes():
+            np.add(original, sign * push, out=array)
+            base = float(array[idx])
+            values = []
+            for t in (-0.5, 0.0, 0.5):
+                array[idx] = base + t * step
+                values.append((probe.loss(), (array[idx] - base)))
+            array[...] = original
+            (lm, om), (l0, _), (lp, op) = values
+            return [(l0 - lm) / -om, (lp - l0) / op], 4.0 * probe.noise / step
+        return slopes
+
+    return point(1.0), point(-1.0)
+
+
+def _check_coordinates(probe, name, array, analytic, eps, rtol, atol, flat_indices):
+    """Probe single coordinates: perturb array[idx] by +-h (relative step); compare with analytic[idx]."""
+    row = _Row(name, array.shape, rtol)
+    steps = _steps(array, eps, probe.noise, analytic).ravel()
+    firsts = None
+    if probe.parallel is not None:                  # L(+h), L(-h) of every probe, on the executor's workers
+        values = probe.parallel.losses(_coordinate_requests(probe, name, array, analytic, eps, flat_indices))
+        firsts = [values[2 * k:2 * k + 2] for k in range(len(flat_indices))]
+    for k, flat in enumerate(flat_indices):
+        idx, line = _coordinate_line(probe, array, flat, float(steps[flat]),
+                                     firsts[k] if firsts is not None else None)
+        ana = float(analytic[idx])
+        v = _judge_probe(probe, line, ana, rtol, atol,
+                         hull_points=_LazyPoints(probe, array, flat, float(steps[flat]), steps))
+        row.add(idx, ana, v, rtol)
+    return row.report()
+
+
+class _LazyPoints:
+    """The tie-breaking hull points, built only when a probe reaches the hull test."""
+
+    def __init__(self, *args):
+        self.args = args
+
+    def __iter__(self):
+        return iter(_tie_break_points(*self.args))
+
+
+def _direction_line(probe, array, original, d, eps):
+    """``line(t)``: L at original + t * eps * d (``line.first``: L at t = +1 and -1 from an executor)."""
+    def line(t):
+        first = line.first
+        if first is not None and t in (1.0, -1.0):
+            return first[0 if t > 0 else 1], t
+        np.add(original, (t * eps) * d, out=array)
+        value = probe.loss()
+        array[...] = original
+        return value, t              # rounding of the move is folded into the analytic value
+
+    line.h, line.first = eps, None
+    return line
+
+
+def _directional_probes(probe, array, analytic, eps, count, rng):
+    """Probe random directions d = s * u, u ~ N(0, 1/n), s_i = h_i / eps (the coordinate's relative step
+    scale): the move has the length of one coordinate step, spread over the tensor (longer moves cross more
+    kinks inside a model). Compares (L(x + eps d) - L(x - eps d)) / (2 eps) with <analytic, actual move> /
+    (2 eps)."""
+    original = array.copy()
+    scale = _steps(original, eps, probe.noise, analytic) / eps
+    for k in range(count):
+        d = rng.standard_normal(array.shape) * (scale / math.sqrt(array.size))   # |u| ~ 1 over the tensor
+
+        line = _direction_line(probe, array, original, d, eps)
+        # the analytic directional derivative along the move actually taken at t = +-1
+        np.add(original, eps * d, out=array)
+        up = array - original
+        np.subtract(original, eps * d, out=array)
+        down = original - array
+        array[...] = original
+        ana = float(np.vdot(analytic, up + down)) / (2.0 * eps)
+        yield f"dir {k}", line, ana, d
+
+
+def _direction_hull_points(probe, array, d, steps, eps):
+    """Hull points for a direction d: the slopes along d at four tie-breaking perturbations of the whole
+    tensor (earlier coordinates raised and later ones lowered, by up to a step; the mirror image; everything
+    a step down; everything a step up), measured with moves small enough not to undo the tie-breaking."""
+    original = array.copy()
+    n = array.size
+    order = (np.arange(n, dtype=np.float64).reshape(array.shape) + 0.5) / n
+    rank = steps * (1.0 - 2.0 * order)
+    u = d * eps / steps
+    tau = 1.0 / (4.0 * n * max(float(np.abs(u).max()), 1e-300))
+    move = tau * eps * d
+
+    def point(push):
+        def slopes():
+            values = []
+            for sign in (-1.0, 0.0, 1.0):
+                np.add(original, push, out=array)
+                np.add(array, sign * move, out=array)
+                values.append(probe.loss())
+            array[...] = original
+            lm, l0, lp = values
+            return [(l0 - lm) / (tau * eps), (lp - l0) / (tau * eps)], 2.0 * probe.noise / (tau * eps)
+        return slopes
+
+    return [point(rank), point(-rank), point(-steps), point(steps)]
+
+
+class _LazyDirectionPoints:
+    def __init__(self, *args):
+        self.args = args
+
+    def __iter__(self):
+        return iter(_direction_hull_points(*self.args))
+
+
+def _check_directions(probe, name, array, analytic, eps, rtol, atol, directions, rng):
+    row = _Row(name, array.shape, rtol)
+    steps = _steps(array, eps, probe.noise, analytic)
+    probes = list(_directional_probes(probe, array, analytic, eps, directions, rng))
+    parallel = probe.parallel
+    if parallel is not None and not parallel._pending:    # (sampled mode's own prefetch is left alone)
+        values = parallel.losses([(name, d, t * eps) for _, _, _, d in probes for t in (1.0, -1.0)])
+        for k, (_, line, _, _) in enumerate(probes):
+            line.first = values[2 * k:2 * k + 2]
+    for where, line, ana, d in probes:
+        v = _judge_probe(probe, line, ana, rtol, atol, hull_points=_LazyDirectionPoints(probe, array, d, steps, eps))
+        row.add(where, ana, v, rtol)
+    report = row.report()
+    return report, row
+
+
+def _directional_row(probe, name, array, analytic, eps, rtol, atol, directions, locate_samples,
+                     exhaustive_limit, rng, clear_kinks=True):
+    report, row = _check_directions(probe, name, array, analytic, eps, rtol, atol, directions, rng)
+    if report.status != "FAIL":
+        if not (clear_kinks and report.kinks and array.size <= exhaustive_limit):
+            return report
+        # A direction across kinks is accepted anywhere in a hull that widens with every kink it crosses, so
+        # a single wrong entry can hide in it: a small tensor is then checked coordinate by coordinate.
+        located = _check_coordinates(probe, name, array, analytic, eps, rtol, atol, np.arange(array.size))
+        if located.status != "FAIL":
+            report.note = f"(directions cross kinks; every coordinate checked: {located.kinks} kinks)"
+            return report
+        located.note = (f"(directions cross kinks and pass within the hull of nearby derivatives; located "
+                        f"over all {located.probes} coordinates)")
+        return located
+    # Locate the wrong entries coordinate by coordinate (every coordinate when the failing directions crossed
+    # non-differentiable points and the tensor is small enough). The direction's failure stands either way: it
+    # was a smooth mismatch, or its value lies outside the hull of the derivatives at nearby points, which no
+    # per-coordinate test can see (a gradient counted twice at a tie gives each tied entry a valid value).
+    crossed_kinks = row.smooth_fails == 0
+    exhaustive = crossed_kinks and array.size <= exhaustive_limit
+    indices = np.arange(array.size) if exhaustive else _locate_indices(analytic, locate_samples, rng)
+    located = _check_coordinates(probe, name, array, analytic, eps, rtol, atol, indices)
+    located.note = (f"(direction {report.worst}: analytic {report.analytic:.6g} vs numeric "
+                    f"{report.numeric:.6g}; located over {located.probes} coordinates)")
+    located.detects = min(report.detects, located.detects) if not math.isnan(located.detects) else report.detects
+    if located.status != "FAIL":
+        located.status = "FAIL"
+        if crossed_kinks:
+            located.note += (" - no single coordinate is wrong, but along the direction the analytic value lies "
+                             "outside the hull of the derivatives at nearby points (e.g. counted twice at a tie)")
+        else:
+            located.note += " - no single wrong coordinate found"
+        located.worst, located.analytic, located.numeric = report.worst, report.analytic, report.numeric
+        located.max_abs_err, located.max_rel_err = report.max_abs_err, report.max_rel_err
+        located.worst_ratio = report.worst_ratio
+    return located
+
+
+def _merge(coords, dirs):
+    """Sampled mode: the coordinate row plus its directions, as one row."""
+    if dirs.status == "FAIL" and coords.status != "FAIL":
+        dirs.probes += coords.probes
+        return dirs
+    coords.probes += dirs.probes if dirs.status != "FAIL" or "located over" not in dirs.note else 0
+    coords.kinks += dirs.kinks if dirs.status != "FAIL" else 0
+    if coords.status == "kink" and dirs.status == "pass" and dirs.max_abs_err:
+        coords.status = "pass"
+    for attr in ("detects",):
+        if not math.isnan(getattr(dirs, attr)):
+            setattr(coords, attr, min(getattr(coords, attr), getattr(dirs, attr))
+                    if not math.isnan(getattr(coords, attr)) else getattr(dirs, attr))
+    coords.atol = max(coords.atol, dirs.atol)
+    return coords
+
+
+def _nonfinite_row(probe, name, array, analytic, bad, eps, rtol, atol):
+    """A tensor whose analytic gradient holds NaN or inf: fails, naming the first bad entry; the numeric
+    derivative there is computed for the report."""
+    kind, idx, nans, infs = bad
+    flat = int(np.ravel_multi_index(idx, array.shape))
+    _, line = _coordinate_line(probe, array, flat, float(_steps(array, eps).ravel()[flat]))  # analytic is bad
+    (lp, op), (lm, om) = line(1.0), line(-1.0)
+    num = (lp - lm) / ((op - om) * line.h)
+    counts = ", ".join(f"{c} {k}" for c, k in ((nans, "NaN"), (infs, "inf")) if c)
+    return TensorReport(name, array.shape, 1, math.inf if kind == "inf" else math.nan, math.nan, idx,
+                        float(analytic[idx]), num, rtol, atol + probe.noise / line.h, "FAIL",
+                        note=f"({kind} in analytic d({name}) at {_fmt_index(idx)}; {counts} of {array.size})",
+                        worst_ratio=math.inf)
 
 
 def _locate_indices(analytic, k, rng):
@@ -317,102 +833,88 @@ def _locate_indices(analytic, k, rng):
     return np.unique(np.concatenate([largest, others]))
 
 
-def _kink(probe, perturb, eps, values, analytic, tol):
-    """Is a mismatch at this probe explained by a non-differentiable point between -eps and +eps?
+# ----------------------------------------------------------------------------------------------------------
+# float32
+# ----------------------------------------------------------------------------------------------------------
+def _float32_rows(module, probe, check_inputs, check_params):
+    """Run a float32 copy of the module and a float64 copy at the same float32-rounded point (parameters,
+    inputs and upstream gradient rounded to float32, Dropout masks drawn in float32 for both); compare the
+    analytic gradients entry by entry.
 
-    ``values`` holds L at -eps, 0, +eps; two more evaluations at -eps/2 and +eps/2 give five points. A smooth
-    function is fitted by a quadratic to rounding error; a kink is not. Returns ``(nonsmooth, one_sided)``:
-    whether the fit fails, and whether the analytic value lies between the one-sided slopes (is a one-sided
-    derivative), so that a wrong gradient at a kink is still caught.
+    Tolerance per tensor: |a32 - a64| <= atol32 + rtol32 * |a64|, rtol32 = 8 eps32 sqrt(K) with K the number
+    of values the computation touches (inputs, output, parameters), atol32 = rtol32 * max(kappa * max|a64|,
+    S / (entries * mean|value|)), kappa = S / sum|g y| the cancellation factor of the float64 noise estimate
+    (large when the module subtracts large values, as BatchNorm on 1e4 + N(0, 1) does).
     """
-    lm, l0, lp = values
-    lmh, lph = perturb(-eps / 2), perturb(eps / 2)
-    t = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
-    y = np.array([lm, lmh, l0, lph, lp]) - l0
-    coef = np.polyfit(t, y, 2)
-    residual = np.abs(np.polyval(coef, t) - y).max()
-    nonsmooth = residual > 1e3 * np.finfo(np.float64).eps * probe.scale
-    left, right = (l0 - lm) / eps, (lp - l0) / eps
-    one_sided = min(left, right) - tol <= analytic <= max(left, right) + tol
-    return nonsmooth, one_sided
-
-
-def _check_coordinates(probe, name, array, analytic, eps, rtol, atol, flat_indices):
-    """Probe single coordinates: perturb array[idx] by +-eps; compare with analytic[idx]."""
-    def probes():
-        for flat in flat_indices:
-            idx = np.unravel_index(int(flat), array.shape)
-            original = array[idx]
-
-            def perturb(delta, idx=idx, original=original):
-                array[idx] = original + delta
-                value = probe.loss()
-                array[idx] = original
-                return value
-
-            perturb.request = (name, idx)           # what an executor's worker perturbs
-            yield idx, perturb, float(analytic[idx])
-
-    row, _, _ = _judge(probe, name, array.shape, len(flat_indices), probes(), eps, rtol, atol)
-    return row
-
-
-def _check_directional(probe, name, array, analytic, eps, rtol, atol, directions, rng):
-    """Probe random unit directions u: perturb the array by +-eps*u; compare with <analytic, u> = v^T J u."""
-    original = array.copy()
-
-    def probes():
-        for k in range(directions):
-            u = rng.standard_normal(array.shape)
-            u /= np.linalg.norm(u) or 1.0
-
-            def perturb(delta, u=u):
-                np.add(original, delta * u, out=array)
-                value = probe.loss()
-                array[...] = original
-                return value
-
-            perturb.request = (name, u)
-            yield f"dir {k}", perturb, float(np.vdot(analytic, u))
-
-    row, fails, smooth_fails = _judge(probe, name, array.shape, directions, probes(), eps, rtol, atol)
-    if fails and not smooth_fails:
-        row.kinks += fails      # every failing direction crossed a kink (several at once defeat the one-sided test)
-    elif fails:
-        row.kinks = 0
-    return row
-
-
-def _judge(probe, name, shape, count, probes, eps, rtol, atol):
-    """Central differences for each (where, perturb, analytic) probe; kinks told apart from wrong gradients.
-
-    Returns the report row, the number of failing probes, and how many of those failed at smooth points
-    (certainly wrong gradients).
-    """
-    atol_eff = atol + probe.noise_floor(eps)
-    errs, rels, fails, kinks, smooth_fails = [], [], 0, 0, 0
-    worst = (-np.inf, "-", 0.0, 0.0)
-    if probe.parallel is not None:                  # L(+eps), L(-eps) of every probe, on the executor's workers
-        probes = list(probes)
-        values = iter(probe.parallel.losses([(*p.request, d) for _, p, _ in probes for d in (eps, -eps)]))
-    for where, perturb, ana in probes:
-        lp, lm = (next(values), next(values)) if probe.parallel is not None else (perturb(eps), perturb(-eps))
-        num = (lp - lm) / (2 * eps)
-        err = abs(ana - num)
-        tol = atol_eff + rtol * abs(num)
-        if err > tol:
-            nonsmooth, one_sided = _kink(probe, perturb, eps, (lm, probe.L0, lp), ana, tol)
-            if nonsmooth and one_sided:
-                kinks += 1
-                continue
-            fails += 1
-            smooth_fails += not nonsmooth
-        if err - tol > worst[0]:
-            worst = (err - tol, where, ana, num)
-        errs.append(err)
-        rels.append(err / max(abs(ana), abs(num)) if max(abs(ana), abs(num)) > atol_eff else 0.0)
-    status = "FAIL" if fails else ("kink" if kinks and not errs else "pass")
-    _, where, ana, num = worst
-    row = TensorReport(name, shape, count, max(errs, default=0.0), max(rels, default=0.0), where, ana, num, rtol,
-                       atol_eff, status, kinks)
-    return row, fails, smooth_fails
+    m32 = copy.deepcopy(module).float()
+    ref = copy.deepcopy(m32).double()            # float32-rounded parameters, held in float64
+    x32 = [a.astype(np.float32) if a.dtype.kind == "f" else a for a in probe.inputs]
+    x64 = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in x32]
+    g32 = probe.g.astype(np.float32)
+    rows = []
+    grads = {}
+    for label, m, xs, g in (("32", m32, x32, g32), ("64", ref, x64, g32.astype(np.float64))):
+        for sub in m.modules():
+            gen = getattr(sub, "generator", None)
+            if isinstance(gen, np.random.Generator):
+                if label == "64":
+                    object.__setattr__(sub, "generator", _Float32Draws(gen))
+        m.zero_grad()
+        m(*[a.copy() if a.dtype.kind == "f" else a for a in xs])
+        out = m.backward(g.copy() if g.shape else g[()])
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        floats = [i for i, a in enumerate(xs) if a.dtype.kind == "f"]
+        many = len(floats) > 1
+        named = []
+        if check_inputs:
+            named += [((f"input[{i}]" if many else "input"), np.asarray(out[slot]))
+                      for slot, i in enumerate(floats)]
+        if check_params:
+            named += [(name, p.grad) for name, p in m.named_parameters()]
+        grads[label] = named
+    out_size = probe.g.size
+    k = out_size + sum(a.size for a in probe.inputs if a.dtype.kind == "f") + sum(p.size for _, p in probe.params)
+    rtol32 = FLOAT32_FACTOR * EPS32 * math.sqrt(k)
+    plain = float(np.nansum(np.abs(probe.g * probe._forward())))
+    kappa = max(1.0, probe.size / plain) if plain > 0 else 1.0
+    values = ([probe.inputs[i] for i in probe.float_inputs] if check_inputs else []) + (
+        [p.data for _, p in probe.params] if check_params else [])
+    for (name, a32), (_, a64), value in zip(grads["32"], grads["64"], values):
+        a32d = np.asarray(a32, dtype=np.float64)
+        a64 = np.asarray(a64, dtype=np.float64)
+        row = _Row(name + " (float32)", a64.shape, rtol32)
+        scale = float(np.abs(a64[np.isfinite(a64)]).max(initial=0.0))
+        # Absolute scale: the tensor's own largest gradient (times the cancellation factor), or, when that
+        # is ~0 (a conv bias before BatchNorm), what L's size spread evenly over the tensor's entries would
+        # give: S / (entries * mean |value|), in the gradient's units.
+        spread = probe.size / (a64.size * float(np.mean(_scales(value)))) if a64.size else 0.0
+        atol32 = rtol32 * max(kappa * scale, spread) + 1e-30
+        if np.asarray(a32).dtype != np.float32:
+            row.notes.append(f"(dtype out {np.asarray(a32).dtype}, expected float32)")
+            row.fails += 1
+        err = np.abs(a32d - a64)
+        tol = atol32 + rtol32 * np.abs(a64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(tol > 0, err / tol, np.inf)
+        ratio = np.where(np.isnan(ratio), np.inf, ratio)
+        bad = ~(err <= tol)
+        worst = np.unravel_index(int(np.argmax(ratio)), a64.shape) if a64.size else ()
+        nonfinite = _nonfinite(a32d)
+        if nonfinite is not None:
+            row.notes.append(f"({nonfinite[0]} in float32 analytic d({name}) at {_fmt_index(nonfinite[1])})")
+            worst = nonfinite[1]
+        fails = int(bad.sum()) + row.fails
+        big = np.maximum(np.abs(a32d), np.abs(a64))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = np.where(big > atol32, err / big, 0.0)
+        report = TensorReport(row.name, a64.shape, a64.size, _nanmax([float(err.max(initial=0.0))])
+                              if not np.isnan(err).any() else math.nan,
+                              float(np.nanmax(rel, initial=0.0)) if not np.isnan(err).any() else math.nan,
+                              tuple(int(i) for i in worst), float(a32d[worst]) if a64.size else 0.0,
+                              float(a64[worst]) if a64.size else 0.0, rtol32, atol32,
+                              "FAIL" if fails else "pass", note=" ".join(row.notes),
+                              detects=float(np.min(tol / np.where(np.abs(a64) > 0, np.abs(a64), np.inf),
+                                                   initial=np.inf)),
+                              worst_ratio=float(ratio.max(initial=0.0)))
+        rows.append(report)
+    return rows

@@ -10,8 +10,8 @@ Four parts:
    wrong gradient at a kink is still a failure;
 4. argument validation.
 
-Known weaknesses of the harness are pinned with ``xfail(strict=True)`` tests that assert the behaviour we
-would like: if the harness is improved they XPASS and fail, so the marker must then be removed.
+(Known weaknesses used to be pinned with ``xfail(strict=True)`` tests; the last one, double counting at a
+tie in directional mode, was fixed by issue 12.)
 """
 import copy
 
@@ -39,8 +39,10 @@ def row(result, name):
     return matches[0]
 
 
-def expected_probes(mode, size, samples=16, directions=3):
-    return {"full": size, "sampled": min(samples, size), "directional": directions}[mode]
+def expected_probes(mode, size, samples=16, directions=3, sampled_directions=1):
+    """Probes on a passing row: sampled mode adds its direction(s) when it does not cover every coordinate."""
+    sampled = size if size <= samples else samples + sampled_directions
+    return {"full": size, "sampled": sampled, "directional": directions}[mode]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -312,11 +314,12 @@ def test_single_wrong_coordinate_is_caught_and_located(mode):
 
 
 def test_single_wrong_coordinate_in_sampled_mode_is_caught_only_when_sampled():
-    """Sampled mode probes 16 of the 64 coordinates: it catches the bug exactly when (0,0,0,0) is among
-    them, so some seeds miss it. With samples >= size it probes everything and always catches it."""
+    """Without its random direction (sampled_directions=0), sampled mode probes 16 of the 64 coordinates: it
+    catches the bug exactly when (0,0,0,0) is among them, so some seeds miss it. With samples >= size it
+    probes everything and always catches it; with the default direction it always catches it too."""
     caught, missed = [], []
     for seed in range(12):
-        result = gradcheck(_subtle_module(), SUBTLE_X, mode="sampled", seed=seed)
+        result = gradcheck(_subtle_module(), SUBTLE_X, mode="sampled", seed=seed, sampled_directions=0)
         r = row(result, "input")
         assert r.probes == 16
         assert [other.name for other in result.rows] == ["input", "weight", "bias"]
@@ -331,6 +334,10 @@ def test_single_wrong_coordinate_in_sampled_mode_is_caught_only_when_sampled():
     for seed in range(3):
         result = gradcheck(_subtle_module(), SUBTLE_X, mode="sampled", seed=seed, samples=64)
         assert failing(result) == {"input"}
+    for seed in missed:
+        result = gradcheck(_subtle_module(), SUBTLE_X, mode="sampled", seed=seed)
+        assert failing(result) == {"input"}, result.table()
+        assert tuple(int(i) for i in row(result, "input").worst) == (0, 0, 0, 0), result.table()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -683,16 +690,15 @@ def test_maxpool_double_counting_matches_on_untied_input():
     assert gradcheck(MaxPoolGradToEveryTiedMax(2), x, mode="full").passed
 
 
-TIE_WAIVER = ("harness weakness: with a single tie a direction fails the one-sided test, but directional mode "
-              "waives every non-smooth failing direction as 'crossing several kinks' once the located "
-              "coordinates pass (each tied element alone has a valid one-sided derivative, so full and sampled "
-              "modes cannot see this bug at all)")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=TIE_WAIVER)
-def test_maxpool_double_counting_at_a_tie_is_caught_in_directional_mode():
+@pytest.mark.parametrize("seed", range(6))
+def test_maxpool_double_counting_at_a_tie_is_caught_in_directional_mode(seed):
+    """Each tied element alone has a valid value (so full and sampled modes cannot see this bug), but along a
+    direction that moves both tied elements the same way, the sum lies outside the hull of the derivatives at
+    nearby points (sampled at tie-breaking perturbations). Was a strict xfail before issue 12."""
     x, _ = _tied_maxpool_input(ties=1)
-    assert not gradcheck(MaxPoolGradToEveryTiedMax(2), x, mode="directional").passed
+    result = gradcheck(MaxPoolGradToEveryTiedMax(2), x, mode="directional", seed=seed, directions=8)
+    assert failing(result) == {"input"}, result.table()
+    assert "outside the hull" in row(result, "input").note
 
 
 # ----------------------------------------------------------------------------------------------------------
