@@ -48,7 +48,7 @@ def load_baseline(rev):
 
 
 def time_cases(gradcheck, modes, seed_):
-    from numpy_densenet.cli import layer_cases, model_cases
+    from numpy_densenet.gradcheck import layer_cases, model_cases
     out = {}
     for what, cases in (("layers", layer_cases), ("models", model_cases)):
         for mode in modes:
