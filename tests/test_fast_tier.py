@@ -135,8 +135,10 @@ def test_fast_conv2d_keep_input_false_equals_plain():
 @given(data=st.data())
 def test_fast_batchnorm2d_equals_plain(data):
     rng, dtype = draw_common(data)
+    # At least 4 values per channel: with 2, float32's rounding of x - mean is amplified by 1/std without bound
+    # (both tiers then differ from float64 by more than 1e-5, each in its own way).
     N, C = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 5))
-    H, W = data.draw(st.integers(1, 5)), data.draw(st.integers(2, 5))
+    H, W = data.draw(st.integers(2, 5)), data.draw(st.integers(2, 5))
     momentum = data.draw(st.sampled_from([0.1, 0.5, None]))
     plain = nn.BatchNorm2d(C, momentum=momentum, dtype=dtype)
     plain.weight.data[...] = rng.uniform(0.5, 2, C)
@@ -154,7 +156,7 @@ def test_fast_batchnorm2d_equals_plain(data):
 def test_fast_batchnormrelu2d_equals_plain_batchnorm_then_relu(data):
     rng, dtype = draw_common(data)
     N, C = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 5))
-    H, W = data.draw(st.integers(1, 5)), data.draw(st.integers(2, 5))
+    H, W = data.draw(st.integers(2, 5)), data.draw(st.integers(2, 5))              # >= 4 values per channel
     plain = nn.Sequential(nn.BatchNorm2d(C, dtype=dtype), nn.ReLU())
     plain[0].bias.data[...] = rng.standard_normal(C)
     quick = fast.BatchNormReLU2d(C, dtype=dtype)

@@ -679,7 +679,7 @@ def test_cli_summary_densenet_bc(capsys):
 def test_cli_gradcheck_model(capsys):
     assert main(["gradcheck", "--model"]) == 0
     out = capsys.readouterr().out
-    assert "5 passed, 0 failed" in out and "FAILED" not in out
+    assert "6 passed, 0 failed" in out and "FAILED" not in out and "the plain tier" in out
 
 
 def test_cli_gradcheck_layers(capsys):
