@@ -251,7 +251,7 @@ def _preprocess_entry(arrays, path):
     return v
 
 
-def load_model_file(path, dtype=None):
+def load_model_file(path, dtype=None, fast=True):
     """Rebuild a model saved by ``train`` (best.npz / checkpoint.npz / a weights file with ``_model_config``).
 
     The file is checked before the model is built: ``_model_config`` against the tensors present (so its
@@ -259,7 +259,9 @@ def load_model_file(path, dtype=None):
     variances >= 0, ``_mean`` / ``_std`` one finite value per input channel (std > 0), ``_classes`` one
     name per class. Every problem raises :class:`~numpy_densenet.io.WeightsFileError` naming the file.
 
-    Returns (model, metadata dict with mean, std, classes).
+    ``fast=False`` builds the model in the plain tier (same weights, same results to rounding).
+
+    Returns (model, metadata dict with mean, std, classes, inputs, preprocess).
     """
     arrays = load_npz(path)
     if "_model_config" not in arrays:
@@ -293,7 +295,7 @@ def load_model_file(path, dtype=None):
                                    f"class), found {len(classes)} entries")
         meta["classes"] = classes
     try:
-        model = DenseNet(**cfg, dtype=dt)
+        model = DenseNet(**cfg, dtype=dt, fast=fast)
         model.load_state_dict(state)
     except (ValueError, TypeError) as e:
         raise WeightsFileError(f"{where} does not fit its own model description: {e}") from None

@@ -325,6 +325,17 @@ def test_inspect_prints_tables_and_writes_matrices(capsys, tmp_path, monkeypatch
         assert G.shape == (3, 3) and np.isnan(G[1, 0]) and (G[np.triu_indices(3)] > 0).all()
 
 
+def test_inspect_tables_agree_between_the_tiers(capsys):
+    """`inspect --tier plain` runs the plain tier; its printed matrices equal the fast tier's (3 digits)."""
+    assert main(INSPECT + ["--block", "2"]) == 0
+    fast_out = capsys.readouterr().out
+    assert main(INSPECT + ["--block", "2", "--tier", "plain"]) == 0
+    plain_out = capsys.readouterr().out
+    assert "fast=False" in plain_out and "fast=True" in fast_out
+    tables = lambda out: [l for l in out.splitlines() if l.startswith("x")]  # noqa: E731
+    assert len(tables(fast_out)) >= 6 and tables(plain_out) == tables(fast_out)
+
+
 def test_inspect_agrees_with_the_library(capsys):
     """The printed table is block_gradient_flow's, on the normalised batch of the first images."""
     from numpy_densenet.data import channel_stats, load_dataset, normalize

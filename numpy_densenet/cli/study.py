@@ -34,6 +34,9 @@ def register(subparsers):
                    help="BatchNorm with running statistics (default: batch statistics, as in a training step)")
     p.add_argument("--block", type=int, default=None, metavar="B", help="only dense block B (1-based)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="initialisation seed of a random model (default 0)")
+    p.add_argument("--tier", choices=["fast", "plain"], default="fast",
+                   help="run the fast tier (default) or the plain one (Concat forward, split backward); the "
+                        "tables agree to rounding")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="write PNG heatmaps (with matplotlib) and the matrices (matrices.npz) to DIR")
     p.add_argument("--same-scale", action="store_true",
@@ -116,14 +119,14 @@ def _make_model(args, dataset):
     from ..io import load_npz, load_weights
     from ..train import load_model_file
     if args.weights is not None and "_model_config" in load_npz(args.weights):   # written by `train`
-        model, meta = load_model_file(args.weights)                 # best.npz or checkpoint.npz
+        model, meta = load_model_file(args.weights, fast=args.tier == "fast")   # best.npz or checkpoint.npz
         return (model, f"DenseNet: {model.extra_repr()} (weights {args.weights}, model from the file)",
                 meta["mean"], meta["std"])
     depth = args.depth
     if depth is None and dataset.name == "digits" and args.model in ("densenet_bc", "densenet"):
         depth = DIGITS_DEPTH                                        # train's default on the small digits
     model = build_model(args.model, depth, args.growth_rate, dataset.num_classes,
-                        in_channels=dataset.in_channels, seed=args.seed)
+                        in_channels=dataset.in_channels, seed=args.seed, fast=args.tier == "fast")
     if args.weights is not None:
         load_weights(model, args.weights)
         return model, f"{args.model}: {model.extra_repr()} (weights {args.weights})", None, None
