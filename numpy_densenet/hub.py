@@ -156,36 +156,16 @@ MAX_PHOTO_PIXELS = 64_000_000
 
 
 def open_image(path, mode="RGB"):
-    """Open an image file with Pillow and convert it to ``mode``; a clear ValueError if it is not an image.
+    """Open an image file with Pillow as a PIL image in ``mode``; a clear ValueError naming the file otherwise.
 
     Photos are resized before they reach the network, so any size up to :data:`MAX_PHOTO_PIXELS` is taken; the
     size is checked from the header before decoding, with Pillow's decompression-bomb guard set to the same
-    limit and PNG text chunks capped, as for every other image the package reads (:mod:`numpy_densenet.data.files`).
+    limit and PNG text chunks capped, as for every other image the package reads
+    (:func:`numpy_densenet.data.files.open_image`).
     """
-    import warnings
-
-    from .data.files import MAX_PNG_TEXT_BYTES, check_regular_file
-    Image = _pil()
-    from PIL import PngImagePlugin
-    check_regular_file(path, "image")                          # a folder, a link loop ...: FileFormatError
-    saved = Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY
-    Image.MAX_IMAGE_PIXELS = MAX_PHOTO_PIXELS
-    PngImagePlugin.MAX_TEXT_CHUNK = PngImagePlugin.MAX_TEXT_MEMORY = MAX_PNG_TEXT_BYTES
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                if w * h > MAX_PHOTO_PIXELS:
-                    raise ValueError(f"{os.fspath(path)!r} is {w}x{h} = {w * h:,} pixels, more than the limit of "
-                                     f"{MAX_PHOTO_PIXELS:,}; resize it first")
-                return img.convert(mode)
-    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as e:
-        if isinstance(e, ValueError) and "pixels, more than the limit" in str(e):
-            raise
-        raise ValueError(f"cannot read {os.fspath(path)!r} as an image: {e}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY = saved
+    from .data.files import open_image as open_checked
+    _pil()                                                     # a clear ImportError without Pillow
+    return open_checked(path, mode, what="image", max_pixels=MAX_PHOTO_PIXELS, as_array=False)
 
 
 def resize_shorter_side(img, size):

@@ -370,12 +370,19 @@ def read_gzip(path, header_size, data_size, what="file", budget=None):
 
 
 # -- images -------------------------------------------------------------------------------------------------------
-def open_image(path, mode, what="image"):
-    """Decode an image file with Pillow into a uint8 array (H, W) for ``mode="L"`` or (H, W, 3) for ``"RGB"``.
+def _pixels(limit):
+    """'1,048,576 (1024x1024)' for the default limit, else the number."""
+    return f"{limit:,}" + (" (1024x1024)" if limit == MAX_IMAGE_PIXELS else "")
 
-    The width x height is checked against ``MAX_IMAGE_PIXELS`` from the header, before decoding, with
-    Pillow's decompression-bomb guard set to the same value; text chunks are limited to ``MAX_PNG_TEXT_BYTES``.
-    Every decoder error becomes a :class:`FileFormatError` naming the file. Needs Pillow (ImportError otherwise).
+
+def open_image(path, mode, what="image", max_pixels=MAX_IMAGE_PIXELS, as_array=True):
+    """Decode an image file with Pillow into a uint8 array (H, W) for ``mode="L"`` or (H, W, 3) for ``"RGB"``
+    (or, with ``as_array=False``, a PIL image in ``mode``).
+
+    The width x height is checked against ``max_pixels`` (default ``MAX_IMAGE_PIXELS``, 1024x1024) from the
+    header, before decoding, with Pillow's decompression-bomb guard set to the same value; text chunks are
+    limited to ``MAX_PNG_TEXT_BYTES``. Every decoder error becomes a :class:`FileFormatError` naming the file.
+    Needs Pillow (ImportError otherwise).
     """
     from PIL import Image, PngImagePlugin
 
@@ -383,7 +390,7 @@ def open_image(path, mode, what="image"):
     check_regular_file(path, what)
     where = f"{what} {path!r}"
     saved = Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
     PngImagePlugin.MAX_TEXT_CHUNK = PngImagePlugin.MAX_TEXT_MEMORY = MAX_PNG_TEXT_BYTES
     try:
         import warnings
@@ -391,15 +398,15 @@ def open_image(path, mode, what="image"):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 width, height = img.size
-                if width * height > MAX_IMAGE_PIXELS:
+                if width * height > max_pixels:
                     raise FileFormatError(f"{where} is {width}x{height} = {width * height:,} pixels, more than the "
-                                          f"limit of {MAX_IMAGE_PIXELS:,} (1024x1024); resize it first")
-                return np.asarray(img.convert(mode), dtype=np.uint8)
+                                          f"limit of {_pixels(max_pixels)}; resize it first")
+                converted = img.convert(mode)
+                return np.asarray(converted, dtype=np.uint8) if as_array else converted
     except FileFormatError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise FileFormatError(f"{where} declares more pixels than the limit of {MAX_IMAGE_PIXELS:,} (1024x1024): "
-                              f"{e}") from None
+        raise FileFormatError(f"{where} declares more pixels than the limit of {_pixels(max_pixels)}: {e}") from None
     except MemoryError:
         raise
     except Exception as e:                          # Pillow raises many kinds (OSError, ValueError, SyntaxError, ...)
