@@ -46,9 +46,9 @@ def probes(a):
     """Probes per second (two forwards each) on one process with one thread, and on a spawned process pool."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from numpy_densenet import nn
+    from numpy_densenet import fast
     from numpy_densenet.gradcheck_parallel import ParallelLosses, one_thread, perturbed_loss
-    nn.set_num_threads(1)
+    fast.set_num_threads(1)
     one_thread()
     block, x, probe = _block_probe(a.depth, a.size)
     name = "denselayer1.conv2.weight"
@@ -104,9 +104,9 @@ def bigcheck(a):
     """A full gradcheck of every parameter of densenet_bc(depth, 12)'s first dense block on the pool."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from numpy_densenet import gradcheck, nn
+    from numpy_densenet import fast, gradcheck
     from numpy_densenet.gradcheck_parallel import one_thread
-    nn.set_num_threads(1)
+    fast.set_num_threads(1)
     one_thread()
     block, x, probe = _block_probe(a.depth, a.size)
     t0 = time.perf_counter()
@@ -180,11 +180,11 @@ def mpi_ranks(a):
     """Run on each rank (under mpiexec): Allreduce timings and the data-parallel step time."""
     from mpi4py import MPI
 
-    from numpy_densenet import nn
+    from numpy_densenet import fast
     from numpy_densenet.distributed import DataParallel
     from numpy_densenet.gradcheck_parallel import one_thread
     comm = MPI.COMM_WORLD
-    nn.set_num_threads(1)
+    fast.set_num_threads(1)
     one_thread()
     out = {}
     model, x, y = _batch(a.depth, a.batch, a.size)
@@ -225,7 +225,7 @@ def mpi_ranks(a):
 
 
 def mpi(a):
-    from numpy_densenet import nn
+    from numpy_densenet import fast
     from numpy_densenet.gradcheck_parallel import one_thread
     exe = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     cmd = [exe if os.path.exists(exe) else "mpiexec", "-n", "2", sys.executable, "-m", "mpi4py",
@@ -238,9 +238,9 @@ def mpi(a):
     r = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
     model, x, y = _batch(a.depth, a.batch, a.size)
-    nn.set_num_threads(2)
+    fast.set_num_threads(2)
     t2 = _step_time(model, x, y, a.repeats)                                    # P = 1, 2 threads (default)
-    nn.set_num_threads(1)
+    fast.set_num_threads(1)
     one_thread()
     per_rank = {}
     b = a.batch

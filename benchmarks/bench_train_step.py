@@ -92,8 +92,10 @@ def numpy_worker(spec):
     from numpy_densenet.model import densenet121, densenet_bc
     from numpy_densenet import nn as nd_nn
     from numpy_densenet.nn import CrossEntropyLoss
-    if spec["threads"] and hasattr(nd_nn, "set_num_threads"):             # the library's own threads (newer)
-        nd_nn.set_num_threads(spec["threads"])
+    import numpy_densenet
+    own = getattr(numpy_densenet, "set_num_threads", getattr(nd_nn, "set_num_threads", None))  # newer / older
+    if spec["threads"] and own is not None:                               # the library's own threads
+        own(spec["threads"])
     dt = np.dtype(spec["dtype"])
     kw = {"memory_efficient": True} if spec.get("memory_efficient") else {}   # only libraries that have it
     if spec.get("tier", "fast") == "plain":

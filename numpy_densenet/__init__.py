@@ -1,5 +1,6 @@
 """numpy_densenet: a from-scratch DenseNet in pure NumPy whose every backward pass is hand-written and verified."""
-from . import nn
+from . import fast, nn
+from .fast.threads import get_num_threads, set_num_threads   # the fast tier's threads, as torch's
 from .model import (DenseNet, densenet, densenet121, densenet161, densenet169, densenet201,
                        densenet_bc)
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
@@ -7,4 +8,4 @@ from .gradcheck import GradcheckError, GradcheckResult, gradcheck
 __version__ = "0.1.0"
 
 __all__ = ["DenseNet", "densenet", "densenet121", "densenet161", "densenet169", "densenet201", "densenet_bc",
-           "nn", "gradcheck", "GradcheckResult", "GradcheckError", "__version__"]
+           "nn", "fast", "get_num_threads", "set_num_threads", "gradcheck", "GradcheckResult", "GradcheckError", "__version__"]

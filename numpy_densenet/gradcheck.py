@@ -205,7 +205,7 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
     executor : concurrent.futures.Executor, optional
         Evaluate the perturbed losses on this executor's workers (a process pool, loky, Dask's
         ``Client.get_executor()``; see :mod:`numpy_densenet.gradcheck_parallel`), in coarse tasks, each worker on
-        one thread. The result is bit-identical to a serial run with ``nn.set_num_threads(1)``.
+        one thread. The result is bit-identical to a serial run with ``numpy_densenet.set_num_threads(1)``.
 
     Returns
     -------

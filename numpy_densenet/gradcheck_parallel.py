@@ -4,7 +4,7 @@
 ``gradcheck(module, x, executor=pool)`` accepts the standard library's ``ProcessPoolExecutor``, loky's
 ``get_reusable_executor()``, Dask's ``Client.get_executor()``, or anything with ``submit(fn, *args)`` returning a
 future with ``result()`` (a Ray adapter is below). The result is the same :class:`GradcheckResult` as a serial run
-with ``nn.set_num_threads(1)``, bit for bit: only the perturbed losses L(x + delta e_i) (or L(x + delta u)) are
+with ``numpy_densenet.set_num_threads(1)``, bit for bit: only the perturbed losses L(x + delta e_i) (or L(x + delta u)) are
 computed remotely, by the same code on the same float64 copy of the module; the reference loss, the analytic
 gradients and every judgement (tolerances, the kink tests with their extra evaluations) stay in the calling
 process, as in a serial run.
@@ -24,7 +24,7 @@ How the work is shared:
 * **A worker-side evaluator cache.** Each task carries the pickled payload and a key; a worker unpickles it the
   first time it sees the key and keeps it (the two most recent keys, per thread), so later tasks of the same
   check only run forwards.
-* **One thread per worker.** Each worker sets numpy_densenet's threads (``nn.set_num_threads(1)``) and OpenBLAS's
+* **One thread per worker.** Each worker sets numpy_densenet's threads (``numpy_densenet.set_num_threads(1)``) and OpenBLAS's
   to one: with several workers per machine more would oversubscribe the cores (forked workers also inherit
   the parent's counts). Give each machine as many workers as cores. :func:`one_thread` can also be passed as
   a pool's ``initializer``.

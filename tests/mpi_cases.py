@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from numpy_densenet import DenseNet, nn
+from numpy_densenet import DenseNet, nn, set_num_threads
 from numpy_densenet.distributed import DataParallel, abort_on_error, get_comm
 from numpy_densenet.optim import SGD
 
@@ -136,7 +136,7 @@ def case_train_resume(comm):
 
 
 if __name__ == "__main__":
-    nn.set_num_threads(1)
+    set_num_threads(1)
     comm = get_comm()
     result = globals()[f"case_{sys.argv[1]}"](comm)
     if comm.Get_rank() == 0:

@@ -20,9 +20,9 @@ TOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
 
 @pytest.fixture(autouse=True)
 def restore_threads():
-    before = nn.get_num_threads()
+    before = fast.get_num_threads()
     yield
-    nn.set_num_threads(before)
+    fast.set_num_threads(before)
 
 
 def assert_close(actual, expected, dtype, what):
@@ -64,7 +64,7 @@ def compare(plain_layer, fast_layer, inputs, dtype, rng, grad_of_output=None):
 def draw_common(data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     dtype = data.draw(st.sampled_from([np.float32, np.float64]), label="dtype")
-    nn.set_num_threads(data.draw(st.integers(1, 3), label="threads"))
+    fast.set_num_threads(data.draw(st.integers(1, 3), label="threads"))
     return rng, np.dtype(dtype)
 
 
@@ -267,7 +267,7 @@ MODELS = {
 def test_densenet_fast_equals_plain(name, dtype, train, threads):
     """Same seed -> same initial weights and state_dict keys; then the same logits, input gradient, parameter
     gradients and running statistics after a train step (or an eval forward and backward)."""
-    nn.set_num_threads(threads)
+    fast.set_num_threads(threads)
     config = dict(MODELS[name])
     shape = config.pop("shape")
     plain = DenseNet(**config, dtype=dtype, seed=7, fast=False)

@@ -5,7 +5,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from numpy_densenet import DenseNet, gradcheck, nn
+from numpy_densenet import DenseNet, fast, gradcheck, nn
 from numpy_densenet.gradcheck_parallel import MIN_PROBES_PER_TASK, ParallelLosses
 
 
@@ -34,10 +34,10 @@ def pool():
 
 @pytest.fixture
 def one_thread():
-    previous = nn.get_num_threads()
-    nn.set_num_threads(1)
+    previous = fast.get_num_threads()
+    fast.set_num_threads(1)
     yield
-    nn.set_num_threads(previous)
+    fast.set_num_threads(previous)
 
 
 def _same(serial, parallel):

@@ -71,8 +71,8 @@ def test_shift_algorithm_for_same_size_outputs_uses_flat_shifts(C, O, kernel, pa
     the flattened images (Conv2d._flat_shifts), zeroing what would be read across a row's or image's edge.
     Checked against the loop oracle and the im2col algorithm, forward and backward, in chunks of images too."""
     from numpy_densenet.fast import conv as conv_module
-    before = nn.get_num_threads()
-    nn.set_num_threads(threads)
+    before = fast.get_num_threads()
+    fast.set_num_threads(threads)
     monkeypatch.setattr(conv_module, "SHIFT_CHUNK_ELEMENTS", chunk_elements)   # 1: one image per chunk (views)
     used = []
     flat_shifts = conv_module.Conv2d._flat_shifts
@@ -94,7 +94,7 @@ def test_shift_algorithm_for_same_size_outputs_uses_flat_shifts(C, O, kernel, pa
                 assert chunks == (N if chunk_elements == 1 and threads > 1 else 1)
                 assert used.count((H, W)) == 2 * chunks             # forward and backward, each chunk
     finally:
-        nn.set_num_threads(before)
+        fast.set_num_threads(before)
     np.testing.assert_allclose(results["shift"][0], conv2d_loop(x, conv.weight.data, conv.bias.data, 1, padding,
                                                                 dilation), rtol=1e-12, atol=1e-12)
     for a, b in zip(results["shift"], results["im2col"]):

@@ -19,9 +19,9 @@ from numpy_densenet.fast import conv, norm, pooling, threads
 
 @pytest.fixture
 def restore_threads():
-    before = nn.get_num_threads()
+    before = fast.get_num_threads()
     yield
-    nn.set_num_threads(before)
+    fast.set_num_threads(before)
 
 
 def test_matmul_split_by_columns_and_by_inner_dimension_equals_the_product(restore_threads):
@@ -31,7 +31,7 @@ def test_matmul_split_by_columns_and_by_inner_dimension_equals_the_product(resto
     assert 2 * 40 * 300 * 9000 >= threads.MIN_FLOPS_TO_SPLIT and 2 * 60 * 20000 * 60 >= threads.MIN_FLOPS_TO_SPLIT
     small = rng.standard_normal((8, 8))                    # below the threshold: one thread, same result
     for n in (1, 2, 3):
-        nn.set_num_threads(n)
+        fast.set_num_threads(n)
         np.testing.assert_allclose(threads.matmul(a, b), a @ b, rtol=1e-13, atol=1e-12)
         np.testing.assert_allclose(threads.matmul(b.T, a.T), b.T @ a.T, rtol=1e-13, atol=1e-12)
         np.testing.assert_allclose(threads.matmul(long_k, long_k.T, split_inner=True), long_k @ long_k.T,
@@ -41,7 +41,7 @@ def test_matmul_split_by_columns_and_by_inner_dimension_equals_the_product(resto
 
 def test_matmul_leaves_openblas_thread_count_as_it_was(restore_threads):
     blas = threads._blas()
-    nn.set_num_threads(2)
+    fast.set_num_threads(2)
     a = np.ones((64, 64))
     b = np.ones((64, 8192))
     if blas:                                        # numpy's OpenBLAS was found: its setting is restored
@@ -58,7 +58,7 @@ def test_matmul_leaves_openblas_thread_count_as_it_was(restore_threads):
 
 
 def test_parallel_for_keeps_order_raises_and_runs_nested_calls_serially(restore_threads):
-    nn.set_num_threads(3)
+    fast.set_num_threads(3)
     assert threads.parallel_for(lambda i: i * i, range(50)) == [i * i for i in range(50)]
     nested = threads.parallel_for(lambda i: threads.parallel_for(lambda j: (i, j), range(3)), range(4))
     assert nested == [[(i, j) for j in range(3)] for i in range(4)]
@@ -76,7 +76,7 @@ def test_parallel_for_keeps_order_raises_and_runs_nested_calls_serially(restore_
 def test_add_into_contiguous_and_strided(restore_threads):
     rng = np.random.default_rng(4)
     for n in (1, 2, 3):
-        nn.set_num_threads(n)
+        fast.set_num_threads(n)
         for a, b in [(rng.standard_normal((40, 3000)), rng.standard_normal((40, 3000))),
                      (rng.standard_normal((3000, 40)).T, rng.standard_normal((40, 3000)))]:   # a not contiguous
             expected = a + b
@@ -94,7 +94,7 @@ def test_split_covers_the_range_in_order():
 @pytest.mark.parametrize("n", [0, -1, 1.5, True, "2"])
 def test_set_num_threads_rejects_bad_values(n, restore_threads):
     with pytest.raises(ValueError, match=r"set_num_threads: n must be a positive int, got"):
-        nn.set_num_threads(n)
+        fast.set_num_threads(n)
 
 
 def _layer_results(layer, x, dy):
@@ -112,7 +112,7 @@ def test_layers_agree_across_thread_counts(case, restore_threads):
     rng = np.random.default_rng(1)
     C = 48
     x = rng.standard_normal((16, C, 32, 32))                # BatchNorm: 4 blocks of channels
-    nn.set_num_threads(2)
+    fast.set_num_threads(2)
     assert len(norm.channel_blocks(C, 16 * 32 * 32)) == 4 and 2 * 64 * C * 16 * 32 * 32 >= threads.MIN_FLOPS_TO_SPLIT
     layer, out_shape = {
         "conv1x1": (fast.Conv2d(C, 64, 1, bias=False, dtype=np.float64, generator=rng), (16, 64, 32, 32)),
@@ -130,7 +130,7 @@ def test_layers_agree_across_thread_counts(case, restore_threads):
     dy = rng.standard_normal(out_shape)
     results = {}
     for n in (1, 2, 3, 2):
-        nn.set_num_threads(n)
+        fast.set_num_threads(n)
         got = _layer_results(layer, x, dy)
         if n in results:                                   # the same thread count again: bit-identical
             for r, g in zip(results[n], got):
@@ -138,7 +138,7 @@ def test_layers_agree_across_thread_counts(case, restore_threads):
         results[n] = got
     exact = case in ("bn", "bnrelu", "maxpool", "relu")    # element-wise passes: the same operations per block
     if exact:                                              # and the blocks together equal one block of all
-        nn.set_num_threads(1)
+        fast.set_num_threads(1)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(norm, "channel_blocks", lambda C, M, elements=0: [slice(0, C)])
             mp.setattr(pooling, "channel_blocks", lambda C, M, elements=0: [slice(0, C)])
@@ -167,7 +167,7 @@ def test_densenet_train_step_agrees_across_thread_counts(restore_threads):
     dlogits = rng.standard_normal((16, 10)).astype(np.float32)
     results = {}
     for n in (1, 2):
-        nn.set_num_threads(n)
+        fast.set_num_threads(n)
         model = densenet_bc(16, 12, dtype=np.float32, seed=3)
         logits = model(x)
         dx = model.backward(dlogits)
@@ -180,7 +180,7 @@ def test_densenet_train_step_agrees_across_thread_counts(restore_threads):
 def test_a_forked_child_starts_its_own_threads(restore_threads):
     """A child forked after the pool started has no worker threads; it must not wait for them forever."""
     import os
-    nn.set_num_threads(2)
+    fast.set_num_threads(2)
     threads.parallel_for(lambda i: i, range(4))                       # the parent's pool is running
     pid = os.fork()
     if pid == 0:                                                      # child: exit 0 only if the work completes
@@ -243,7 +243,7 @@ def test_without_threadpoolctl_the_ctypes_search_is_used(monkeypatch):
 
 
 def test_matmul_rejects_mismatched_inner_dimensions(restore_threads):
-    nn.set_num_threads(2)
+    fast.set_num_threads(2)
     for split_inner in (False, True):
         with pytest.raises(ValueError, match=r"matmul: inner dimensions differ, \(64, 4000\) @ \(4100, 9000\)"):
             threads.matmul(np.ones((64, 4000)), np.ones((4100, 9000)), split_inner=split_inner)
@@ -251,7 +251,7 @@ def test_matmul_rejects_mismatched_inner_dimensions(restore_threads):
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_an_empty_batch_goes_through_every_layer(n, restore_threads):
-    nn.set_num_threads(n)
+    fast.set_num_threads(n)
     model = densenet_bc(16, 12, dtype=np.float64, seed=0).eval()
     with nn.no_grad():
         assert model(np.zeros((0, 3, 32, 32))).shape == (0, 10)
@@ -287,7 +287,7 @@ def test_inference_in_pieces_agrees_with_a_batch_forward(dtype, n, N, kwargs, re
     """Eval mode inside no_grad() runs the network on pieces of the batch in parallel (DenseNet.forward): the
     logits equal the one-batch forward's (run with gradients enabled, which never uses pieces), image by image
     in order, to rounding."""
-    nn.set_num_threads(n)
+    fast.set_num_threads(n)
     model = _eval_model_with_running_stats(dtype, seed=n, **kwargs)
     size = 16 if kwargs.get("stem") == "cifar" else 32
     x = np.random.default_rng(N).standard_normal((N, 3, size, size)).astype(dtype)
@@ -312,7 +312,7 @@ def test_inference_in_pieces_agrees_with_a_batch_forward(dtype, n, N, kwargs, re
 
 def test_inference_pieces_only_for_inference_with_threads(restore_threads):
     model = densenet_bc(16, 12, dtype=np.float32, seed=0)
-    nn.set_num_threads(2)
+    fast.set_num_threads(2)
     with nn.no_grad():
         assert model.inference_pieces(64) is None                     # train mode: batch statistics
     model.eval()
@@ -323,7 +323,7 @@ def test_inference_pieces_only_for_inference_with_threads(restore_threads):
         assert model.inference_pieces(3) is None                      # 2 pieces + 1: one thread idles half the time
         assert model.inference_pieces(5) == [slice(0, 2), slice(2, 4), slice(4, 5)]
         assert model.inference_pieces(1) is None and model.inference_pieces(0) is None
-        nn.set_num_threads(1)
+        fast.set_num_threads(1)
         assert model.inference_pieces(64) is None
 
 
@@ -334,7 +334,7 @@ def test_no_pieces_when_some_layer_is_in_train_mode(restore_threads):
     x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
 
     def adapted(n):
-        nn.set_num_threads(n)
+        fast.set_num_threads(n)
         model = densenet_bc(16, 12, dtype=np.float32, seed=0).eval()
         model.features.norm5.train()
         with nn.no_grad():
@@ -347,7 +347,7 @@ def test_no_pieces_when_some_layer_is_in_train_mode(restore_threads):
     assert one[2] == two[2] == 1
 
     def mc_dropout():
-        nn.set_num_threads(2)
+        fast.set_num_threads(2)
         model = _eval_model_with_running_stats(np.float32, seed=4, growth_rate=4, block_config=(2, 2),
                                                num_init_features=8, num_classes=5, stem="cifar", drop_rate=0.3)
         for m in model.modules():

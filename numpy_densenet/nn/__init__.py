@@ -16,9 +16,7 @@ from .loss import CrossEntropyLoss
 from .module import Module, Parameter, Sequential, is_grad_enabled, no_grad
 from .norm import BatchNorm2d
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
-from ..fast.threads import get_num_threads, set_num_threads   # the fast tier's threads, as torch.set_num_threads
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm2d", "Concat", "Conv2d", "CrossEntropyLoss", "Dropout",
            "Flatten", "Linear", "MaxPool2d", "Module", "Parameter", "ReLU", "Sequential", "channel_offsets",
-           "col2im", "get_num_threads", "im2col", "is_grad_enabled", "no_grad", "set_num_threads",
-           "split_channels"]
+           "col2im", "im2col", "is_grad_enabled", "no_grad", "split_channels"]
