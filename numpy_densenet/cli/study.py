@@ -58,9 +58,9 @@ def register(subparsers):
     p.add_argument("--size", type=int, default=4, metavar="HW", help="height = width of the input (default 4)")
     p.add_argument("--compression", type=float, default=0.5, help="theta of the transition arithmetic (default 0.5)")
     p.add_argument("--eval", action="store_true", help="BatchNorm with running statistics")
-    p.add_argument("--fast", action="store_true",
-                   help="narrate the fast tier's block (one channel-major buffer, slices as concatenations) "
-                        "instead of the plain tier's (Concat forward, split backward); the numbers agree")
+    p.add_argument("--tier", choices=["plain", "fast"], default="plain",
+                   help="the plain tier's block (default: Concat forward, split backward) or the fast tier's (one "
+                        "channel-major buffer whose slices are the concatenations); the numbers agree")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the weights, input and R (default 0)")
     p.set_defaults(func=cmd_explain)
 
@@ -81,7 +81,7 @@ def cmd_explain(args):
                         "--size, or use --eval")
     lines = explain_block(args.layers, args.growth_rate, args.in_channels, None if args.plain else args.bn_size,
                           args.batch, args.size, train=not args.eval, compression=args.compression, seed=args.seed,
-                          fast=args.fast)
+                          fast=args.tier == "fast")
     print("\n".join(lines))
     return 0
 
