@@ -36,10 +36,10 @@ def banner(title):
 # -- gradcheck on an executor ---------------------------------------------------------------------------------
 def _block_probe(depth, size, seed=0):
     from numpy_densenet import densenet_bc
-    from numpy_densenet.gradcheck import _Probe
+    from numpy_densenet.gradcheck.probe import Probe
     block = densenet_bc(depth, 12, seed=seed).features.denseblock1
     x = np.random.default_rng(seed).standard_normal((2, block.num_input_features, size, size))
-    return block, x, _Probe(block, x, seed)
+    return block, x, Probe(block, x, seed)
 
 
 def probes(a):
@@ -47,7 +47,7 @@ def probes(a):
     from concurrent.futures import ProcessPoolExecutor
 
     from numpy_densenet import fast
-    from numpy_densenet.gradcheck_parallel import ParallelLosses, one_thread, perturbed_loss
+    from numpy_densenet.gradcheck.parallel import ParallelLosses, one_thread, perturbed_loss
     fast.set_num_threads(1)
     one_thread()
     block, x, probe = _block_probe(a.depth, a.size)
@@ -105,7 +105,7 @@ def bigcheck(a):
     from concurrent.futures import ProcessPoolExecutor
 
     from numpy_densenet import fast, gradcheck
-    from numpy_densenet.gradcheck_parallel import one_thread
+    from numpy_densenet.gradcheck.parallel import one_thread
     fast.set_num_threads(1)
     one_thread()
     block, x, probe = _block_probe(a.depth, a.size)
@@ -181,8 +181,8 @@ def mpi_ranks(a):
     from mpi4py import MPI
 
     from numpy_densenet import fast
-    from numpy_densenet.distributed import DataParallel
-    from numpy_densenet.gradcheck_parallel import one_thread
+    from numpy_densenet.training.distributed import DataParallel
+    from numpy_densenet.gradcheck.parallel import one_thread
     comm = MPI.COMM_WORLD
     fast.set_num_threads(1)
     one_thread()
@@ -226,7 +226,7 @@ def mpi_ranks(a):
 
 def mpi(a):
     from numpy_densenet import fast
-    from numpy_densenet.gradcheck_parallel import one_thread
+    from numpy_densenet.gradcheck.parallel import one_thread
     exe = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     cmd = [exe if os.path.exists(exe) else "mpiexec", "-n", "2", sys.executable, "-m", "mpi4py",
            os.path.abspath(__file__), "_ranks", "--depth", str(a.depth), "--batch", str(a.batch), "--size",

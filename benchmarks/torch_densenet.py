@@ -42,8 +42,8 @@ def _check():
     """Parameter counts (facts sheet) and forward/backward parity with numpy_densenet on the same weights."""
     import numpy as np
 
-    from numpy_densenet.model import densenet121 as np_d121
-    from numpy_densenet.model import densenet_bc as np_bc
+    from numpy_densenet.zoo import densenet121 as np_d121
+    from numpy_densenet.zoo import densenet_bc as np_bc
 
     assert sum(p.numel() for p in densenet_bc(100, 12).parameters()) == 769_162
     assert sum(p.numel() for p in densenet121().parameters()) == 7_978_856

@@ -1,8 +1,7 @@
 """numpy_densenet: a from-scratch DenseNet in pure NumPy whose every backward pass is hand-written and verified."""
 from . import fast, nn
 from .fast.threads import get_num_threads, set_num_threads   # the fast tier's threads, as torch's
-from .model import (DenseNet, densenet, densenet121, densenet161, densenet169, densenet201,
-                       densenet_bc)
+from .zoo import DenseNet, densenet, densenet121, densenet161, densenet169, densenet201, densenet_bc
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
 
 __version__ = "0.1.0"

@@ -11,134 +11,35 @@ The same, without PyTorch::
     for name, p in model.predict("photo.jpg"):  # the top 5 (top=K for more or fewer)
         print(f"{p:.3f}  {name}")
 
-``densenet121.npz`` is *self-describing*: :func:`describe_torchvision_state` infers the architecture from the
-tensors' shapes, and the file carries the preprocessing and the class names (``numpy_densenet/data/
-imagenet_classes.txt``, torchvision's ImageNet-1k names in class-index order), so nothing else is needed.
+``densenet121.npz`` is *self-describing*: conversion (:mod:`numpy_densenet.io.torchvision`) infers the
+architecture from the tensors' shapes, and the file carries the preprocessing and the class names
+(:mod:`numpy_densenet.data.imagenet`), so nothing else is needed.
+
+This module also holds what ``numpy-densenet predict`` checks before it classifies with a model from ``train``,
+which records the size and the pixel range of its training images (``_inputs`` in best.npz):
+
+* an image of another size is refused, naming the expected size, unless ``--resize`` is given (then it is
+  resized with Pillow's bilinear filter, antialiased when shrinking): :func:`fit_image_size`;
+* pixel values outside the training images' range are warned about (a float array in 0..255 instead of [0, 1],
+  for instance), since the model's answer on them means little: :func:`pixel_range_warning`.
 
 Pillow is needed to read images (``pip install "numpy_densenet[images]"``).
 """
 from __future__ import annotations
 
-import json
-import math
 import os
-import re
-from pathlib import Path
 
 import numpy as np
+from scipy import special
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGENET_PREPROCESS", "imagenet_classes",
-           "describe_torchvision_state", "hub_metadata", "resize_shorter_side", "center_crop", "preprocess",
-           "top_k", "HubModel", "load"]
+from .data.files import open_image as open_checked_image
+from .data.imagenet import IMAGENET_MEAN, IMAGENET_PREPROCESS, IMAGENET_STD, imagenet_classes
+from .io.files import WeightsFileError
+from .io.weights import load_model_file
+from .nn import no_grad
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: torchvision's ImageNet evaluation transforms (Resize(256), CenterCrop(224), ToTensor(), Normalize(...)).
-IMAGENET_PREPROCESS = {"resize": 256, "crop": 224, "interpolation": "bilinear", "scale": 255.0,
-                       "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-
-_CLASSES_FILE = Path(__file__).resolve().parent / "data" / "imagenet_classes.txt"
-
-
-def imagenet_classes():
-    """The 1000 ImageNet-1k class names, index = class id, as torchvision's weight metadata lists them."""
-    names = _CLASSES_FILE.read_text(encoding="utf-8").splitlines()
-    if len(names) != 1000:
-        raise RuntimeError(f"{_CLASSES_FILE} should hold 1000 class names, one a line; it holds {len(names)}")
-    return names
-
-
-# -- the architecture, from the tensors' shapes -------------------------------------------------------------
-def describe_torchvision_state(state):
-    """Infer the ``DenseNet(...)`` keyword arguments from a torchvision-style DenseNet state dict.
-
-    Parameters
-    ----------
-    state : mapping of key -> array
-        torchvision's key names (``features.conv0.weight``, ``features.denseblock1.denselayer1.conv1.weight``,
-        ...); old ``norm.1``-style keys should already be renamed.
-
-    Returns
-    -------
-    dict with growth_rate, block_config, num_init_features, bn_size, drop_rate (0: not recorded in weights),
-    num_classes, compression, stem ("imagenet" for a 7x7 first convolution, "cifar" for 3x3) and in_channels.
-
-    Raises
-    ------
-    ValueError
-        When a tensor needed for the description is missing or the shapes do not fit a DenseNet.
-    """
-    def shape(key):
-        if key not in state:
-            raise ValueError(f"not a torchvision DenseNet state dict: there is no {key!r}")
-        return tuple(np.shape(state[key]))
-
-    conv0 = shape("features.conv0.weight")
-    if len(conv0) != 4 or conv0[2] not in (3, 7):
-        raise ValueError(f"features.conv0.weight has shape {conv0}; expected (C, in_channels, 7, 7) for the "
-                         f"ImageNet stem or (C, in_channels, 3, 3) for the CIFAR stem")
-    stem = "imagenet" if conv0[2] == 7 else "cifar"
-    layers = {}
-    for key in state:
-        m = re.match(r"features\.denseblock(\d+)\.denselayer(\d+)\.", key)
-        if m:
-            b, l = int(m.group(1)), int(m.group(2))
-            layers[b] = max(layers.get(b, 0), l)
-    if not layers or sorted(layers) != list(range(1, len(layers) + 1)):
-        raise ValueError(f"the dense blocks should be numbered 1, 2, ...; found {sorted(layers)}")
-    block_config = tuple(layers[b] for b in sorted(layers))
-    first = "features.denseblock1.denselayer1."
-    if first + "conv2.weight" in state:                                   # bottleneck layers
-        growth_rate = shape(first + "conv2.weight")[0]
-        width = shape(first + "conv1.weight")[0]
-        if width % growth_rate:
-            raise ValueError(f"{first}conv1 has {width} output channels, not a multiple of the growth rate "
-                             f"{growth_rate}")
-        bn_size = width // growth_rate
-    else:
-        growth_rate, bn_size = shape(first + "conv1.weight")[0], None
-    compression = 0.5                                                    # the default; no transition uses it
-    pairs = [shape(f"features.transition{t}.conv.weight")[:2] for t in range(1, len(block_config))]
-    if pairs:                                                            # (out, in) = (floor(theta * in), in)
-        fits = [c for c in (0.5, 1.0) if all(math.floor(c * i + 1e-9) == o for o, i in pairs)]
-        low, high = max(o / i for o, i in pairs), min((o + 1) / i for o, i in pairs)
-        if not fits and not low < high:
-            raise ValueError(f"the transitions' channel counts (out, in) {pairs} fit no single compression")
-        compression = fits[0] if fits else low
-    classifier = shape("classifier.weight")
-    return dict(growth_rate=int(growth_rate), block_config=block_config, num_init_features=int(conv0[0]),
-                bn_size=None if bn_size is None else int(bn_size), drop_rate=0.0, num_classes=int(classifier[0]),
-                compression=float(compression), stem=stem, in_channels=int(conv0[1]))
-
-
-def checked_description(state):
-    """:func:`describe_torchvision_state`, checked by loading ``state`` into the model it describes (strict:
-    every key and shape must fit). Raises ValueError otherwise."""
-    from .model import DenseNet
-    config = describe_torchvision_state(state)
-    DenseNet(**config, fast=False).load_state_dict(state)
-    return config
-
-
-def hub_metadata(model_config, classes=None):
-    """The arrays that make converted weights self-describing (keys start with "_", as in ``train``'s files).
-
-    ``_model_config``: the architecture. For an ImageNet model (the ImageNet stem on RGB images, as torchvision's
-    DenseNets) also ``_preprocess``: :data:`IMAGENET_PREPROCESS`, ``_mean`` / ``_std``: the normalisation, and
-    ``_classes``: the class names (ImageNet's 1000 when the model has 1000 outputs). Other models (a CIFAR stem,
-    grey images) get the architecture only: their preprocessing is not ImageNet's and is not known here.
-    """
-    config = dict(model_config, block_config=list(model_config["block_config"]))
-    arrays = {"_model_config": np.array(json.dumps(config))}
-    if config["stem"] != "imagenet" or config["in_channels"] != 3:
-        return arrays
-    if classes is None and config["num_classes"] == 1000:
-        classes = imagenet_classes()
-    arrays.update({"_preprocess": np.array(json.dumps(IMAGENET_PREPROCESS)),
-                   "_mean": np.array(IMAGENET_MEAN), "_std": np.array(IMAGENET_STD)})
-    if classes is not None:
-        arrays["_classes"] = np.array(json.dumps(list(classes)))
-    return arrays
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGENET_PREPROCESS", "imagenet_classes", "resize_shorter_side", "center_crop", "preprocess", "open_image", "softmax", "top_k", "HubModel", "load",
+           "fit_image_size", "resize_images", "pixel_range_warning", "predict_photos", "MAX_PHOTO_PIXELS"]
 
 
 # -- preprocessing, step by step as torchvision does it -----------------------------------------------------
@@ -163,9 +64,8 @@ def open_image(path, mode="RGB"):
     limit and PNG text chunks capped, as for every other image the package reads
     (:func:`numpy_densenet.data.files.open_image`).
     """
-    from .data.files import open_image as open_checked
     _pil()                                                     # a clear ImportError without Pillow
-    return open_checked(path, mode, what="image", max_pixels=MAX_PHOTO_PIXELS, as_array=False)
+    return open_checked_image(path, mode, what="image", max_pixels=MAX_PHOTO_PIXELS, as_array=False)
 
 
 def resize_shorter_side(img, size):
@@ -208,11 +108,8 @@ def preprocess(image, config=None, dtype=np.float32):
 
 
 def softmax(logits):
-    """Row-wise softmax in float64."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    """Row-wise softmax in float64 (SciPy's, which subtracts each row's maximum first)."""
+    return special.softmax(np.asarray(logits, dtype=np.float64), axis=-1)
 
 
 def top_k(probs, k, classes=None):
@@ -247,7 +144,6 @@ class HubModel:
     def logits(self, images):
         """Logits (N, num_classes) for a list of images (paths or PIL images) or a preprocessed (N, 3, H, W)
         array."""
-        from .nn import no_grad
         if isinstance(images, np.ndarray):
             x = images.astype(self.model.dtype, copy=False)
         else:
@@ -271,18 +167,88 @@ def load(path, dtype=None):
     ----------
     path : str or path-like
         A ``.npz`` written by ``numpy-densenet convert``. (Files written by ``train`` describe their model but
-        not a photo preprocessing: load them with ``numpy_densenet.train.load_model_file``.)
+        not a photo preprocessing: load them with ``numpy_densenet.io.load_model_file``.)
     dtype : float32 (default: the file's) or float64
 
     Returns
     -------
     HubModel
     """
-    from .io import WeightsFileError
-    from .train import load_model_file
     model, meta = load_model_file(path, dtype=dtype)
     if meta["preprocess"] is None:
         raise WeightsFileError(f"weights file {os.fspath(path)!r} has no preprocessing description (_preprocess): "
-                               f"it was not written by `numpy-densenet convert`; use numpy_densenet.train."
+                               f"it was not written by `numpy-densenet convert`; use numpy_densenet.io."
                                f"load_model_file for files written by `train`")
     return HubModel(model, meta["classes"], meta["preprocess"])
+
+
+# -- predict's checks, for models from train ------------------------------------------------------------------
+#: how far (in [0, 1] units) an input may stray outside the training range before a warning: about 3/255
+RANGE_TOLERANCE = 0.01
+
+
+def resize_images(x, size):
+    """Resize images (N, C, H, W) of floats to ``size`` = (H', W') with Pillow's bilinear filter per channel."""
+    Image = _pil()
+    h, w = int(size[0]), int(size[1])
+    out = np.empty(x.shape[:2] + (h, w), dtype=np.float64)
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            img = Image.fromarray(np.ascontiguousarray(x[n, c], dtype=np.float32), mode="F")
+            out[n, c] = np.asarray(img.resize((w, h), Image.BILINEAR), dtype=np.float64)
+    return out
+
+
+def fit_image_size(x, label, expected, resize=False):
+    """Return images ``x`` (N, C, H, W) at the training size ``expected`` = (H, W).
+
+    Raises
+    ------
+    ValueError
+        When the size differs and ``resize`` is False; the message names the input, both sizes and ``--resize``.
+    """
+    expected = tuple(int(v) for v in expected)
+    if tuple(x.shape[2:]) == expected:
+        return x
+    if not resize:
+        raise ValueError(f"{label} holds {x.shape[2]}x{x.shape[3]} images, but the model was trained on "
+                         f"{expected[0]}x{expected[1]} images; give --resize to resize the inputs to "
+                         f"{expected[0]}x{expected[1]} (bilinear)")
+    return resize_images(x, expected)
+
+
+def pixel_range_warning(x, label, trained_range):
+    """A warning (str) when the pixel values of ``x`` ([0, 1] units) leave ``trained_range`` = (lo, hi), else None."""
+    lo, hi = float(np.min(x)), float(np.max(x))
+    t_lo, t_hi = (float(v) for v in trained_range)
+    if lo >= t_lo - RANGE_TOLERANCE and hi <= t_hi + RANGE_TOLERANCE:
+        return None
+    return (f"warning: {label} has pixel values in [{lo:.4g}, {hi:.4g}], outside the range of the training images, "
+            f"[{t_lo:.4g}, {t_hi:.4g}] (in [0, 1] units: integer arrays and image files are read as 8-bit pixels "
+            f"/ 255, float arrays must already be in [0, 1]); the predictions may mean little")
+
+
+def predict_photos(weights, paths, top=5, log=print):
+    """Hub-style inference on image files with converted weights; prints one line per image.
+
+    Parameters
+    ----------
+    weights : path of a .npz from ``convert``, or a :class:`~numpy_densenet.hub.HubModel`
+    paths : image files
+    top : int
+    log : callable receiving each line
+
+    Each line is ``path: name (probability), ...`` with the ``top`` most probable classes, best first.
+    Returns the list of (path, [(name, probability), ...]).
+    """
+    model = weights if isinstance(weights, HubModel) else load(weights)
+    results = []
+    for path in paths:                                         # one at a time: photos differ in size
+        if str(path).lower().endswith(".npy"):
+            raise ValueError(f"{path}: converted ImageNet weights take image files (JPEG, PNG, ...), which are "
+                             f"resized and cropped as torchvision does; for arrays use numpy_densenet.hub.load "
+                             f"from Python")
+        best = top_k(model([path])[0], top, model.classes)
+        results.append((path, best))
+        log(f"{path}: " + ", ".join(f"{name} ({p:.3f})" for name, p in best))
+    return results

@@ -11,6 +11,7 @@ import os
 import struct
 import zipfile
 import zlib
+from dataclasses import asdict
 
 import numpy as np
 
@@ -47,11 +48,12 @@ def npz_bytes(**arrays):
 def tiny_model_arrays(in_channels=1, num_classes=10, seed=0):
     """The arrays of a best.npz for a depth-10, k-4 DenseNet-BC, as ``train`` writes them (no training)."""
     from numpy_densenet import densenet_bc
-    from numpy_densenet.train import TrainConfig, weights_arrays
+    from numpy_densenet.io import metadata_arrays
+    from numpy_densenet.training import TrainConfig
     model = densenet_bc(10, 4, num_classes=num_classes, in_channels=in_channels, seed=seed)
     cfg = TrainConfig(depth=10, growth_rate=4).resolved()
-    return weights_arrays(model, cfg, np.full(in_channels, 0.3), np.full(in_channels, 0.2),
-                          [str(k) for k in range(num_classes)])
+    return {**model.state_dict(), **metadata_arrays(model.config, asdict(cfg), np.full(in_channels, 0.3),
+                                                    np.full(in_channels, 0.2), [str(k) for k in range(num_classes)])}
 
 
 def save_arrays(path, arrays):
@@ -302,7 +304,7 @@ def checkpoint_run():
     if not _RUN:
         import tempfile
 
-        from numpy_densenet.train import Run, TrainConfig, train
+        from numpy_densenet.training import Run, TrainConfig, train
         folder = tempfile.mkdtemp(prefix="hostile-run-")
         rng = np.random.default_rng(0)
         np.savez(os.path.join(folder, "d.npz"), x=rng.integers(0, 255, (12, 1, 4, 4)).astype(np.uint8),
@@ -324,7 +326,8 @@ def run_parser(parser, path):
     from numpy_densenet.data import DatasetError, load_dataset
     from numpy_densenet.data.files import FileFormatError, open_image, read_gzip, read_npy, read_npz
     from numpy_densenet.io import WeightsFileError, load_npz
-    from numpy_densenet.train import TrainingError, load_model_file
+    from numpy_densenet.io import load_model_file
+    from numpy_densenet.training import TrainingError
     try:
         if parser == "read_npz":
             read_npz(path)

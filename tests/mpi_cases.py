@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from numpy_densenet import DenseNet, nn, set_num_threads
-from numpy_densenet.distributed import DataParallel, abort_on_error, get_comm
+from numpy_densenet.training.distributed import DataParallel, abort_on_error, get_comm
 from numpy_densenet.optim import SGD
 
 
@@ -80,7 +80,7 @@ def case_threads(comm):
     """threads_per_rank on every rank: the node's cores (this rank's affinity mask) shared between the ranks."""
     import os
 
-    from numpy_densenet.distributed import threads_per_rank
+    from numpy_densenet.training.distributed import threads_per_rank
     return dict(threads=comm.allgather(threads_per_rank(comm)), cores=len(os.sched_getaffinity(0)),
                 given=threads_per_rank(comm, cores=8))
 
@@ -106,7 +106,7 @@ def case_diverge(comm):
     """Rank 1's loss alone is NaN (as if it overflowed there): train_step's diagnosis on rank 1 runs the model's
     stages again, which must make no collective call (rank 0 is already in backward's), and the job must end
     with rank 1's message."""
-    from numpy_densenet.train import train_step
+    from numpy_densenet.training import train_step
 
     class Overflowing(nn.CrossEntropyLoss):
         def forward(self, logits, y):
@@ -125,7 +125,7 @@ def case_train_resume(comm):
     """train(..., distributed={}) stopped after step 7 of the first epoch, then resumed from its checkpoint."""
     import os
 
-    from numpy_densenet.train import TrainConfig, train
+    from numpy_densenet.training import TrainConfig, train
     out = sys.argv[2]
     cfg = TrainConfig(epochs=1, dtype="float64", out=out)
     log = print if comm.Get_rank() == 0 else (lambda line: None)

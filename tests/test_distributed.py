@@ -1,4 +1,4 @@
-"""Data-parallel training over MPI (numpy_densenet.distributed), run as ``mpiexec -n 2 python -m mpi4py`` in a
+"""Data-parallel training over MPI (numpy_densenet.training.distributed), run as ``mpiexec -n 2 python -m mpi4py`` in a
 subprocess with a timeout; skipped when mpi4py or an ``mpiexec`` is missing (CI installs the ``mpi`` extra)."""
 import json
 import os
@@ -97,7 +97,7 @@ def test_threads_per_rank_share_the_cores_between_the_ranks_of_a_node():
 
 
 def test_shard_covers_the_batch_in_order():
-    from numpy_densenet.distributed import shard
+    from numpy_densenet.training.distributed import shard
     for n in range(0, 12):
         for size in range(1, 5):
             pieces = [shard(n, r, size) for r in range(size)]
@@ -109,7 +109,7 @@ def test_shard_covers_the_batch_in_order():
 @pytest.fixture(scope="module")
 def one_process_epoch(tmp_path_factory):
     """One float64 epoch of the default run (DenseNet-BC 16 on the digits, batch 64) in this process."""
-    from numpy_densenet.train import TrainConfig, train
+    from numpy_densenet.training import TrainConfig, train
     out = tmp_path_factory.mktemp("one_process")
     train(TrainConfig(epochs=1, dtype="float64", out=str(out)), log=lambda line: None)
     return np.load(out / "checkpoint.npz")

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from numpy_densenet import DenseNet, densenet_bc, fast, model as plain_model, nn
+from numpy_densenet import DenseNet, densenet_bc, fast, model as plain_model, nn, zoo
 from numpy_densenet.fast import densenet as fast_densenet
+from numpy_densenet.study import record_backward_outputs
 
 TOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
 
@@ -230,10 +231,10 @@ def test_fast_dense_block_equals_plain_dense_block(data):
     assert list(plain.state_dict()) == list(quick.state_dict())
     if data.draw(st.booleans(), label="eval"):
         plain.eval(), quick.eval()
-    plain.record_flow = quick.record_flow = True
     x = rng.standard_normal((data.draw(st.integers(1, 3)), k0, 3, data.draw(st.integers(2, 4)))).astype(dtype)
-    compare(plain, quick, (x,), dtype, rng)
-    for a, b in zip(quick.flow, plain.flow):                    # the study tools' record agrees too
+    with record_backward_outputs(plain.layers()) as sent_plain, record_backward_outputs(quick.layers()) as sent:
+        compare(plain, quick, (x,), dtype, rng)
+    for a, b in zip(sent, sent_plain):                          # the study tools' record agrees too
         assert_close(a, b, dtype, "flow")
 
 
@@ -301,8 +302,7 @@ def test_fast_flag_must_be_a_bool():
 
 
 def test_every_factory_passes_fast_through():
-    from numpy_densenet import model
-    for name, factory in model.MODELS.items():
+    for name, factory in zoo.MODELS.items():
         kwargs = dict(num_classes=2, fast=False)
         if name.startswith("densenet_bc") or name == "densenet":
             kwargs["depth"] = 10 if name == "densenet_bc" else 7

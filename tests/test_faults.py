@@ -22,7 +22,7 @@ import pytest
 from test_train import write_npz_dataset
 
 from numpy_densenet.cli import main
-from numpy_densenet.train import OutputFolder
+from numpy_densenet.training import OutputFolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OPENBLAS_NUM_THREADS="1")
@@ -91,7 +91,7 @@ def reference(data, tmp_path_factory):
 # -- kill -9 at every write point ----------------------------------------------------------------------------------
 KILL_DRIVER = textwrap.dedent("""
     import os, signal, sys
-    import numpy_densenet.io as nio, numpy_densenet.train as ntrain
+    import numpy_densenet.io.files as nio, numpy_densenet.training.report as nreport
     from numpy_densenet.cli import main
     target, mode = int(sys.argv[1]), sys.argv[2]
     original, calls = nio.atomic_write, []
@@ -107,26 +107,26 @@ KILL_DRIVER = textwrap.dedent("""
         if len(calls) == target and mode == "after-rename":
             os.kill(os.getpid(), signal.SIGKILL)
 
-    nio.atomic_write = ntrain.atomic_write = atomic_write
+    nio.atomic_write = nreport.atomic_write = atomic_write
     sys.exit(main(sys.argv[3:]))
 """)
 
 
 def write_points(data, tmp_path):
     """The files an uninterrupted 2-epoch run writes, in order (counted, not assumed)."""
-    import numpy_densenet.io as nio
-    import numpy_densenet.train as ntrain
+    import numpy_densenet.io.files as nio
+    import numpy_densenet.training.report as nreport
     seen, original = [], nio.atomic_write
 
     def counting(path, write, mode="wb"):
         seen.append(os.path.basename(path))
         return original(path, write, mode)
 
-    nio.atomic_write = ntrain.atomic_write = counting
+    nio.atomic_write = nreport.atomic_write = counting
     try:
         assert cli(train_argv(data, tmp_path / "count"))[0] == 0
     finally:
-        nio.atomic_write = ntrain.atomic_write = original
+        nio.atomic_write = nreport.atomic_write = original
     return seen
 
 
@@ -164,9 +164,9 @@ def test_kill_9_at_every_write_point_resumes_bit_identically(data, reference, tm
 # -- Ctrl-C ------------------------------------------------------------------------------------------------------
 SIGINT_DRIVER = textwrap.dedent("""
     import os, signal, sys
-    import numpy_densenet.train as ntrain
+    import numpy_densenet.training.run as nrun
     from numpy_densenet.cli import main
-    at, original, steps = int(sys.argv[1]), ntrain.train_step, []
+    at, original, steps = int(sys.argv[1]), nrun.train_step, []
 
     def train_step(*args):
         steps.append(1)
@@ -174,7 +174,7 @@ SIGINT_DRIVER = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGINT)                  # as Ctrl-C in a terminal, during a step
         return original(*args)
 
-    ntrain.train_step = train_step
+    nrun.train_step = train_step
     sys.exit(main(sys.argv[2:]))
 """)
 
@@ -215,7 +215,7 @@ def test_disk_too_small_is_found_before_training(data, tmp_path):
 
 
 def test_disk_full_mid_run_keeps_the_checkpoint_and_resumes(data, reference, tmp_path):
-    from numpy_densenet.train import OutputError, TrainConfig, train
+    from numpy_densenet.training import OutputError, TrainConfig, train
     with tmpfs(tmp_path / "disk", "3m") as mnt:
         out = mnt / "run"
         filler = mnt / "filler"

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numpy_densenet import fast as fast_tier, flow
-from numpy_densenet.cli import main
+from numpy_densenet import fast as fast_tier, study as flow
+from numpy_densenet.cli import main, study as study_cli
 from numpy_densenet.io import save_npz, save_weights
-from numpy_densenet.model import DenseBlock, DenseNet
+from numpy_densenet.model import DenseBlock
+from numpy_densenet.study.explain import fast_tier_block
+from numpy_densenet.zoo import DenseNet
 from numpy_densenet.nn import CrossEntropyLoss
 
 WALKTHROUGH = Path(__file__).resolve().parents[1] / "docs" / "walkthrough.md"
@@ -42,7 +44,7 @@ def run_with_actual_gradients(model, x, y, train):
     returns, which is the argument of the backward of the stage before the block.
     """
     stages = list(model.features.named_children())
-    before = [stages[i - 1][1] for i, (_, s) in enumerate(stages) if isinstance(s, flow.DenseBlock)]
+    before = [stages[i - 1][1] for i, (_, s) in enumerate(stages) if isinstance(s, DenseBlock)]
     layers = [layer for block in model.blocks() for layer in block.layers()]
     with flow.record_backward_inputs(before) as dx0, flow.record_backward_inputs(layers) as dnew:
         reports = flow.block_gradient_flow(model, x, y, train=train)
@@ -90,7 +92,7 @@ def test_sum_over_consumers_float32(train, fast):
 def test_sum_over_consumers_matches_finite_differences(train, fast):
     """The sum over consumers is dL/dx_i itself: a central difference along a random direction agrees."""
     rng = np.random.default_rng(3)
-    make = flow.fast_tier_block if fast else DenseBlock
+    make = fast_tier_block if fast else DenseBlock
     block = make(3, 4, 2, 2, dtype=np.float64, rng=rng).train(train)
     entry = "forward_cnhw" if fast else "forward"                        # what the block calls on its layers
     layout = fast_tier.swap01 if fast else (lambda a: a)
@@ -113,13 +115,13 @@ def test_sum_over_consumers_matches_finite_differences(train, fast):
             if i is not None and i >= 1:
                 object.__delattr__(layers[i - 1], entry)
         for m in block.modules():
-            m._clear_cache()
+            m.clear_cache()
         return float(np.sum(out * R))
 
-    block.record_flow = True
     block(x0)
-    block.backward(R)
-    report = flow.gradient_flow(block, R)
+    with flow.record_backward_outputs(block.layers()) as sent:
+        block.backward(R)
+    report = flow.gradient_flow(block, R, sent)
     eps = 1e-6
     for i in range(block.num_layers + 1):
         v = rng.standard_normal((3, report.channels[i], 3, 3))
@@ -134,13 +136,11 @@ def test_parts_are_the_channel_slices_of_flow(fast):
     x, y = batch()
     criterion = CrossEntropyLoss()
     blocks = model.blocks()
-    for b in blocks:
-        b.record_flow = True
-    with flow.record_backward_inputs(blocks) as douts:
+    with flow.record_backward_inputs(blocks) as douts, flow.record_backward_outputs(blocks[0].layers()) as sent:
         criterion(model.forward(x), y)
         model.backward(criterion.backward())
     block, dout = blocks[0], douts[0]
-    report = flow.gradient_flow(block, dout, "b")
+    report = flow.gradient_flow(block, dout, sent, "b")
     off, L = block.offsets, block.num_layers
     assert off == [0, 5, 8, 11, 14] and report.channels == (5, 3, 3, 3)
     for i in range(L + 1):
@@ -149,7 +149,7 @@ def test_parts_are_the_channel_slices_of_flow(fast):
             if c < i:
                 assert part is None and np.isnan(report.norms[i, c])
                 continue
-            expected = dout[:, off[i]:off[i + 1]] if c == L else block.flow[c][:, off[i]:off[i + 1]]
+            expected = dout[:, off[i]:off[i + 1]] if c == L else sent[c][:, off[i]:off[i + 1]]
             assert part.shape == x.shape[:1] + (off[i + 1] - off[i], 6, 6)
             np.testing.assert_array_equal(part, expected)
             assert report.norms[i, c] == pytest.approx(np.linalg.norm(expected))
@@ -184,20 +184,20 @@ def test_block_gradient_flow_leaves_the_model_unchanged(fast):
     assert all(np.array_equal(before[k], after[k]) for k in before)        # BN running statistics restored
     assert all((p.grad == 0.5).all() for p in model.parameters())
     assert not any(m.training for m in model.modules())
-    assert all(not b.record_flow and "backward_cnhw" not in b.__dict__ and "backward" not in b.__dict__
-               for b in model.blocks())
+    assert all("backward_cnhw" not in m.__dict__ and "backward" not in m.__dict__
+               for b in model.blocks() for m in [b] + b.layers())       # the recording wrappers removed
     assert model.blocks()[0].denselayer1.dropout.generator.bit_generator.state == dropout_state
 
 
 def test_gradient_flow_errors():
     block = DenseBlock(2, 3, 2, dtype=np.float64, rng=np.random.default_rng(0))
-    with pytest.raises(ValueError, match="record_flow"):
-        flow.gradient_flow(block, np.zeros((7, 1, 2, 2)))
-    block.record_flow = True
+    with pytest.raises(ValueError, match="record_backward_outputs"):
+        flow.gradient_flow(block, np.zeros((7, 1, 2, 2)), [None, None])
     block(np.random.default_rng(1).standard_normal((2, 3, 2, 2)))
-    block.backward(np.ones((2, 7, 2, 2)))
+    with flow.record_backward_outputs(block.layers()) as sent:
+        block.backward(np.ones((2, 7, 2, 2)))
     with pytest.raises(ValueError, match="expected the block output"):
-        flow.gradient_flow(block, np.ones((2, 6, 2, 2)))
+        flow.gradient_flow(block, np.ones((2, 6, 2, 2)), sent)
     with pytest.raises(TypeError):
         flow.gradient_flow(object(), None)
 
@@ -308,7 +308,7 @@ INSPECT = ["inspect", "--depth", "16", "--growth-rate", "2", "--batch-size", "6"
 
 
 def test_inspect_prints_tables_and_writes_matrices(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(flow, "have_matplotlib", lambda: False)
+    monkeypatch.setattr(study_cli, "have_matplotlib", lambda: False)
     assert main(INSPECT + ["--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "densenet_bc: growth_rate=2, block_config=(2, 2, 2)" in out and "random initialisation, seed 0" in out
@@ -513,7 +513,7 @@ def test_heatmaps_share_one_colour_scale_with_same_scale(tmp_path, monkeypatch):
         seen.append((matrix.name, log, vmin, vmax, matrix.values))
         return real(matrix, path, log=log, title=title, vmin=vmin, vmax=vmax, numbers=numbers)
 
-    monkeypatch.setattr(flow, "save_heatmap", recording)
+    monkeypatch.setattr(study_cli, "save_heatmap", recording)
     base = ["inspect", "--depth", "16", "--growth-rate", "4", "--batch-size", "8", "--out"]
     assert main(base + [str(tmp_path / "own")]) == 0
     assert all(vmin is None and vmax is None for _, _, vmin, vmax, _ in seen)

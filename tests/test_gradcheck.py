@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from numpy_densenet import GradcheckError, GradcheckResult, fast, gradcheck, nn
-from numpy_densenet.nn._checks import check_grad, take_cache
+from numpy_densenet.nn.checks import check_grad, take_cache
 from numpy_densenet.nn.concat import split_channels
 
 ALL_MODES = ("full", "sampled", "directional")

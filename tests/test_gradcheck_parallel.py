@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from numpy_densenet import DenseNet, fast, gradcheck, nn
-from numpy_densenet.gradcheck_parallel import MIN_PROBES_PER_TASK, ParallelLosses
+from numpy_densenet.gradcheck.parallel import MIN_PROBES_PER_TASK, ParallelLosses
 
 
 class SkewedLinear(nn.Linear):

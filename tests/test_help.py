@@ -54,7 +54,7 @@ def test_help_defaults_are_the_parsers_defaults():
     import argparse
     import dataclasses
 
-    from numpy_densenet.train import TrainConfig
+    from numpy_densenet.training import TrainConfig
     config = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     checked = 0
     for name, parser in subcommands().items():

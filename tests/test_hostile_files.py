@@ -279,7 +279,7 @@ def test_model_config_may_record_other_densenet_arguments(tmp_path):
     from hostile import tiny_model_arrays
 
     from numpy_densenet.io import WeightsFileError
-    from numpy_densenet.train import load_model_file
+    from numpy_densenet.io import load_model_file
     arrays = tiny_model_arrays()
     cfg = json.loads(str(arrays["_model_config"][()]))
     arrays["_model_config"] = np.array(json.dumps({**cfg, "memory_efficient": False}))

@@ -19,9 +19,10 @@ from PIL import Image  # noqa: E402
 
 from numpy_densenet import densenet121  # noqa: E402
 from numpy_densenet.cli import main  # noqa: E402
-from numpy_densenet.hub import (IMAGENET_MEAN, IMAGENET_STD, describe_torchvision_state, imagenet_classes,  # noqa: E402
-                                load, preprocess, top_k)
-from numpy_densenet.model import DenseNet  # noqa: E402
+from numpy_densenet.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes  # noqa: E402
+from numpy_densenet.hub import load, preprocess, top_k  # noqa: E402
+from numpy_densenet.io.torchvision import describe_torchvision_state  # noqa: E402
+from numpy_densenet.zoo import DenseNet  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -243,15 +244,15 @@ def test_convert_refuses_a_state_dict_that_is_not_a_densenet(tmp_path):
 
 def test_hub_load_refuses_a_file_from_train(tmp_path):
     from numpy_densenet.io import WeightsFileError
-    from numpy_densenet.train import TrainConfig, train
+    from numpy_densenet.training import TrainConfig, train
     train(TrainConfig(depth=10, growth_rate=2, epochs=1, batch_size=256, out=str(tmp_path / "r")), log=lambda _: None)
     with pytest.raises(WeightsFileError, match="convert"):
         load(tmp_path / "r" / "best.npz")
 
 
 def test_only_imagenet_models_get_imagenet_preprocessing():
-    from numpy_densenet.hub import hub_metadata
-    imagenet = hub_metadata(small_imagenet_model().config)
+    from numpy_densenet.io.torchvision import converted_metadata
+    imagenet = converted_metadata(small_imagenet_model().config)
     assert {"_model_config", "_preprocess", "_mean", "_std", "_classes"} == set(imagenet)
     for kw in (dict(stem="cifar", num_classes=10), dict(in_channels=1)):
-        assert set(hub_metadata(small_imagenet_model(**kw).config)) == {"_model_config"}
+        assert set(converted_metadata(small_imagenet_model(**kw).config)) == {"_model_config"}

@@ -19,8 +19,8 @@ from numpy_densenet import fast
 from numpy_densenet.cli import main
 from numpy_densenet.gradcheck import gradcheck
 from numpy_densenet.io import WeightsFileError, load_weights, save_weights
-from numpy_densenet.model import (DenseBlock, DenseNet, densenet, densenet121, densenet161, densenet169,
-                                  densenet201, densenet_bc, rename_old_keys)
+from numpy_densenet.model import DenseBlock, rename_old_keys
+from numpy_densenet.zoo import DenseNet, densenet, densenet121, densenet161, densenet169, densenet201, densenet_bc
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -443,7 +443,7 @@ def test_any_input_size(stem, block_config, shape, spatial):
         sizes.append(h.shape[2:])
     assert sizes == spatial
     for m in model.modules():
-        m._clear_cache()
+        m.clear_cache()
     logits = model(x)
     assert logits.shape == (shape[0], 5) and np.isfinite(logits).all()
     dx = model.backward(np.ones_like(logits))

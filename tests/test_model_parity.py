@@ -35,7 +35,7 @@ tdn = _load_helper()
 
 from numpy_densenet.cli import main  # noqa: E402
 from numpy_densenet.io import WeightsFileError, convert_torch_checkpoint, load_weights  # noqa: E402
-from numpy_densenet.model import DenseNet, densenet121  # noqa: E402
+from numpy_densenet.zoo import DenseNet, densenet121  # noqa: E402
 
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
 

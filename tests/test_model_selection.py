@@ -9,7 +9,8 @@ import pytest
 from numpy_densenet.data import load_dataset
 from numpy_densenet.data.datasets import Dataset
 from numpy_densenet.data.splits import stratified_split, validation_split
-from numpy_densenet.train import TrainConfig, TrainingError, closing_line, load_model_file, train
+from numpy_densenet.io import load_model_file
+from numpy_densenet.training import TrainConfig, TrainingError, closing_line, train
 from test_train import cli, quiet, read_metrics, write_npz_dataset
 
 
@@ -93,7 +94,7 @@ def test_best_npz_is_the_epoch_with_the_best_validation_accuracy(tmp_path):
     assert rows == json.loads(json.dumps(history))
     chosen = max(rows, key=lambda r: (r["val_acc"], -r["val_loss"], -r["epoch"]))
     model, meta = load_model_file(tmp_path / "run" / "best.npz")
-    from numpy_densenet.train import evaluate
+    from numpy_densenet.training import evaluate
     d = load_dataset("npz", data)
     r = evaluate(model, d.x_test, d.y_test, mean=meta["mean"], std=meta["std"])
     assert r["acc"] == pytest.approx(chosen["test_acc"], abs=1e-12)
@@ -104,7 +105,7 @@ def test_best_npz_is_the_epoch_with_the_best_validation_accuracy(tmp_path):
 
 def test_test_accuracy_chooses_nothing(tmp_path, monkeypatch):
     """Scripted accuracies that peak at different epochs on validation (2) and test (3): best.npz is epoch 2."""
-    import numpy_densenet.train as tr
+    import numpy_densenet.training.run as tr
     data = write_npz_dataset(tmp_path / "d.npz", n_train=40, n_test=16)
     script = {"val": iter([0.5, 0.9, 0.7]), "test": iter([0.6, 0.5, 0.95])}
 

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from numpy_densenet.data import load_dataset
-from numpy_densenet.predict import fit_image_size, pixel_range_warning
-from numpy_densenet.train import TrainConfig, load_model_file, train
+from numpy_densenet.hub import fit_image_size, pixel_range_warning
+from numpy_densenet.io import load_model_file
+from numpy_densenet.training import TrainConfig, train
 from test_train import cli, quiet
 
 

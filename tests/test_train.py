@@ -1,4 +1,4 @@
-"""Tests of the training loop (numpy_densenet.train) and the train / evaluate / predict commands (issue 4).
+"""Tests of the training loop (numpy_densenet.training) and the train / evaluate / predict commands (issue 4).
 
 Everything runs on tiny settings: a DenseNet-BC of depth 10 and growth rate 4, on the bundled digits with batch
 128 (the command-line run, shared by several tests) or on a synthetic 64-image ``.npz`` data set written to a
@@ -18,8 +18,8 @@ import pytest
 
 from numpy_densenet.cli import main
 from numpy_densenet.data import load_dataset
-from numpy_densenet.train import (Diverged, Progress, Run, TrainConfig, TrainingError, evaluate, load_model_file,
-                                  train)
+from numpy_densenet.io import load_model_file
+from numpy_densenet.training import Diverged, Progress, Run, TrainConfig, TrainingError, evaluate, train
 
 METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds"}
 
@@ -137,7 +137,7 @@ def test_default_config_is_densenet_bc_16_12_on_digits_for_30_epochs(tmp_path):
 
 
 def test_cli_train_without_options_uses_the_default_config(monkeypatch):
-    import numpy_densenet.train as train_module
+    import numpy_densenet.cli.train as train_module
     seen = []
     monkeypatch.setattr(train_module, "train",
                         lambda cfg, resume=None, log=None, given_options=None, overwrite=False:

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+
+from ..zoo import CIFAR_MODELS, DEFAULT_DEPTH, DEFAULT_GROWTH_RATE, MODEL_NAMES, SMALL_DATASETS
+from ..zoo import build_model as build
 
 
 class UserError(Exception):
@@ -27,34 +31,42 @@ def positive_int(text):
     return value
 
 
+def finite_float(text):
+    """argparse type for a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def depth_help(small=True):
+    """How the default depth is chosen, for --help (from numpy_densenet.zoo)."""
+    paper = ", ".join(f"{DEFAULT_DEPTH[m]} for {m}" for m in CIFAR_MODELS)
+    digits = ", ".join(f"{d} on {name}" for name, d in SMALL_DATASETS.items())
+    return f"default: {digits}; otherwise {paper}" if small else f"default {paper}"
+
+
 def add_model_args(p, default="densenet_bc", given_only=False):
     """``--model``, ``--depth``, ``--growth-rate``; with ``given_only`` an option not given is absent from args.
 
     ``default=None``: only for weights files that do not describe a model."""
     unset = argparse.SUPPRESS if given_only else None
-    p.add_argument("--model", default=argparse.SUPPRESS if given_only else default,
-                   choices=["densenet121", "densenet161", "densenet169", "densenet201", "densenet_bc", "densenet"],
+    p.add_argument("--model", default=argparse.SUPPRESS if given_only else default, choices=MODEL_NAMES,
                    help=f"architecture (default: {default})" if default else
                    "architecture, only needed for a weights file that does not describe its model (files from "
                    "train and convert do)")
     p.add_argument("--depth", type=int, default=unset,
-                   help="depth L of densenet_bc / densenet (default: 16 on digits; otherwise 100 for densenet_bc, "
-                        "40 for densenet)")
+                   help=f"depth L of {' / '.join(CIFAR_MODELS)} ({depth_help()})")
     p.add_argument("--growth-rate", type=int, default=unset,
-                   help="growth rate k of densenet_bc / densenet (default 12)")
+                   help=f"growth rate k of {' / '.join(CIFAR_MODELS)} (default {DEFAULT_GROWTH_RATE})")
 
 
 def build_model(name, depth=None, growth_rate=None, num_classes=None, **kwargs):
-    """Make a model from command-line style options, with clear errors."""
-    from .. import model as dn
+    """:func:`numpy_densenet.zoo.build_model` with its errors as :class:`UserError`."""
     try:
-        if name in ("densenet_bc", "densenet"):
-            depth = depth if depth is not None else (100 if name == "densenet_bc" else 40)
-            growth_rate = growth_rate if growth_rate is not None else 12
-            return dn.MODELS[name](depth, growth_rate, num_classes=10 if num_classes is None else num_classes,
-                                   **kwargs)
-        if depth is not None or growth_rate is not None:
-            raise UserError(f"--depth and --growth-rate apply to densenet_bc and densenet, not {name}")
-        return dn.MODELS[name](num_classes=1000 if num_classes is None else num_classes, **kwargs)
+        return build(name, depth, growth_rate, num_classes, **kwargs)
     except ValueError as e:
         raise UserError(str(e)) from None

@@ -5,7 +5,8 @@ import time
 
 import numpy as np
 
-from .common import nonneg_int, positive_int
+from ..gradcheck import MODES, executor_for, gradcheck, layer_cases, model_cases
+from .common import UserError, nonneg_int, positive_int
 
 
 def register(sub):
@@ -15,7 +16,7 @@ def register(sub):
                                    "tiny DenseNets') with finite differences in float64, and print one row per "
                                    "tensor: worst error, where, analytic against numeric. Exit code 1 on a failure.")
     p.add_argument("--model", action="store_true", help="check whole tiny DenseNets instead of single layers")
-    p.add_argument("--mode", choices=["full", "sampled", "directional"], default=None,
+    p.add_argument("--mode", choices=MODES, default=None,
                    help="full (every coordinate; default for layers), sampled, directional (default for --model)")
     p.add_argument("--seed", type=nonneg_int, default=0,
                    help="seed of the inputs, weights and probe directions (default 0)")
@@ -32,14 +33,12 @@ def register(sub):
 
 
 def cmd_gradcheck(args):
-    from ..gradcheck import gradcheck, layer_cases, model_cases
+    """Check every case's backward pass; exit status 1 when one fails."""
     rng = np.random.default_rng(args.seed)
     cases = model_cases(rng) if args.model else layer_cases(rng)
     mode = args.mode or ("directional" if args.model else "full")
     failed = []
     start = time.perf_counter()
-    from ..gradcheck_parallel import executor_for
-    from .common import UserError
     try:
         executor = executor_for(args.workers, args.scheduler)
     except (ImportError, ValueError, OSError) as e:

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 
 from .. import __version__
-from . import gradcheck, models, study, train
+from ..data import DatasetError
+from ..data.files import FileFormatError
+from ..io import WeightsFileError, describe_os_error
+from ..training import TrainingError
+from . import gradcheck, models, predict, study, train
 from .common import UserError
 
 
@@ -16,31 +19,9 @@ def make_parser():
                                      description="A DenseNet in pure NumPy with verified hand-written backward passes.")
     parser.add_argument("--version", action="version", version=f"numpy_densenet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (gradcheck, models, train, study):
+    for module in (gradcheck, models, train, predict, study):
         module.register(sub)
     return parser
-
-
-_OS_HINTS = {
-    errno.ENOSPC: "the disk is full: free space, then run the command again",
-    errno.EDQUOT: "the disk quota is exceeded: free space, then run the command again",
-    errno.EROFS: "the file system is read-only: write somewhere else",
-    errno.EACCES: "permission denied: check the permissions of the file and its folders",
-    errno.EPERM: "operation not permitted: check the permissions of the file and its folders",
-    errno.ENOTDIR: "a part of the path is a file, not a folder",
-    errno.ELOOP: "the path is a symbolic link loop",
-    errno.EISDIR: "it is a folder, not a file",
-    errno.ENOENT: "no such file or folder",
-}
-
-
-def describe_os_error(e):
-    """One sentence for an OSError: the file, what happened (with the errno name) and what to do."""
-    name = errno.errorcode.get(e.errno, "")
-    where = f"{e.filename}: " if e.filename is not None else ""
-    what = e.strerror or str(e)
-    hint = _OS_HINTS.get(e.errno)
-    return f"{where}{what}{f' ({name})' if name else ''}" + (f"; {hint}" if hint else "")
 
 
 def main(argv=None):
@@ -50,10 +31,6 @@ def main(argv=None):
     written, malformed contents, a full disk, not enough memory), printed as one line on stderr naming the
     file or option, 130 after Ctrl-C.
     """
-    from ..data import DatasetError
-    from ..data.files import FileFormatError
-    from ..io import WeightsFileError
-    from ..train import TrainingError
     parser = make_parser()
     try:
         args = parser.parse_args(argv)

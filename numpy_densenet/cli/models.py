@@ -1,7 +1,12 @@
 """``numpy-densenet summary`` and ``convert``."""
 from __future__ import annotations
 
-from .common import UserError, build_model
+import importlib.util
+
+from ..io import convert_torch_checkpoint, load_model_file
+from ..study import format_summary
+from ..zoo import MODEL_NAMES
+from .common import UserError, build_model, depth_help
 
 
 def register(sub):
@@ -9,10 +14,9 @@ def register(sub):
     p = sub.add_parser("summary", help="per-layer output shapes, channel growth and parameter counts",
                        description="Print a model's layers with their output shapes, the channel growth k0 + l*k "
                                    "of every dense block, parameter counts and totals.")
-    p.add_argument("model", choices=["densenet121", "densenet161", "densenet169", "densenet201", "densenet_bc",
-                                     "densenet"], help="architecture")
+    p.add_argument("model", choices=MODEL_NAMES, help="architecture")
     p.add_argument("--depth", type=int, default=None,
-                   help="depth L of densenet_bc / densenet (default 100 for densenet_bc, 40 for densenet)")
+                   help=f"depth L of densenet_bc / densenet ({depth_help(small=False)})")
     p.add_argument("--growth-rate", type=int, default=None, help="growth rate k of densenet_bc / densenet (default 12)")
     p.add_argument("--num-classes", type=int, default=None,
                    help="classifier outputs (default 1000 for densenet121/161/169/201, 10 otherwise)")
@@ -32,7 +36,7 @@ def register(sub):
 
 
 def cmd_summary(args):
-    from ..summary import format_summary
+    """Print a model's per-layer table."""
     model = build_model(args.model, args.depth, args.growth_rate, args.num_classes, in_channels=args.in_channels)
     size = args.image_size
     if size is not None and size < 1:
@@ -47,14 +51,11 @@ def cmd_summary(args):
 
 
 def cmd_convert(args):
-    import importlib.util
-
-    from ..io import convert_torch_checkpoint
+    """Convert a torchvision .pth to a self-describing .npz (needs PyTorch)."""
     if importlib.util.find_spec("torch") is None:
         raise UserError("converting a .pth file needs PyTorch (only for this step); the CPU build is enough: "
                         "pip install torch --index-url https://download.pytorch.org/whl/cpu")
     n = convert_torch_checkpoint(args.src, args.dst)
-    from ..train import load_model_file
     model, meta = load_model_file(args.dst)
     c = model.config
     print(f"wrote {n} arrays to {args.dst}: DenseNet(growth_rate={c['growth_rate']}, block_config="

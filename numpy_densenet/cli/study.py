@@ -9,14 +9,17 @@ import os
 
 import numpy as np
 
-DIGITS_DEPTH = 16   # the default depth of densenet_bc / densenet on the digits, as in `numpy-densenet train`
+from ..data import DatasetError, channel_stats, load_dataset, normalize
+from ..io import load_model_file, load_npz, load_weights, save_npz
+from ..study import (block_gradient_flow, explain_block, feature_reuse, have_matplotlib, heatmap_range,
+                     save_heatmap)
+from .common import UserError, add_model_args, build_model, nonneg_int, positive_int
+
 PLOT_NOTE = 'no PNG heatmaps: matplotlib is not installed; pip install "numpy_densenet[plot]" to get them'
 
 
 def register(subparsers):
     """Add the ``inspect`` and ``explain`` subcommands to the ``numpy-densenet`` parser."""
-    from .common import add_model_args, nonneg_int, positive_int
-
     p = subparsers.add_parser(
         "inspect", help="gradient-flow and feature-reuse matrices of every dense block, on one batch",
         description="Run one forward and backward pass of a model (random, or --weights FILE) on a batch and "
@@ -67,8 +70,7 @@ def register(subparsers):
 
 # -- explain -------------------------------------------------------------------------------------------------
 def cmd_explain(args):
-    from .common import UserError
-    from ..flow import explain_block
+    """Print one small dense block's forward and backward pass, step by step."""
     for name, value, low in (("--layers", args.layers, 1), ("--growth-rate", args.growth_rate, 1),
                              ("--in-channels", args.in_channels, 1), ("--bn-size", args.bn_size, 1),
                              ("--batch", args.batch, 1), ("--size", args.size, 1)):
@@ -88,8 +90,6 @@ def cmd_explain(args):
 
 # -- inspect -------------------------------------------------------------------------------------------------
 def _load_dataset(args):
-    from .common import UserError
-    from ..data import DatasetError, load_dataset
     try:
         return load_dataset(args.dataset, args.data_dir)
     except DatasetError as e:
@@ -98,8 +98,6 @@ def _load_dataset(args):
 
 def _batch(args, dataset, mean=None, std=None):
     """The first ``--batch-size`` images of the split, normalised per channel: (x, y)."""
-    from .common import UserError
-    from ..data import channel_stats, normalize
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     x = dataset.x_train if args.split == "train" else dataset.x_test
@@ -115,17 +113,11 @@ def _make_model(args, dataset):
 
     ``mean`` and ``std`` are the normalisation statistics stored in a file written by ``train`` (else None).
     """
-    from .common import build_model
-    from ..io import load_npz, load_weights
-    from ..train import load_model_file
     if args.weights is not None and "_model_config" in load_npz(args.weights):   # written by `train`
         model, meta = load_model_file(args.weights, fast=args.tier == "fast")   # best.npz or checkpoint.npz
         return (model, f"DenseNet: {model.extra_repr()} (weights {args.weights}, model from the file)",
                 meta["mean"], meta["std"])
-    depth = args.depth
-    if depth is None and dataset.name == "digits" and args.model in ("densenet_bc", "densenet"):
-        depth = DIGITS_DEPTH                                        # train's default on the small digits
-    model = build_model(args.model, depth, args.growth_rate, dataset.num_classes,
+    model = build_model(args.model, args.depth, args.growth_rate, dataset.num_classes, dataset=dataset.name,
                         in_channels=dataset.in_channels, seed=args.seed, fast=args.tier == "fast")
     if args.weights is not None:
         load_weights(model, args.weights)
@@ -146,10 +138,8 @@ def _block_header(model, index, name, block):
 
 
 def cmd_inspect(args):
-    from ..flow import block_gradient_flow, feature_reuse, have_matplotlib, heatmap_range, save_heatmap
-    from ..io import save_npz
-    from .common import UserError
-
+    """Gradient-flow and feature-reuse matrices of every dense block on one batch; matrices and heatmaps with
+    --out."""
     dataset = _load_dataset(args)
     model, description, mean, std = _make_model(args, dataset)
     if dataset.in_channels != model.in_channels:        # checked before normalising with the file's statistics
@@ -168,7 +158,6 @@ def cmd_inspect(args):
         raise UserError(f"the model cannot run on the {x.shape[2]}x{x.shape[3]} images of {dataset.name}: {e}") \
             from None
     reuse = feature_reuse(model)
-
     print(description)
     print(f"batch: the first {x.shape[0]} images of {dataset.name} ({args.split} split), shape {x.shape}; "
           f"BatchNorm in {flows[0].mode} mode; loss {flows[0].loss:.4f}")
@@ -181,11 +170,16 @@ def cmd_inspect(args):
         print(flows[b].table())
         print(flows[b].table(normalised=True))
         print(reuse[b].table())
-
     print()
     if args.out is None:
         print("(add --out DIR to write the matrices and PNG heatmaps)")
         return 0
+    _write_outputs(args, flows, reuse, chosen)
+    return 0
+
+
+def _write_outputs(args, flows, reuse, chosen):
+    """matrices.npz, and the PNG heatmaps when matplotlib is installed, in --out."""
     os.makedirs(args.out, exist_ok=True)
     arrays = {}
     for b in chosen:
@@ -198,7 +192,7 @@ def cmd_inspect(args):
     print(f"wrote {matrices} ({len(arrays)} matrices; NaN where a consumer does not read x_i)")
     if not have_matplotlib():
         print(PLOT_NOTE)
-        return 0
+        return
     written = []
     flow_range = heatmap_range([flows[b].matrix(normalised=True) for b in chosen], log=True) if args.same_scale \
         else (None, None)
@@ -211,4 +205,3 @@ def cmd_inspect(args):
         written.append(save_heatmap(reuse[b], os.path.join(args.out, f"feature_reuse_{name}.png"),
                                     vmin=reuse_range[0], vmax=reuse_range[1]))
     print(f"wrote {len(written)} PNG heatmaps to {args.out}: " + ", ".join(os.path.basename(p) for p in written))
-    return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import MAX_CLASSES, MAX_IMAGE_PIXELS
+from .files import MAX_CLASSES, MAX_IMAGE_PIXELS, os_problem
 
 __all__ = ["DatasetError", "Dataset", "to_float"]
 
@@ -146,49 +146,48 @@ def to_float(x, dtype=np.float32):
     raise ValueError(f"x must hold uint8 pixels (0..255) or floats in [0, 1], got dtype {x.dtype}")
 
 
-def _fail(path, problem, hint=None):
+def fail(path, problem, hint=None):
     message = f"{path}: {problem}"
     if hint:
         message += f" ({hint})"
     raise DatasetError(message if message.endswith(".") else message + ".")
 
 
-def _existing_dir(data_dir, title):
+def existing_dir(data_dir, title):
     root = Path(os.path.expanduser(os.fspath(data_dir)))
     try:
         st = os.stat(root)
     except OSError as e:
-        from .files import _os_problem
-        problem = _os_problem(e).replace("does not exist (file not found)", "does not exist")
+        problem = os_problem(e).replace("does not exist (file not found)", "does not exist")
         raise DatasetError(f"{root}: the {title} data directory {problem}.") from None
     if not stat.S_ISDIR(st.st_mode):
         raise DatasetError(f"{root}: the {title} data directory is a file, not a folder.")
     return root
 
 
-def _check_label_range(path, labels, what):
+def check_label_range(path, labels, what):
     """Raise DatasetError if a label is at or above ``MAX_CLASSES``: nothing may be sized by such a label."""
     if labels.size and labels.max() >= MAX_CLASSES:
         bad = int(np.flatnonzero(labels >= MAX_CLASSES)[0])
-        _fail(path, f"{what!r} holds the label {labels[bad]} at index {bad}; labels must be below "
+        fail(path, f"{what!r} holds the label {labels[bad]} at index {bad}; labels must be below "
                     f"{MAX_CLASSES} (2**16 classes at most)")
 
 
-def _check_pixels(path, shape, what):
+def check_pixels(path, shape, what):
     """Raise DatasetError if one image of an (N, C, H, W) array has more than ``MAX_IMAGE_PIXELS`` pixels."""
     if shape[2] * shape[3] > MAX_IMAGE_PIXELS:
-        _fail(path, f"{what!r} holds {shape[2]}x{shape[3]} images, more than the limit of {MAX_IMAGE_PIXELS:,} "
+        fail(path, f"{what!r} holds {shape[2]}x{shape[3]} images, more than the limit of {MAX_IMAGE_PIXELS:,} "
                     "pixels (1024x1024) per image")
 
 
-def _check_labels(path, labels, num_classes, what="label", count=None):
+def check_labels(path, labels, num_classes, what="label", count=None):
     """Raise DatasetError unless ``labels`` is 1-D (of length ``count``) with values in ``0 .. num_classes-1``."""
     if labels.ndim != 1 or (count is not None and labels.shape[0] != count):
-        _fail(path, f"{what} should be 1-D with {count} entries, found shape {labels.shape}")
+        fail(path, f"{what} should be 1-D with {count} entries, found shape {labels.shape}")
     if labels.size == 0:
         return
     lo, hi = labels.min(), labels.max()
     if lo < 0 or hi >= num_classes:
         bad = int(np.flatnonzero((labels < 0) | (labels >= num_classes))[0])
-        _fail(path, f"{what} at index {bad} is {labels[bad]}, outside the valid range 0..{num_classes - 1}; "
+        fail(path, f"{what} at index {bad} is {labels[bad]}, outside the valid range 0..{num_classes - 1}; "
                     "the file is corrupt or not the expected data set")

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from .base import Dataset, DatasetError, _check_labels, _existing_dir, _fail
+from .base import Dataset, DatasetError, check_labels, existing_dir, fail
 from .files import FileFormatError, check_regular_file, format_bytes, memory_budget
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR100_FINE_CLASSES", "CIFAR100_COARSE_CLASSES", "load_cifar10", "load_cifar100"]
@@ -108,7 +108,7 @@ def load_cifar100(data_dir, label_mode="fine") -> Dataset:
 
 def _find_cifar_folder(data_dir, title, bin_dir, marker, py_dir, py_markers, archive):
     """Return the folder holding the binary files: ``data_dir`` itself or ``data_dir / bin_dir``."""
-    root = _existing_dir(data_dir, title)
+    root = existing_dir(data_dir, title)
     if os.path.lexists(root / marker):           # a link loop or folder there is reported when read
         return root
     if (root / bin_dir).is_dir():
@@ -138,28 +138,28 @@ def _read_cifar_file(path, labels, official_records):
     """
     record = len(labels) + _CIFAR_PIXELS
     if not os.path.lexists(path):
-        _fail(path, "file not found", f"the official file holds {official_records} records of {record} bytes")
+        fail(path, "file not found", f"the official file holds {official_records} records of {record} bytes")
     try:
         size = check_regular_file(path, "CIFAR file")
     except FileFormatError as e:
         raise DatasetError(f"{e}.") from None
     if size > memory_budget():
-        _fail(path, f"is {format_bytes(size)}, more than the memory budget of {format_bytes(memory_budget())}; "
+        fail(path, f"is {format_bytes(size)}, more than the memory budget of {format_bytes(memory_budget())}; "
                     "set NUMPY_DENSENET_MAX_BYTES to allow more")
     if size == 0 or size % record:
-        _fail(path, f"size {size} bytes is not a whole, non-zero number of {record}-byte records "
+        fail(path, f"size {size} bytes is not a whole, non-zero number of {record}-byte records "
                     f"(the official file is {official_records * record} bytes = {official_records} records); "
                     "the file is truncated or corrupt, download and extract it again")
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
-        _fail(path, f"cannot be read: {e.strerror or e}")
+        fail(path, f"cannot be read: {e.strerror or e}")
     if data.size != size:
-        _fail(path, f"changed while it was read ({data.size} of {size} bytes)")
+        fail(path, f"changed while it was read ({data.size} of {size} bytes)")
     data = data.reshape(-1, record)
     ys = []
     for byte, num_classes, what in labels:
-        _check_labels(path, data[:, byte], num_classes, what=what)
+        check_labels(path, data[:, byte], num_classes, what=what)
         ys.append(data[:, byte].astype(np.int64))
     x = np.ascontiguousarray(data[:, len(labels):]).reshape(-1, 3, 32, 32)
     return x, ys

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Dataset, _check_labels, _fail
-from .npz import _read_npz
+from .base import Dataset, check_labels, fail
+from .npz import read_npz_members
 
 __all__ = ["DIGITS_CLASSES", "DIGITS_FILE", "load_digits"]
 
@@ -34,20 +34,20 @@ def load_digits(path=None) -> Dataset:
         int64 labels; ``classes`` ``"0" .. "9"``.
     """
     path = Path(DIGITS_FILE if path is None else path)
-    arrays = _read_npz(path, required=("images", "labels", "train_idx", "test_idx"))
+    arrays = read_npz_members(path, required=("images", "labels", "train_idx", "test_idx"))
     images, labels = arrays["images"], arrays["labels"]
     if images.ndim != 3 or images.shape[1:] != (8, 8) or images.dtype != np.uint8:
-        _fail(path, f"'images' should be uint8 of shape (N, 8, 8), found {images.dtype} {images.shape}")
+        fail(path, f"'images' should be uint8 of shape (N, 8, 8), found {images.dtype} {images.shape}")
     if images.max(initial=0) > 16:
-        _fail(path, f"'images' should hold grey levels 0..16, found a maximum of {images.max()}")
-    _check_labels(path, labels, 10, what="'labels'", count=images.shape[0])
+        fail(path, f"'images' should hold grey levels 0..16, found a maximum of {images.max()}")
+    check_labels(path, labels, 10, what="'labels'", count=images.shape[0])
     n = images.shape[0]
     train_idx, test_idx = arrays["train_idx"], arrays["test_idx"]
     for key, idx in (("train_idx", train_idx), ("test_idx", test_idx)):
         if idx.ndim != 1 or idx.dtype.kind not in "iu" or idx.size == 0 or idx.min() < 0 or idx.max() >= n:
-            _fail(path, f"{key!r} should be a non-empty 1-D integer array of indices in 0..{n - 1}")
+            fail(path, f"{key!r} should be a non-empty 1-D integer array of indices in 0..{n - 1}")
     if np.intersect1d(train_idx, test_idx).size:
-        _fail(path, "'train_idx' and 'test_idx' overlap")
+        fail(path, "'train_idx' and 'test_idx' overlap")
     x = (images.astype(np.float32) / 16)[:, None, :, :]
     y = labels.astype(np.int64)
     return Dataset("digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx], 10, DIGITS_CLASSES)

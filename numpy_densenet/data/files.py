@@ -27,6 +27,7 @@ import errno
 import gzip
 import os
 import stat
+import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -80,7 +81,7 @@ def memory_budget():
         return 4 * 2 ** 30
 
 
-def _os_problem(exc):
+def os_problem(exc):
     """What an OSError means for a file that should be read, in words."""
     code = getattr(exc, "errno", None)
     if code == errno.ENOENT:
@@ -106,7 +107,7 @@ def check_regular_file(path, what="file"):
     try:
         st = os.stat(path)
     except OSError as e:
-        raise FileFormatError(f"{what} {path!r} {_os_problem(e)}") from None
+        raise FileFormatError(f"{what} {path!r} {os_problem(e)}") from None
     if stat.S_ISDIR(st.st_mode):
         raise FileFormatError(f"{what} {path!r} is a folder, not a file")
     if not stat.S_ISREG(st.st_mode):
@@ -282,7 +283,7 @@ def read_npz(path, what="file", keys=None, budget=None):
         raise FileFormatError(f"{where} is not a valid .npz archive or is truncated ({type(e).__name__}: {e})") \
             from None
     except OSError as e:
-        raise FileFormatError(f"{where} {_os_problem(e)}") from None
+        raise FileFormatError(f"{where} {os_problem(e)}") from None
 
 
 def read_npy(path, what="file", budget=None, mmap=False):
@@ -315,7 +316,7 @@ def read_npy(path, what="file", budget=None, mmap=False):
     except FileFormatError:
         raise
     except OSError as e:
-        raise FileFormatError(f"{where} {_os_problem(e)}") from None
+        raise FileFormatError(f"{where} {os_problem(e)}") from None
 
 
 # -- gzip ---------------------------------------------------------------------------------------------------------
@@ -366,7 +367,7 @@ def read_gzip(path, header_size, data_size, what="file", budget=None):
         raise FileFormatError(f"{where} cannot be decompressed ({e}); the download is truncated or corrupt") \
             from None
     except OSError as e:
-        raise FileFormatError(f"{where} {_os_problem(e)}") from None
+        raise FileFormatError(f"{where} {os_problem(e)}") from None
 
 
 # -- images -------------------------------------------------------------------------------------------------------
@@ -393,7 +394,6 @@ def open_image(path, mode, what="image", max_pixels=MAX_IMAGE_PIXELS, as_array=T
     Image.MAX_IMAGE_PIXELS = max_pixels
     PngImagePlugin.MAX_TEXT_CHUNK = PngImagePlugin.MAX_TEXT_MEMORY = MAX_PNG_TEXT_BYTES
     try:
-        import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .base import Dataset, DatasetError, _check_labels, _existing_dir, _fail
+from .base import Dataset, DatasetError, check_labels, existing_dir, fail
 from .files import MAX_IMAGE_PIXELS, FileFormatError, read_gzip
 
 __all__ = ["MNIST_CLASSES", "FASHION_MNIST_CLASSES", "load_mnist"]
@@ -59,7 +59,7 @@ def load_mnist(data_dir, variant="mnist") -> Dataset:
     if variant not in _MNIST_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(_MNIST_VARIANTS)}, got {variant!r}")
     title, name, classes, subdirs, url = _MNIST_VARIANTS[variant]
-    root = _existing_dir(data_dir, title)
+    root = existing_dir(data_dir, title)
     folder = next((d for d in (root, *(root / s for s in subdirs)) if _find_idx(d, _MNIST_FILES["train"][0])),
                   root)
     splits = []
@@ -76,7 +76,7 @@ def load_mnist(data_dir, variant="mnist") -> Dataset:
         if x.shape[0] != y.shape[0]:
             raise DatasetError(f"{paths[0]} holds {x.shape[0]} images but {paths[1]} holds {y.shape[0]} labels; "
                                "one of the two files is from another release or corrupt.")
-        _check_labels(paths[1], y, 10)
+        check_labels(paths[1], y, 10)
         splits.append((x[:, None, :, :], y.astype(np.int64)))
     (x_train, y_train), (x_test, y_test) = splits
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -110,15 +110,15 @@ def _read_idx(path, magic, ndim):
     def data_size(header):
         found_magic = int.from_bytes(header[:4], "big")
         if found_magic != magic:
-            _fail(path, f"magic number is {found_magic} (0x{found_magic:08x}), expected {magic} (0x{magic:08x}) "
+            fail(path, f"magic number is {found_magic} (0x{found_magic:08x}), expected {magic} (0x{magic:08x}) "
                         f"for an IDX file of {kind}; this is not the right file or it is corrupt")
         dims = tuple(int.from_bytes(header[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
         if dims[0] == 0:
-            _fail(path, "header announces 0 items; the file is empty or corrupt")
+            fail(path, "header announces 0 items; the file is empty or corrupt")
         if ndim == 3 and 0 in dims[1:]:
-            _fail(path, f"header gives an image size of {dims[1]}x{dims[2]} pixels")
+            fail(path, f"header gives an image size of {dims[1]}x{dims[2]} pixels")
         if ndim == 3 and dims[1] * dims[2] > MAX_IMAGE_PIXELS:
-            _fail(path, f"header gives an image size of {dims[1]}x{dims[2]} pixels, more than the limit of "
+            fail(path, f"header gives an image size of {dims[1]}x{dims[2]} pixels, more than the limit of "
                         f"{MAX_IMAGE_PIXELS:,} (1024x1024)")
         dims_of[0] = dims
         return math.prod(dims)

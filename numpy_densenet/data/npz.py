@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Dataset, DatasetError, _check_label_range, _check_labels, _check_pixels, _fail
+from .base import Dataset, DatasetError, check_label_range, check_labels, check_pixels, fail
 from .files import MAX_CLASSES, FileFormatError, read_npz
 
 __all__ = ["load_npz"]
@@ -50,11 +50,11 @@ def load_npz(path, *, test_fraction=0.2, seed=0) -> Dataset:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     path = Path(os.path.expanduser(os.fspath(path)))
     if path.is_dir():
-        _fail(path, "is a folder; for the 'npz' data set give the path of the .npz file itself")
-    arrays = _read_npz(path, required=("x", "y"), optional=("x_test", "y_test", "x_val", "y_val", "classes"))
+        fail(path, "is a folder; for the 'npz' data set give the path of the .npz file itself")
+    arrays = read_npz_members(path, required=("x", "y"), optional=("x_test", "y_test", "x_val", "y_val", "classes"))
     has_test = ("x_test" in arrays, "y_test" in arrays)
     if any(has_test) and not all(has_test):
-        _fail(path, "holds only one of 'x_test' and 'y_test'; give both or neither")
+        fail(path, "holds only one of 'x_test' and 'y_test'; give both or neither")
 
     x = _npz_images(path, arrays["x"], "x")
     y = _npz_labels(path, arrays["y"], "y", x.shape[0], "x")
@@ -62,12 +62,12 @@ def load_npz(path, *, test_fraction=0.2, seed=0) -> Dataset:
         x_test = _npz_images(path, arrays["x_test"], "x_test")
         y_test = _npz_labels(path, arrays["y_test"], "y_test", x_test.shape[0], "x_test")
         if x_test.shape[1:] != x.shape[1:] or x_test.dtype != x.dtype:
-            _fail(path, f"'x_test' images are {x_test.dtype} {x_test.shape[1:]} (C, H, W) but 'x' images are "
+            fail(path, f"'x_test' images are {x_test.dtype} {x_test.shape[1:]} (C, H, W) but 'x' images are "
                         f"{x.dtype} {x.shape[1:]}")
         x_train, y_train = x, y
     else:
         if x.shape[0] < 2:
-            _fail(path, f"'x' holds {x.shape[0]} image(s): at least 2 are needed to split off a test set")
+            fail(path, f"'x' holds {x.shape[0]} image(s): at least 2 are needed to split off a test set")
         perm = np.random.default_rng(seed).permutation(x.shape[0])
         n_test = min(max(1, int(round(test_fraction * x.shape[0]))), x.shape[0] - 1)
         test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
@@ -75,27 +75,27 @@ def load_npz(path, *, test_fraction=0.2, seed=0) -> Dataset:
 
     x_val = y_val = None
     if ("x_val" in arrays) != ("y_val" in arrays):
-        _fail(path, "holds only one of 'x_val' and 'y_val'; give both or neither")
+        fail(path, "holds only one of 'x_val' and 'y_val'; give both or neither")
     if "x_val" in arrays:
         x_val = _npz_images(path, arrays["x_val"], "x_val")
         if x_val.shape[0] == 0:
-            _fail(path, "'x_val' holds no images; leave 'x_val' and 'y_val' out to hold out part of 'x' instead")
+            fail(path, "'x_val' holds no images; leave 'x_val' and 'y_val' out to hold out part of 'x' instead")
         y_val = _npz_labels(path, arrays["y_val"], "y_val", x_val.shape[0], "x_val")
         if x_val.shape[1:] != x_train.shape[1:] or x_val.dtype != x_train.dtype:
-            _fail(path, f"'x_val' images are {x_val.dtype} {x_val.shape[1:]} (C, H, W) but 'x' images are "
+            fail(path, f"'x_val' images are {x_val.dtype} {x_val.shape[1:]} (C, H, W) but 'x' images are "
                         f"{x_train.dtype} {x_train.shape[1:]}")
 
     if "classes" in arrays:
         classes = arrays["classes"]
         if classes.ndim != 1 or classes.dtype.kind not in "US" or classes.size == 0:
-            _fail(path, f"'classes' should be a non-empty 1-D array of strings, found {classes.dtype} "
+            fail(path, f"'classes' should be a non-empty 1-D array of strings, found {classes.dtype} "
                         f"{classes.shape}")
         if classes.size > MAX_CLASSES:
-            _fail(path, f"'classes' names {classes.size} classes; at most {MAX_CLASSES} are supported")
+            fail(path, f"'classes' names {classes.size} classes; at most {MAX_CLASSES} are supported")
         classes = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in classes.tolist())
         num_classes = len(classes)
         for key, labels in (("y", y), ("y_test", y_test)) + ((("y_val", y_val),) if y_val is not None else ()):
-            _check_labels(path, labels, num_classes, what=f"{key!r} (with {num_classes} names in 'classes')")
+            check_labels(path, labels, num_classes, what=f"{key!r} (with {num_classes} names in 'classes')")
     else:
         num_classes = int(max(y_train.max(), y_test.max(), -1 if y_val is None else y_val.max())) + 1  # < MAX_CLASSES
         classes = tuple(str(k) for k in range(num_classes))
@@ -110,39 +110,39 @@ def _npz_images(path, x, key):
         if x.shape[3] in (1, 3) and x.shape[1] not in (1, 3):
             x = x.transpose(0, 3, 1, 2)
     else:
-        _fail(path, f"{key!r} should be 3-D (N, H, W) or 4-D (N, C, H, W) / (N, H, W, C), found shape {x.shape}")
+        fail(path, f"{key!r} should be 3-D (N, H, W) or 4-D (N, C, H, W) / (N, H, W, C), found shape {x.shape}")
     if x.shape[0] == 0 or 0 in x.shape[1:]:
-        _fail(path, f"{key!r} is empty (shape {x.shape} after conversion to N, C, H, W)")
-    _check_pixels(path, x.shape, key)
+        fail(path, f"{key!r} is empty (shape {x.shape} after conversion to N, C, H, W)")
+    check_pixels(path, x.shape, key)
     if x.dtype == np.uint8:
         pass
     elif x.dtype.kind in "iu":
         lo, hi = x.min(), x.max()
         if lo < 0 or hi > 255:
-            _fail(path, f"{key!r} holds {x.dtype} values in {lo}..{hi}; integer images must lie in 0..255")
+            fail(path, f"{key!r} holds {x.dtype} values in {lo}..{hi}; integer images must lie in 0..255")
         x = x.astype(np.uint8)
     elif x.dtype.kind == "f":
         if not np.isfinite(x).all():
-            _fail(path, f"{key!r} holds NaN or infinite values")
+            fail(path, f"{key!r} holds NaN or infinite values")
         if x.dtype.itemsize < 4:
             x = x.astype(np.float32)
     else:
-        _fail(path, f"{key!r} has dtype {x.dtype}; images must be uint8 (0..255) or floats (in [0, 1])")
+        fail(path, f"{key!r} has dtype {x.dtype}; images must be uint8 (0..255) or floats (in [0, 1])")
     return np.ascontiguousarray(x)
 
 
 def _npz_labels(path, y, key, n, x_key):
     if y.ndim != 1 or y.shape[0] != n:
-        _fail(path, f"{key!r} should be a 1-D array of {n} labels, one per image of {x_key!r}, found shape {y.shape}")
+        fail(path, f"{key!r} should be a 1-D array of {n} labels, one per image of {x_key!r}, found shape {y.shape}")
     if y.dtype.kind not in "iu":
-        _fail(path, f"{key!r} has dtype {y.dtype}; labels must be integers")
+        fail(path, f"{key!r} has dtype {y.dtype}; labels must be integers")
     if y.size and y.min() < 0:
-        _fail(path, f"{key!r} holds the negative label {y.min()}; labels must be 0 .. num_classes - 1")
-    _check_label_range(path, y, key)
+        fail(path, f"{key!r} holds the negative label {y.min()}; labels must be 0 .. num_classes - 1")
+    check_label_range(path, y, key)
     return y.astype(np.int64)
 
 
-def _read_npz(path, required, optional=()):
+def read_npz_members(path, required, optional=()):
     """Read the ``required`` and ``optional`` arrays of an ``.npz`` file within the memory budget.
 
     Declared sizes are checked before anything is read (:func:`numpy_densenet.data.files.read_npz`); other
@@ -154,6 +154,6 @@ def _read_npz(path, required, optional=()):
         raise DatasetError(f"{e}.") from None
     missing = [k for k in required if k not in arrays]
     if missing:
-        _fail(path, f"missing the array(s) {', '.join(map(repr, missing))} (found: "
+        fail(path, f"missing the array(s) {', '.join(map(repr, missing))} (found: "
                     f"{', '.join(map(repr, arrays)) or 'none'})")
     return arrays

@@ -15,16 +15,18 @@ geometries. What the fast tier adds:
 * the library's own threads for element-wise passes and split matrix products, and inference in pieces of
   the batch (:mod:`.threads`).
 
-``DenseNet(..., fast=True)`` (the default) is built from these layers, ``fast=False`` from the plain ones.
+:class:`DenseNet` is the network built from these layers; ``numpy_densenet.DenseNet(..., fast=True)`` (the
+default) builds it, ``fast=False`` the plain :class:`numpy_densenet.model.DenseNet` it subclasses.
 """
 from .activation import ReLU, relu_into
 from .conv import Conv2d
-from .densenet import DenseBlock, DenseLayer, Transition
+from .densenet import DenseBlock, DenseLayer, DenseNet, Transition
 from .layout import ChannelMajor, Sequential, swap01
 from .linear import Linear
 from .norm import BatchNorm2d, BatchNormReLU2d
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .threads import get_num_threads, set_num_threads
 
-__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm2d", "BatchNormReLU2d", "ChannelMajor", "Conv2d", "DenseBlock", "DenseLayer", "Linear",
-           "MaxPool2d", "ReLU", "Sequential", "Transition", "get_num_threads", "relu_into", "set_num_threads", "swap01"]
+__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm2d", "BatchNormReLU2d", "ChannelMajor", "Conv2d", "DenseBlock",
+           "DenseLayer", "DenseNet", "Linear", "MaxPool2d", "ReLU", "Sequential", "Transition", "get_num_threads",
+           "relu_into", "set_num_threads", "swap01"]

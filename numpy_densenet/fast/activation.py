@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..nn import activation as plain
-from ..nn._checks import check_grad, take_cache
+from ..nn.checks import check_grad, take_cache
 from ..nn.module import saved
 from .threads import elementwise
 
@@ -40,7 +40,7 @@ class ReLU(plain.ReLU):
     """
 
     def forward(self, x):
-        x = plain._check_float_array(self, x)
+        x = plain.check_float_array(self, x)
         y = x if self.inplace else np.empty_like(x)                          # same dtype as x
         elementwise(relu_into, x, y)
         self._cache = saved(y)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..nn import conv as plain
-from ..nn._checks import check_grad, check_input, take_cache
+from ..nn.checks import check_grad, check_input, take_cache
 from ..nn.module import saved
 from .layout import ChannelMajor
 from .threads import MIN_ELEMENTS_TO_SPLIT, blas_single_threaded, get_num_threads, matmul, parallel_for, split

@@ -1,5 +1,5 @@
-"""The fast tier's DenseNet pieces: :class:`numpy_densenet.model.DenseLayer`, ``DenseBlock`` and ``Transition``
-(their specifications) computed channel-major, and the network's fast forward and backward.
+"""The fast tier's DenseNet: :class:`numpy_densenet.model.DenseLayer`, ``DenseBlock``, ``Transition`` and
+``DenseNet`` (their specifications, which they subclass) computed channel-major.
 
 Inside the network every feature map is channel-major, (C, N, H, W): a slice of channels is then one
 contiguous block of memory. A dense block allocates one buffer for all its k0 + L*k output channels; layer l
@@ -21,18 +21,21 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .. import model
 from ..nn import Dropout
-from ..nn._checks import check_grad, check_input, take_cache
+from ..nn.checks import check_grad, check_input, take_cache
 from ..nn.module import Module, is_grad_enabled, saved
-from ..nn.norm import LOCAL_BATCH
+from ..nn.module import Sequential as PlainSequential
+from .activation import ReLU
 from .conv import Conv2d
 from .layout import ChannelMajor, Sequential, swap01
-from .norm import BatchNorm2d, BatchNormReLU2d
-from .pooling import AvgPool2d
+from .linear import Linear
+from .norm import BatchNorm2d, BatchNormReLU2d, channel_statistics
+from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .threads import add_into, blas_single_threaded, get_num_threads, parallel_for, split
 
 
-class DenseLayer(ChannelMajor, Module):
+class DenseLayer(ChannelMajor, model.DenseLayer):
     """The fast :class:`numpy_densenet.model.DenseLayer` (its specification), channel-major.
 
     H_l: BN -> ReLU -> 1x1 conv to bn_size*k -> BN -> ReLU -> 3x3 conv to k (-> dropout).
@@ -51,7 +54,7 @@ class DenseLayer(ChannelMajor, Module):
 
     def __init__(self, num_input_features, growth_rate, bn_size=4, drop_rate=0.0, dtype=np.float32, rng=None,
                  memory_efficient=False):
-        super().__init__()
+        Module.__init__(self)           # its own children: the plain layer's, with each BN -> ReLU fused
         rng = rng if rng is not None else np.random.default_rng()
         self.bottleneck = bn_size is not None
         self.memory_efficient = bool(memory_efficient)
@@ -79,7 +82,7 @@ class DenseLayer(ChannelMajor, Module):
         t = self.norm1.forward_cnhw(x, stats, out=workspace)                  # BN -> ReLU: (C_in, N, H, W)
         h = self.conv1.forward_cnhw(t, keep_input=not self.memory_efficient)  # (4k or k, N, H, W)
         if self.memory_efficient:
-            self.norm1._clear_cache()                                        # drop t; keep what recomputes it
+            self.norm1.clear_cache()                                        # drop t; keep what recomputes it
             self._recompute = saved((x, stats, workspace))
         if self.bottleneck:
             h = self.conv2.forward_cnhw(self.norm2.forward_cnhw(h))          # BN -> ReLU -> conv: (k, N, H, W)
@@ -87,9 +90,9 @@ class DenseLayer(ChannelMajor, Module):
             h = swap01(self.dropout(swap01(h)))                          # masks drawn in NCHW order, as plain
         return h
 
-    def _clear_cache(self):
+    def clear_cache(self):
         """Also drop what a memory-efficient layer keeps to recompute its first BN -> ReLU (a cache too)."""
-        super()._clear_cache()
+        super().clear_cache()
         self._recompute = None
 
     def backward_cnhw(self, dnew, workspace=None):
@@ -114,7 +117,7 @@ class DenseLayer(ChannelMajor, Module):
         return self.norm1.backward_cnhw(d, out=dinput)                      # in place when dinput is given
 
 
-class DenseBlock(ChannelMajor, Module):
+class DenseBlock(ChannelMajor, model.DenseBlock):
     """The fast :class:`numpy_densenet.model.DenseBlock` (its specification): one buffer, channel-major.
 
     L dense layers; layer l (1-based) sees [x0, ..., x(l-1)] (k0 + (l-1)*k channels); the block outputs
@@ -126,37 +129,32 @@ class DenseBlock(ChannelMajor, Module):
     ----------
     offsets : list of int
         Where each feature map starts in the block buffer: [0, k0, k0 + k, ..., k0 + L*k].
-    flow : list or None
-        Set ``block.record_flow = True`` to have backward store, for each layer j, the gradient it sends to
-        the channels it read (``flow[j]`` has shape (N, k0 + j*k, H, W), NCHW); the study tools use it.
-    batch_sync : numpy_densenet.nn.norm.LocalBatch
-        The hook through which the shared statistics become the whole batch's when it spans processes (see
-        :class:`numpy_densenet.nn.BatchNorm2d`); by default it does nothing.
+    memory_efficient : bool
+        Whether the layers recompute their first BN -> ReLU in backward (see :class:`DenseLayer`).
     """
 
-    batch_sync = LOCAL_BATCH                # the shared statistics' hook, as BatchNorm2d.batch_sync
+    DenseLayer = DenseLayer
 
     def __init__(self, num_layers, num_input_features, growth_rate, bn_size=4, drop_rate=0.0, dtype=np.float32,
                  rng=None, memory_efficient=False):
-        super().__init__()
-        rng = rng if rng is not None else np.random.default_rng()
-        self.num_layers, self.num_input_features, self.growth_rate = num_layers, num_input_features, growth_rate
-        for i in range(num_layers):
-            layer = DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size, drop_rate, dtype, rng,
-                               memory_efficient)
-            setattr(self, f"denselayer{i + 1}", layer)
-        self.offsets = [0] + [num_input_features + i * growth_rate for i in range(num_layers + 1)]
-        self.memory_efficient = bool(memory_efficient)
-        self.record_flow = False
-        self.flow = None
+        super().__init__(num_layers, num_input_features, growth_rate, bn_size, drop_rate, dtype, rng)
+        del self.concat                             # the buffer's slices are the concatenations
+        self.memory_efficient = memory_efficient
         self._cache = None
 
     @property
-    def num_output_features(self):
-        return self.offsets[-1]
+    def memory_efficient(self):
+        return all(layer.memory_efficient for layer in self.layers())
 
-    def layers(self):
-        return [getattr(self, f"denselayer{i + 1}") for i in range(self.num_layers)]
+    @memory_efficient.setter
+    def memory_efficient(self, value):
+        for layer in self.layers():
+            layer.memory_efficient = bool(value)
+
+    def feature_statistics(self, x):
+        """One feature map's batch statistics, computed once and shared by all its consumers' first BatchNorm:
+        x (C, N, H, W) -> (mean, var, count), float64 (C,) each, over ``count`` = N*H*W values per channel."""
+        return (*channel_statistics(x), x.size // x.shape[0])
 
     def forward_cnhw(self, x0, each_layer=None):
         """x0: (k0, N, H, W) -> the block buffer [x0 | x1 | ... | xL]: (k0 + L*k, N, H, W).
@@ -164,22 +162,16 @@ class DenseBlock(ChannelMajor, Module):
         ``each_layer(l, view)``, if given, is called after layer l (1-based) with the buffer's first
         k0 + l*k channels (:meth:`DenseNet.forward_stages` uses it).
         """
-        x0 = check_input(self, x0, 4, "(C, N, H, W)")
+        x0 = self.checked(x0)
         k0, N, H, W = x0.shape
-        if k0 != self.num_input_features:
-            raise ValueError(f"DenseBlock: input has {k0} channels, expected {self.num_input_features}")
         buffer = np.empty((self.num_output_features, N, H, W), dtype=x0.dtype)  # [x0 | x1 | ... | xL]
         buffer[:k0] = x0
         # Each feature map's batch statistics are computed once, when it is written, and shared by all of
         # its consumers' first BatchNorm: O(L) statistics instead of O(L^2).
-        # When the batch spans processes, each feature map's statistics are made the whole batch's once, through
-        # the block's batch_sync hook (numpy_densenet.nn.norm.LocalBatch), and count is the whole batch's.
         share = self.training and N * H * W > 1
-        mean = np.empty(self.num_output_features)                     # float64, as BatchNorm2d.batch_statistics
-        var = np.empty(self.num_output_features)
-        count = N * H * W
+        mean, var = np.empty(self.num_output_features), np.empty(self.num_output_features)   # float64
         if share:
-            mean[:k0], var[:k0], count = self.batch_sync.statistics(*BatchNorm2d.batch_statistics(x0), count)
+            mean[:k0], var[:k0], count = self.feature_statistics(x0)
         # Memory-efficient layers write their first BN -> ReLU output into one workspace shared by all.
         shared = np.empty((self.offsets[-2], N, H, W), dtype=x0.dtype) if self.memory_efficient else None
         for l, (layer, start, stop) in enumerate(zip(self.layers(), self.offsets[1:-1], self.offsets[2:]), 1):
@@ -187,8 +179,7 @@ class DenseBlock(ChannelMajor, Module):
             workspace = shared[:start] if shared is not None else None
             buffer[start:stop] = layer.forward_cnhw(buffer[:start], stats, workspace)  # reads [x0..x(l-1)], writes x_l
             if share:
-                mean[start:stop], var[start:stop], count = self.batch_sync.statistics(
-                    *BatchNorm2d.batch_statistics(buffer[start:stop]), N * H * W)
+                mean[start:stop], var[start:stop], count = self.feature_statistics(buffer[start:stop])
             if each_layer is not None:
                 each_layer(l, buffer[:stop])
         self._cache = saved((buffer.shape, buffer.dtype))
@@ -198,7 +189,6 @@ class DenseBlock(ChannelMajor, Module):
         """dout: (k0 + L*k, N, H, W), gradient of the block output -> gradient of x0, (k0, N, H, W)."""
         shape, dtype = take_cache(self)
         grad = check_grad(self, dout, shape, dtype).copy()  # grad[c] collects every consumer of channel c
-        self.flow = [None] * self.num_layers if self.record_flow else None
         layers = self.layers()
         shared = np.empty((self.offsets[-2],) + grad.shape[1:], dtype=grad.dtype)  # each layer's input gradient
         for j in reversed(range(self.num_layers)):
@@ -206,85 +196,123 @@ class DenseBlock(ChannelMajor, Module):
             # x_j+1's gradient is complete: the block output and every later layer have added their slices.
             dinput = layers[j].backward_cnhw(grad[start:stop], shared[:start])  # (start, N, H, W): d[x0..x_j]
             add_into(grad[:start], dinput)                          # concat backward: split, then add
-            if self.record_flow:
-                self.flow[j] = swap01(dinput).copy()                # NCHW; the workspace is reused next layer
         return grad[:self.offsets[1]]
 
+    def checked(self, x0):
+        """``x0`` checked: (k0, N, H, W), channel-major."""
+        x0 = check_input(self, x0, 4, "(C, N, H, W)")
+        if x0.shape[0] != self.num_input_features:
+            raise ValueError(f"DenseBlock: input has {x0.shape[0]} channels, expected {self.num_input_features}")
+        return x0
 
-class Transition(Sequential):
-    """The fast :class:`numpy_densenet.model.Transition` (its specification): BN -> ReLU -> 1x1 conv to ``num_output_features`` -> 2x2 average pool, stride 2 (torchvision's names;
-    its norm -> relu pair is one :class:`BatchNormReLU2d` named norm, so state_dict keys match)."""
+
+class Transition(Sequential, model.Transition):
+    """The fast :class:`numpy_densenet.model.Transition` (its specification): BN -> ReLU -> 1x1 conv to
+    ``num_output_features`` -> 2x2 average pool, stride 2 (torchvision's names; its norm -> relu pair is one
+    :class:`BatchNormReLU2d` named norm, so state_dict keys match)."""
 
     def __init__(self, num_input_features, num_output_features, dtype=np.float32, rng=None):
-        super().__init__(OrderedDict([
+        PlainSequential.__init__(self, OrderedDict([          # its own children: norm and relu fused
             ("norm", BatchNormReLU2d(num_input_features, dtype=dtype)),                  # norm -> relu
             ("conv", Conv2d(num_input_features, num_output_features, 1, bias=False, dtype=dtype, generator=rng)),
             ("pool", AvgPool2d(2, stride=2)),
         ]))
 
 
+class DenseNet(model.DenseNet):
+    """The fast :class:`numpy_densenet.model.DenseNet` (its specification): the same network, parameters,
+    initialisation and ``state_dict`` keys, built from the fast layers and run channel-major inside.
 
-# -- the whole network, channel-major ------------------------------------------------------------------------
-def forward(model, x):
-    """The fast :meth:`numpy_densenet.model.DenseNet.forward`: x (N, C, H, W) -> logits (N, num_classes).
+    Parameters
+    ----------
+    *args, **kwargs
+        Those of :class:`numpy_densenet.model.DenseNet`.
+    memory_efficient : bool
+        Recompute each dense layer's first BN -> ReLU in backward instead of storing it (Pleiss et al. 2017):
+        memory linear in depth, bit-identical results; see :class:`DenseLayer`. On by default (unlike
+        torchvision, where it costs time): the recomputation is elementwise and its workspace is reused, so a
+        step is no slower (benchmarks/README.md).
 
-    Inference (eval mode inside :class:`~numpy_densenet.nn.no_grad`) with more than one thread runs in pieces
-    of whole images: BatchNorm then uses its running statistics, so every image's path through the network is
-    independent of the others', and each thread runs the *whole* network on a few images at a time (its
-    products with OpenBLAS on one thread). One hand-off per forward instead of several per layer, and each
-    piece's feature maps are small. The results agree with a batch forward's to rounding.
+    Shapes
+    ------
+    x : (N, in_channels, H, W) -> logits : (N, num_classes), NCHW outside, as the plain tier's.
     """
-    pieces = inference_pieces(model, x.shape[0])
-    if pieces is None:
-        h = _pooled_features(model, x)                           # (C, N, 1, 1)
-    else:
-        with blas_single_threaded():
-            h = np.concatenate(parallel_for(lambda n: _pooled_features(model, x[n]), pieces), axis=1)
-    C, N = h.shape[:2]
-    model._cache = saved((C, N))
-    return model.classifier(h.reshape(C, N).T)                   # (N, num_classes)
 
+    Conv2d, BatchNorm2d, ReLU, MaxPool2d = Conv2d, BatchNorm2d, ReLU, MaxPool2d
+    AdaptiveAvgPool2d, Linear, Sequential = AdaptiveAvgPool2d, Linear, Sequential
+    DenseBlock, Transition = DenseBlock, Transition
+    fast = True
 
-def _pooled_features(model, x):
-    """x: (N, C, H, W) -> pooled features (C, N, 1, 1)."""
-    h = model.features.forward_cnhw(swap01(x))                   # (C, N, h, w), channel-major inside
-    return model.pool.forward_cnhw(model.relu(h))                # (C, N, 1, 1)
+    def __init__(self, *args, memory_efficient=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.memory_efficient = memory_efficient
 
+    @property
+    def memory_efficient(self):
+        return all(block.memory_efficient for block in self.blocks())
 
-def inference_pieces(model, N):
-    """The slices of a batch of N images that :func:`forward` runs as separate pieces, or None for one batch
-    forward: pieces are used inside no_grad() with more than one thread when *every* layer is in eval mode (a
-    BatchNorm left in train mode needs the whole batch's statistics and updates its running ones once per
-    forward; a Dropout in train mode, as in Monte Carlo dropout, draws its masks in order), if each thread gets
-    the same number of pieces or at least two (two per thread where N allows)."""
-    threads = get_num_threads()
-    if is_grad_enabled() or threads == 1 or N < threads or (N % threads and N < 2 * threads):
-        return None
-    if any(m.training for m in model.modules()):
-        return None
-    return split(N, min(N, 2 * threads))
+    @memory_efficient.setter
+    def memory_efficient(self, value):
+        for block in self.blocks():
+            block.memory_efficient = value
 
+    def forward(self, x):
+        """x: (N, C, H, W) -> logits (N, num_classes).
 
-def backward(model, dlogits):
-    """The fast :meth:`numpy_densenet.model.DenseNet.backward`: dlogits (N, num_classes) -> dx (N, C, H, W)."""
-    C, N = take_cache(model)
-    dh = model.classifier.backward(dlogits)                      # (N, C)
-    dh = np.ascontiguousarray(dh.T).reshape(C, N, 1, 1)
-    dh = model.relu.backward(model.pool.backward_cnhw(dh))
-    return swap01(model.features.backward_cnhw(dh))
-
-
-def forward_stages(model, x):
-    """The fast :meth:`numpy_densenet.model.DenseNet.forward_stages` (outputs as NCHW views)."""
-    h = swap01(x)
-    for name, stage in model.features.named_children():
-        if isinstance(stage, DenseBlock):
-            seen = []
-            h = stage.forward_cnhw(h, each_layer=lambda l, view: seen.append((l, view)))
-            for l, view in seen:
-                yield f"features.{name}.denselayer{l}", getattr(stage, f"denselayer{l}"), swap01(view)
+        Inference (eval mode inside :class:`~numpy_densenet.nn.no_grad`) with more than one thread runs in
+        pieces of whole images: BatchNorm then uses its running statistics, so every image's path through the
+        network is independent of the others', and each thread runs the *whole* network on a few images at a
+        time (its products with OpenBLAS on one thread). One hand-off per forward instead of several per layer,
+        and each piece's feature maps are small. The results agree with a batch forward's to rounding.
+        """
+        x = self.checked(x)
+        pieces = self.inference_pieces(x.shape[0])
+        if pieces is None:
+            h = self.pooled_features(x)                          # (C, N, 1, 1)
         else:
-            h = stage.forward_cnhw(h)
-            yield f"features.{name}", stage, swap01(h)
-    pooled = model.pool.forward_cnhw(model.relu(h))
-    yield "classifier", model.classifier, model.classifier(pooled.reshape(pooled.shape[0], -1).T)
+            with blas_single_threaded():
+                h = np.concatenate(parallel_for(lambda n: self.pooled_features(x[n]), pieces), axis=1)
+        C, N = h.shape[:2]
+        self._cache = saved((C, N))
+        return self.classifier(h.reshape(C, N).T)                # (N, num_classes)
+
+    def pooled_features(self, x):
+        """x: (N, C, H, W) -> pooled features (C, N, 1, 1)."""
+        h = self.features.forward_cnhw(swap01(x))                # (C, N, h, w), channel-major inside
+        return self.pool.forward_cnhw(self.relu(h))              # (C, N, 1, 1)
+
+    def inference_pieces(self, N):
+        """The slices of a batch of N images that :meth:`forward` runs as separate pieces, or None for one batch
+        forward: pieces are used inside no_grad() with more than one thread when *every* layer is in eval mode
+        (a BatchNorm left in train mode needs the whole batch's statistics and updates its running ones once
+        per forward; a Dropout in train mode, as in Monte Carlo dropout, draws its masks in order), if each
+        thread gets the same number of pieces or at least two (two per thread where N allows)."""
+        threads = get_num_threads()
+        if is_grad_enabled() or threads == 1 or N < threads or (N % threads and N < 2 * threads):
+            return None
+        if any(m.training for m in self.modules()):
+            return None
+        return split(N, min(N, 2 * threads))
+
+    def backward(self, dout):
+        """dout: (N, num_classes), the gradient of the logits -> dx (N, C, H, W); adds into every .grad."""
+        C, N = take_cache(self)
+        dh = self.classifier.backward(dout)                      # (N, C)
+        dh = np.ascontiguousarray(dh.T).reshape(C, N, 1, 1)
+        dh = self.relu.backward(self.pool.backward_cnhw(dh))
+        return swap01(self.features.backward_cnhw(dh))
+
+    def forward_stages(self, x):
+        """:meth:`numpy_densenet.model.DenseNet.forward_stages`, the outputs as NCHW views."""
+        h = swap01(self.checked(x))
+        for name, stage in self.features.named_children():
+            if isinstance(stage, DenseBlock):
+                seen = []
+                h = stage.forward_cnhw(h, each_layer=lambda l, view: seen.append((l, view)))
+                for l, view in seen:
+                    yield f"features.{name}.denselayer{l}", getattr(stage, f"denselayer{l}"), swap01(view)
+            else:
+                h = stage.forward_cnhw(h)
+                yield f"features.{name}", stage, swap01(h)
+        pooled = self.pool.forward_cnhw(self.relu(h))
+        yield "classifier", self.classifier, self.classifier(pooled.reshape(pooled.shape[0], -1).T)

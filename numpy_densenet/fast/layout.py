@@ -50,11 +50,11 @@ class Sequential(ChannelMajor, module.Sequential):
     """:class:`numpy_densenet.nn.Sequential` whose children are all run channel-major."""
 
     def forward_cnhw(self, x):
-        for m in self._modules.values():
+        for m in self:
             x = m.forward_cnhw(x) if hasattr(m, "forward_cnhw") else m(x)       # layout-free: Dropout
         return x
 
     def backward_cnhw(self, dout):
-        for m in reversed(list(self._modules.values())):
+        for m in reversed(list(self)):
             dout = m.backward_cnhw(dout) if hasattr(m, "backward_cnhw") else m.backward(dout)
         return dout

@@ -3,7 +3,7 @@ library's threads (see :mod:`numpy_densenet.fast.threads`)."""
 from __future__ import annotations
 
 from ..nn import linear as plain
-from ..nn._checks import check_grad, check_input, take_cache
+from ..nn.checks import check_grad, check_input, take_cache
 from ..nn.module import saved
 from .threads import matmul
 

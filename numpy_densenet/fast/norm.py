@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..nn import norm as plain
-from ..nn._checks import check_grad, check_input, take_cache
+from ..nn.checks import check_grad, check_input, take_cache
 from ..nn.module import saved
 from .activation import relu_into
 from .layout import ChannelMajor
@@ -26,74 +26,54 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
 
     relu = False                                        # BatchNormReLU2d: a ReLU fused into the same pass
 
-    def _check(self, x):
+    def checked(self, x, out=None):
+        """``x`` checked: (C, N, H, W) in the parameters' dtype with ``num_features`` channels (and more than one
+        value per channel in train mode); ``out``, if given, a C-contiguous array of x's shape and dtype that
+        does not overlap x."""
+        name = type(self).__name__
         x = check_input(self, x, 4, "(C, N, H, W)", self.weight.dtype)
         if x.shape[0] != self.num_features:
-            raise ValueError(f"{type(self).__name__}: input has {x.shape[0]} channels, expected "
+            raise ValueError(f"{name}: input has {x.shape[0]} channels, expected "
                              f"num_features={self.num_features} (input shape {_nchw(x.shape)} as NCHW)")
+        if self.training and x.size // x.shape[0] <= 1:
+            raise ValueError(f"{name}: expected more than 1 value per channel when training, "
+                             f"got input of shape {_nchw(x.shape)} (NCHW)")
+        if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous):
+            raise ValueError(f"{name}: out must be a C-contiguous array of the input's shape "
+                             f"{x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
+        if out is not None and np.may_share_memory(out, x):
+            raise ValueError(f"{name}: out must not overlap the input, which backward needs")
         return x
 
-    @staticmethod
-    def batch_statistics(x):
-        """Per-channel mean and biased variance of x: (C, N, H, W) -> two float64 (C,) arrays.
-
-        Two passes of pairwise sums: a first mean, rounded to x's dtype, then the sums of the deviations from
-        it, which correct the mean (to within rounding of the spread, not of the mean's size) and give the
-        variance around the corrected mean.
-        """
-        C = x.shape[0]
-        x2 = x.reshape(C, -1)                                                # (C, M), M = N*H*W
-        M = x2.shape[1]
-        mean, var = np.empty(C), np.empty(C)
-
-        def block(c):                                                        # channels c: cache-sized
-            first = x2[c].sum(axis=1) / x.dtype.type(M)                      # in x's dtype
-            centred = x2[c] - first[:, None]
-            s1 = centred.sum(axis=1).astype(np.float64) / M                  # mean - first
-            centred *= centred
-            mean[c] = first.astype(np.float64) + s1
-            var[c] = centred.sum(axis=1).astype(np.float64) / M - s1 * s1    # variance around the mean
-
-        parallel_for(block, channel_blocks(C, M))
-        return mean, np.maximum(var, 0.0)
+    def batch_statistics(self, x):
+        """x: (C, N, H, W), channel-major -> (mean, var, M): float64 (C,) each, over M = N*H*W values per
+        channel (:func:`channel_statistics`)."""
+        return (*channel_statistics(x), x.size // x.shape[0])
 
     def forward_cnhw(self, x, stats=None, update_stats=True, out=None):
         """x: (C, N, H, W) -> y: (C, N, H, W).
 
         Parameters
         ----------
-        stats : (mean, var) or (mean, var, count), optional
-            Train mode only: the batch statistics of ``x`` (float64, each (C,)) if the caller already has them
-            (a dense block computes each feature map's once and shares them with all its consumers), over
-            ``count`` values per channel (default: x's N*H*W; the whole batch's when the batch spans processes,
-            in which case the caller has already passed them through ``batch_sync``).
+        stats : (mean, var, count), optional
+            Train mode only: the batch statistics of ``x`` (float64, each (C,)) over ``count`` values per
+            channel, if the caller already has them (a dense block computes each feature map's once and shares
+            them with all its consumers); otherwise :meth:`batch_statistics` computes them.
         update_stats : bool
             Train mode only: False when recomputing a forward whose running statistics were already updated
             (the memory-efficient dense layer recomputes BN in backward).
         out : ndarray of x's shape and dtype, optional
             Where to write y (a shared workspace); never x itself, which backward needs.
         """
-        x = self._check(x)
+        x = self.checked(x, out)
         C = x.shape[0]
         M = x.size // C                                                      # values per channel
-        if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous):
-            raise ValueError(f"{type(self).__name__}: out must be a C-contiguous array of the input's shape "
-                             f"{x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
-        if out is not None and np.may_share_memory(out, x):
-            raise ValueError(f"{type(self).__name__}: out must not overlap the input, which backward needs")
         if self.training:
-            if M <= 1:
-                raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when training, "
-                                 f"got input of shape {_nchw(x.shape)} (NCHW)")
-            if stats is None:                                                # this input's, then the
-                mean, var, count = self.batch_sync.statistics(*self.batch_statistics(x), M)  # whole batch's
-            else:
-                mean, var, count = stats if len(stats) == 3 else (*stats, M)
+            mean, var, count = self.batch_statistics(x) if stats is None else stats
             if update_stats:
                 self.update_running_stats(mean, var, count)
-            self.batch_count = count                                         # the whole batch's, for backward
         else:
-            mean, var = self.running_mean, self.running_var
+            mean, var, count = self.running_mean, self.running_var, None
         invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)              # (C,)
         scale = self.weight.data * invstd                                    # y = x * scale + shift
         shift = self.bias.data - mean.astype(x.dtype) * scale
@@ -109,15 +89,16 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
         parallel_for(block, channel_blocks(C, M))
         # Cache the input (usually alive anyway: in a dense block it is a view of the block buffer), not xhat;
         # with the fused ReLU also the output, whose zeros mask the gradient (the next conv keeps it anyway).
-        self._cache = saved((x, np.asarray(mean, dtype=np.float64), invstd, self.training,
-                             y if self.relu else None))
+        self._cache = saved((x, np.asarray(mean, dtype=np.float64), invstd, count, y if self.relu else None))
         return y.reshape(x.shape)
 
-    def backward_cnhw(self, dout, out=None):
+    def backward_cnhw(self, dout, out=None, reduce_sums=None):
         """dout: (C, N, H, W) -> dx: (C, N, H, W); adds into weight.grad and bias.grad.
 
         ``out``: where to write dx instead of a new array; it may be ``dout`` itself (each block of channels
-        is read before it is written).
+        is read before it is written). ``reduce_sums``: when the batch spans processes (synchronised
+        BatchNorm, :mod:`numpy_densenet.training.distributed`), the function that turns this process's two
+        per-channel sums, (2, C), into the whole batch's.
 
         Train mode: with xhat = (x - mean) * invstd and M values per channel,
         dx = weight * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)).
@@ -126,15 +107,15 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
         dx = a*dy + b*(x - mean) + c with per-channel a, b, c, so xhat is never stored.
         With the fused ReLU, dy is first zeroed where the output was (ReLU's backward).
 
-        When the batch spans processes (``batch_sync``, train mode) this runs in two passes: this process's
-        two sums for all channels, their sum over the processes (2C values), then dx with the whole batch's
-        sums and count. Otherwise one pass: each block of channels' sums, then its dx, while in cache.
+        With ``reduce_sums`` (train mode) this runs in two passes: this process's two sums for all channels,
+        their sum over the processes (2C values), then dx with the whole batch's sums and count. Otherwise one
+        pass: each block of channels' sums, then its dx, while in cache.
         """
-        x, mean, invstd, training, y = take_cache(self)
+        x, mean, invstd, M, y = take_cache(self)                            # M: values per channel, whole batch
+        training = M is not None
         dout = check_grad(self, dout, x.shape, self.weight.dtype)
         C = x.shape[0]
-        m = x.size // C                                                      # values per channel here ...
-        M = self.batch_count                                                 # ... and in the whole batch
+        m = x.size // C                                                      # values per channel here
         dout2, x2 = dout.reshape(C, m), x.reshape(C, m)
         y2 = y.reshape(C, m) if y is not None else None
         if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous):
@@ -169,7 +150,7 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
             finish(c, dy, centred, *sums(c, dy, centred))
 
         blocks = channel_blocks(C, m)
-        if not training or self.batch_sync is plain.LOCAL_BATCH:
+        if not training or reduce_sums is None:
             parallel_for(block, blocks)
             return dx.reshape(x.shape)
         local = np.empty((2, C))                                             # [sum(dy), sum(dy * xhat)]
@@ -178,7 +159,7 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
             local[0, c], local[1, c] = sums(c, *prepare(c))
 
         parallel_for(first_pass, blocks)
-        total = self.batch_sync.sums(local)                                  # the whole batch's (2, C)
+        total = reduce_sums(local)                                           # the whole batch's (2, C)
         parallel_for(lambda c: finish(c, *prepare(c), total[0, c], total[1, c]), blocks)
         return dx.reshape(x.shape)
 
@@ -196,6 +177,30 @@ class BatchNormReLU2d(BatchNorm2d):
     """
 
     relu = True
+
+
+def channel_statistics(x):
+    """Per-channel mean and biased variance of x: (C, N, H, W) -> two float64 (C,) arrays.
+
+    Two passes of pairwise sums: a first mean, rounded to x's dtype, then the sums of the deviations from
+    it, which correct the mean (to within rounding of the spread, not of the mean's size) and give the
+    variance around the corrected mean.
+    """
+    C = x.shape[0]
+    x2 = x.reshape(C, -1)                                                    # (C, M), M = N*H*W
+    M = x2.shape[1]
+    mean, var = np.empty(C), np.empty(C)
+
+    def block(c):                                                            # channels c: cache-sized
+        first = x2[c].sum(axis=1) / x.dtype.type(M)                          # in x's dtype
+        centred = x2[c] - first[:, None]
+        s1 = centred.sum(axis=1).astype(np.float64) / M                      # mean - first
+        centred *= centred
+        mean[c] = first.astype(np.float64) + s1
+        var[c] = centred.sum(axis=1).astype(np.float64) / M - s1 * s1        # variance around the mean
+
+    parallel_for(block, channel_blocks(C, M))
+    return mean, np.maximum(var, 0.0)
 
 
 def channel_blocks(C, M, elements=1 << 18):

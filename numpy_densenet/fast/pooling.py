@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..nn import pooling as plain
-from ..nn._checks import check_grad, check_input, take_cache
+from ..nn.checks import check_grad, check_input, take_cache
 from ..nn.module import is_grad_enabled, saved
 from .conv import pad_cnhw, window_slices
 from .layout import ChannelMajor

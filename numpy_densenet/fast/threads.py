@@ -103,6 +103,21 @@ def _blas():
     return _state["blas"]
 
 
+def get_blas_threads():
+    """The thread count of NumPy's BLAS (OpenBLAS, MKL, BLIS), or None when it cannot be found."""
+    blas = _blas()
+    return int(blas[0]()) if blas else None
+
+
+def set_blas_threads(n):
+    """Set the thread count of NumPy's BLAS to ``n`` when it can be found (see the module docstring); returns
+    whether it could. numpy_densenet's own threads are :func:`set_num_threads`'."""
+    blas = _blas()
+    if blas and blas[0]() != n:
+        blas[1](n)
+    return bool(blas)
+
+
 @contextmanager
 def blas_single_threaded():
     """OpenBLAS on one thread inside the block (our threads split the work); the previous setting after."""

@@ -9,11 +9,11 @@ import numbers
 
 import numpy as np
 
-from ._checks import check_grad, take_cache
+from .checks import check_grad, take_cache
 from .module import FLOAT_DTYPES, Module, saved
 
 
-def _check_float_array(layer, x):
+def check_float_array(layer, x):
     name = type(layer).__name__
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name}: input must be a NumPy array, got {type(x).__name__}")
@@ -41,7 +41,7 @@ class ReLU(Module):
         return "inplace=True" if self.inplace else ""
 
     def forward(self, x):
-        x = _check_float_array(self, x)
+        x = check_float_array(self, x)
         y = np.maximum(x, 0, out=x if self.inplace else None)               # same shape and dtype as x
         self._cache = saved(y)
         return y
@@ -76,7 +76,7 @@ class Dropout(Module):
         return f"p={self.p}"
 
     def forward(self, x):
-        x = _check_float_array(self, x)
+        x = check_float_array(self, x)
         if not self.training or self.p == 0.0:
             self._cache = saved((None, x.shape, x.dtype))
             return x.copy()

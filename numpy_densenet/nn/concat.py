@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_grad, take_cache
-from .module import FLOAT_DTYPES, Module, saved
+from .checks import check_grad, check_same_nhw, take_cache
+from .module import Module, saved
 
 
 def channel_offsets(channel_counts):
@@ -49,19 +49,7 @@ class Concat(Module):
 
     def forward(self, *xs):
         """x0, x1, ...: (N, Ci, H, W) -> y: (N, C0 + C1 + ..., H, W)."""
-        if not xs:
-            raise ValueError("Concat: needs at least one input")
-        for i, x in enumerate(xs):
-            if not isinstance(x, np.ndarray) or x.dtype not in FLOAT_DTYPES:
-                raise TypeError(f"Concat: input {i} must be a float32 or float64 NumPy array, got "
-                                f"{getattr(x, 'dtype', type(x).__name__)}")
-            if x.ndim != 4:
-                raise ValueError(f"Concat: input {i} must be 4-D (N, C, H, W), got shape {x.shape}")
-            if x.shape[0] != xs[0].shape[0] or x.shape[2:] != xs[0].shape[2:]:
-                raise ValueError(f"Concat: all inputs must share N, H and W; input 0 has (N, C, H, W) = "
-                                 f"{xs[0].shape}, input {i} has {x.shape}")
-            if x.dtype != xs[0].dtype:
-                raise TypeError(f"Concat: input {i} has dtype {x.dtype}, input 0 has {xs[0].dtype}")
+        check_same_nhw(self, xs)
         offsets = channel_offsets([x.shape[1] for x in xs])
         y = np.concatenate(xs, axis=1)                                       # (N, sum Ci, H, W)
         self._cache = saved((offsets, y.shape, y.dtype))

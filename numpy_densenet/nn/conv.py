@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from ._checks import check_generator, check_grad, check_input, pair, positive_int, take_cache
+from .checks import check_generator, check_grad, check_input, pair, positive_int, take_cache
 from .module import Module, Parameter, check_float_dtype, saved
 
 

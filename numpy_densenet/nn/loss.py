@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import log_softmax
 
-from ._checks import check_input, take_cache
+from .checks import check_input, check_labels, take_cache
 from .module import Module, saved
 
 
@@ -12,7 +13,7 @@ class CrossEntropyLoss(Module):
 
     ``loss = criterion(logits, labels)`` returns the loss as a 0-d array of the logits' dtype;
     ``criterion.backward()`` returns d loss / d logits (scaled by ``dout``, default 1). Computed from
-    log-softmax with the max subtracted, so logits of +-1e4 are fine.
+    SciPy's log-softmax, which subtracts each row's maximum first, so logits of +-1e4 are fine.
 
     With label smoothing e, the target distribution is (1 - e) * one_hot + e / K.
 
@@ -34,19 +35,11 @@ class CrossEntropyLoss(Module):
         return f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
 
     def forward(self, logits, labels):
+        """logits: (N, K), labels: (N,) integers in [0, K) -> loss: () in the logits' dtype."""
         logits = check_input(self, logits, 2, "(N, num_classes)")
-        labels = np.asarray(labels)
+        labels = check_labels(self, labels, logits.shape)
         N, K = logits.shape
-        if labels.dtype.kind not in "iu":
-            raise TypeError(f"CrossEntropyLoss: labels must be integer class indices, got dtype {labels.dtype}")
-        if labels.shape != (N,):
-            raise ValueError(f"CrossEntropyLoss: labels must have shape (N,) = ({N},) to match logits "
-                             f"{logits.shape}, got {labels.shape}")
-        if N and (labels.min() < 0 or labels.max() >= K):
-            raise ValueError(f"CrossEntropyLoss: labels must lie in [0, {K}), got values from {labels.min()} "
-                             f"to {labels.max()}")
-        z = logits - logits.max(axis=1, keepdims=True)                       # (N, K), max 0 per row
-        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))              # log-softmax
+        logp = log_softmax(logits, axis=1)                                   # (N, K): z - log(sum(exp(z)))
         e = self.label_smoothing
         rows = np.arange(N)
         per_sample = -(1.0 - e) * logp[rows, labels]

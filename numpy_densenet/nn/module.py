@@ -161,9 +161,10 @@ class Module:
         for _, m in self.named_modules():
             yield m
 
-    def named_parameters(self, prefix="") -> Iterator[tuple[str, Parameter]]:
-        """Yield ``(name, Parameter)`` with PyTorch's dotted names, e.g. ``features.conv0.weight``."""
-        for mod_name, mod in self.named_modules(prefix):
+    def named_parameters(self, prefix="", recurse=True) -> Iterator[tuple[str, Parameter]]:
+        """Yield ``(name, Parameter)`` with PyTorch's dotted names, e.g. ``features.conv0.weight``
+        (``recurse=False``: this module's own parameters only)."""
+        for mod_name, mod in (self.named_modules(prefix) if recurse else [(prefix, self)]):
             for name, p in mod._parameters.items():
                 yield (f"{mod_name}.{name}" if mod_name else name), p
 
@@ -171,8 +172,10 @@ class Module:
         for _, p in self.named_parameters():
             yield p
 
-    def named_buffers(self, prefix=""):
-        for mod_name, mod in self.named_modules(prefix):
+    def named_buffers(self, prefix="", recurse=True):
+        """Yield ``(name, array)`` for every buffer (running statistics), with dotted names
+        (``recurse=False``: this module's own buffers only)."""
+        for mod_name, mod in (self.named_modules(prefix) if recurse else [(prefix, self)]):
             for name in mod._buffers:
                 yield (f"{mod_name}.{name}" if mod_name else name), getattr(mod, name)
 
@@ -210,7 +213,7 @@ class Module:
                 b = getattr(m, name)
                 if isinstance(b, np.ndarray) and b.dtype.kind == "f":
                     object.__setattr__(m, name, b.astype(dt))
-            m._clear_cache()
+            m.clear_cache()
         return self
 
     def double(self):
@@ -219,7 +222,7 @@ class Module:
     def float(self):
         return self.to(np.float32)
 
-    def _clear_cache(self):
+    def clear_cache(self):
         """Drop whatever forward cached (overridden by layers that cache)."""
         if "_cache" in self.__dict__:
             object.__setattr__(self, "_cache", None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_grad, check_input, pair, take_cache
+from .checks import check_grad, check_input, pair, take_cache
 from .conv import conv_output_size
 from .module import Module, is_grad_enabled, saved
 

@@ -5,7 +5,7 @@ P processes (ranks) each hold a full copy of the model and take a slice of every
     mpiexec -n 4 python -m mpi4py my_script.py          # or: ... -m numpy_densenet train --distributed
 
     from numpy_densenet import densenet_bc, nn
-    from numpy_densenet.distributed import DataParallel
+    from numpy_densenet.training.distributed import DataParallel
     model = DataParallel(densenet_bc(100, 12, seed=0))   # rank 0's weights and buffers sent to every rank
     xb, yb = xb[model.shard(len(xb))], yb[model.shard(len(yb))]   # this rank's slice of the global batch
     logits = model(xb)                                   # BatchNorm with the whole batch's statistics
@@ -25,9 +25,11 @@ rounding (tested to 1e-12 in float64):
   gathered and merged with Chan et al.'s formula, M2 = sum(M2_r) + sum(n_r * (mean_r - mean)^2), in rank order
   on every rank, so all ranks hold the same statistics. The running statistics are updated with the global
   mean, the unbiased global variance and the global count. Backward sums the per-channel sum(dy) and
-  sum(dy * xhat) over the ranks (2C values) between its two passes. These go through each BatchNorm's
-  ``batch_sync`` hook (:class:`numpy_densenet.nn.norm.LocalBatch`), in both tiers; the fast tier's dense block
-  synchronises each feature map's statistics once and shares them with all its consumers.
+  sum(dy * xhat) over the ranks (2C values) between its two passes. :func:`convert_sync_batchnorm` (as
+  PyTorch's ``SyncBatchNorm.convert_sync_batchnorm``) turns every BatchNorm of both tiers into its synchronised
+  subclass, which overrides the two places where a BatchNorm sees its whole batch (``batch_statistics`` and the
+  backward sums); the fast tier's dense block, which computes each feature map's statistics once and shares
+  them with all its consumers, synchronises them once the same way.
 
 ``sync_bn=False`` gives PyTorch DDP's default instead: each rank normalises with its own slice's statistics, so
 the gradients differ from one process's on the whole batch (by up to 1.5x a tensor's largest entry for a tiny
@@ -51,25 +53,27 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .nn.norm import LocalBatch
+from .. import fast
+from ..nn import BatchNorm2d
+from .steps import evaluate as evaluate_one
 
-__all__ = ["DataParallel", "SyncBatch", "get_comm", "threads_per_rank", "shard", "abort_on_error"]
+__all__ = ["DataParallel", "convert_sync_batchnorm", "local_statistics", "get_comm", "threads_per_rank", "shard",
+           "evaluate", "abort_on_error"]
 
 
 def get_comm(comm=None):
     """``comm``, or MPI's COMM_WORLD; a clear ImportError when mpi4py is missing."""
     if comm is not None:
         return comm
-    try:
-        from mpi4py import MPI
-    except ImportError:
-        raise ImportError('numpy_densenet.distributed needs mpi4py: pip install "numpy_densenet[mpi]" (mpi4py and '
-                          'the MPICH wheel), or on a cluster mpi4py built against the site MPI') from None
-    return MPI.COMM_WORLD
+    return _mpi().COMM_WORLD
 
 
 def _mpi():
-    from mpi4py import MPI
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise ImportError('numpy_densenet.training.distributed needs mpi4py: pip install "numpy_densenet[mpi]" '
+                          '(mpi4py and the MPICH wheel), or on a cluster mpi4py built against the site MPI') from None
     return MPI
 
 
@@ -81,43 +85,115 @@ def shard(n, rank, size):
     return slice(start, start + base + (rank < extra))
 
 
-class SyncBatch(LocalBatch):
-    """A BatchNorm ``batch_sync`` hook whose batch is the union of every rank's (synchronised BatchNorm).
+# -- synchronised BatchNorm ------------------------------------------------------------------------------------
+def merged_statistics(comm, mean, var, count):
+    """Each rank's (mean, biased var) per channel over ``count`` values -> the whole batch's, identical on every
+    rank: (mean, var, total count).
 
-    Parameters
-    ----------
-    comm : mpi4py communicator
+    One ``Allgather`` of (count, mean, M2) from every rank, then Chan et al.'s merge in rank order:
+    mean = sum(n_r mean_r) / n, M2 = sum(M2_r) + sum(n_r (mean_r - mean)^2), var = M2 / n.
+    mean, var : (C,) -> (C,) in their own dtype (computed in float64); count : int -> int.
     """
+    C = np.shape(mean)[0]
+    mine = np.empty(2 * C + 1)
+    mine[0] = count
+    mine[1:C + 1] = mean
+    mine[C + 1:] = np.asarray(var, dtype=np.float64) * count                 # M2 of this rank's values
+    every = np.empty((comm.Get_size(), 2 * C + 1))
+    comm.Allgather(mine, every)
+    counts, means, m2 = every[:, :1], every[:, 1:C + 1], every[:, C + 1:]
+    n = counts.sum()
+    merged_mean = (counts * means).sum(axis=0) / n
+    merged_m2 = m2.sum(axis=0) + (counts * (means - merged_mean) ** 2).sum(axis=0)
+    return merged_mean.astype(np.result_type(mean)), (merged_m2 / n).astype(np.result_type(var)), int(n)
 
-    def __init__(self, comm):
-        self.comm = comm
 
-    def statistics(self, mean, var, count):
-        """Each rank's (count, mean, biased var) per channel -> the whole batch's, identical on every rank.
+def summed_over_ranks(comm, sums):
+    """(2, C) per-channel [sum(dy), sum(dy * xhat)] -> summed over the ranks (one Allreduce of 2C values)."""
+    total = np.array(sums, dtype=np.float64)                                 # a contiguous copy to reduce in place
+    comm.Allreduce(_mpi().IN_PLACE, total, op=_mpi().SUM)
+    return total.astype(np.result_type(sums), copy=False)
 
-        One ``Allgather`` of (count, mean, M2) from every rank, then Chan et al.'s merge in rank order:
-        mean = sum(n_r mean_r) / n, M2 = sum(M2_r) + sum(n_r (mean_r - mean)^2), var = M2 / n.
-        mean, var : (C,) -> (C,) in their own dtype (computed in float64); count : int -> int.
-        """
-        C = np.shape(mean)[0]
-        mine = np.empty(2 * C + 1)
-        mine[0] = count
-        mine[1:C + 1] = mean
-        mine[C + 1:] = np.asarray(var, dtype=np.float64) * count             # M2 of this rank's values
-        every = np.empty((self.comm.Get_size(), 2 * C + 1))
-        self.comm.Allgather(mine, every)
-        counts, means, m2 = every[:, :1], every[:, 1:C + 1], every[:, C + 1:]
-        n = counts.sum()
-        merged_mean = (counts * means).sum(axis=0) / n
-        merged_m2 = m2.sum(axis=0) + (counts * (means - merged_mean) ** 2).sum(axis=0)
-        dtype = np.result_type(mean)
-        return merged_mean.astype(dtype), (merged_m2 / n).astype(np.result_type(var)), int(n)
 
-    def sums(self, sums):
-        """(2, C) per-channel [sum(dy), sum(dy * xhat)] -> summed over the ranks (one Allreduce of 2C values)."""
-        total = np.array(sums, dtype=np.float64)                            # a contiguous copy to reduce in place
-        self.comm.Allreduce(_mpi().IN_PLACE, total, op=_mpi().SUM)
-        return total.astype(np.result_type(sums), copy=False)
+class SyncBatchStatistics:
+    """Mixin: the batch statistics are the whole batch's, over every rank of ``self.comm``."""
+
+    comm = None
+
+    def batch_statistics(self, x):
+        return merged_statistics(self.comm, *super().batch_statistics(x))
+
+
+class SyncBatchNorm2d(SyncBatchStatistics, BatchNorm2d):
+    """The plain :class:`~numpy_densenet.nn.BatchNorm2d` over a batch that spans the ranks of ``comm``."""
+
+    def input_gradient(self, dout, xhat, scale, dbias, dweight, M):
+        dbias, dweight = summed_over_ranks(self.comm, np.stack([dbias, dweight]))
+        return super().input_gradient(dout, xhat, scale, dbias, dweight, M)
+
+
+class SyncFastBatchNorm2d(SyncBatchStatistics, fast.BatchNorm2d):
+    """The fast :class:`~numpy_densenet.fast.BatchNorm2d` over a batch that spans the ranks of ``comm``."""
+
+    def backward_cnhw(self, dout, out=None, reduce_sums=None):
+        return super().backward_cnhw(dout, out, reduce_sums=lambda sums: summed_over_ranks(self.comm, sums))
+
+
+class SyncFastBatchNormReLU2d(SyncFastBatchNorm2d, fast.BatchNormReLU2d):
+    """The fast :class:`~numpy_densenet.fast.BatchNormReLU2d` over a batch that spans the ranks of ``comm``."""
+
+
+class SyncFastDenseBlock(fast.DenseBlock):
+    """The fast :class:`~numpy_densenet.fast.DenseBlock`, its shared feature statistics the whole batch's."""
+
+    comm = None
+
+    def feature_statistics(self, x):
+        return merged_statistics(self.comm, *super().feature_statistics(x))
+
+
+#: each layer class with statistics, and its synchronised subclass (most derived first)
+SYNCHRONISED = ((fast.BatchNormReLU2d, SyncFastBatchNormReLU2d), (fast.BatchNorm2d, SyncFastBatchNorm2d),
+                (BatchNorm2d, SyncBatchNorm2d), (fast.DenseBlock, SyncFastDenseBlock))
+
+
+def _synchronised_class(module):
+    for base, synced in SYNCHRONISED:
+        if type(module) is base:
+            return synced
+    return None
+
+
+def convert_sync_batchnorm(model, comm):
+    """Turn every BatchNorm of ``model`` (both tiers, and the fast dense blocks' shared statistics) into its
+    synchronised subclass, in place: the same parameters and buffers, with the statistics of the whole batch
+    over the ranks of ``comm`` (PyTorch's ``SyncBatchNorm.convert_sync_batchnorm``). Returns ``model``.
+    A layer of another class with statistics raises TypeError: it would silently use its own slice's."""
+    for name, m in model.named_modules():
+        synced = _synchronised_class(m)
+        if synced is not None:
+            m.__class__ = synced                    # a subclass with no state of its own: only its methods
+            m.comm = comm
+        elif isinstance(m, (BatchNorm2d, fast.DenseBlock)) and not isinstance(m, (SyncBatchStatistics,
+                                                                                 SyncFastDenseBlock)):
+            raise TypeError(f"convert_sync_batchnorm: {name or 'the model'} is a {type(m).__name__}, which has no "
+                            f"synchronised version")
+    return model
+
+
+@contextmanager
+def local_statistics(model):
+    """Inside the block, every synchronised layer of ``model`` uses this rank's own statistics (no collective
+    call); their synchronised classes are put back after."""
+    unsynced = {synced: base for base, synced in SYNCHRONISED}
+    changed = [(m, type(m)) for m in model.modules() if type(m) in unsynced]
+    for m, cls in changed:
+        m.__class__ = unsynced[cls]
+    try:
+        yield model
+    finally:
+        for m, cls in changed:
+            m.__class__ = cls
 
 
 class DataParallel:
@@ -166,10 +242,8 @@ class DataParallel:
             view[...] = p.grad
             p.grad = view
             offset += p.data.size
-        hook = SyncBatch(self.comm) if self.sync_bn else LocalBatch()
-        for m in model.modules():
-            if hasattr(m, "batch_sync"):                     # BatchNorm2d (both tiers), the fast DenseBlock
-                m.batch_sync = hook
+        if self.sync_bn:
+            convert_sync_batchnorm(model, self.comm)
         self.broadcast_parameters()
         self.broadcast_buffers()
         self.decorrelate_dropout()
@@ -226,17 +300,8 @@ class DataParallel:
         """The model's ``forward_stages`` with this rank's own BatchNorm statistics, making no collective call:
         it diagnoses a failure seen on one rank only (the training loop's first non-finite output), when the
         other ranks are elsewhere."""
-        hooks = [(m, m.__dict__.get("batch_sync")) for m in self.module.modules() if hasattr(m, "batch_sync")]
-        for m, _ in hooks:
-            m.batch_sync = LocalBatch()
-        try:
+        with local_statistics(self.module):
             yield from self.module.forward_stages(x)
-        finally:
-            for m, hook in hooks:
-                if hook is None:
-                    del m.batch_sync
-                else:
-                    m.batch_sync = hook
 
     # -- collectives -----------------------------------------------------------------------------------------
     def allreduce_gradients(self):
@@ -308,10 +373,9 @@ class DataParallel:
 
 
 def evaluate(dp, x, y, **kwargs):
-    """:func:`numpy_densenet.train.evaluate` of ``dp``'s model with the images shared between the ranks: each
+    """:func:`numpy_densenet.training.evaluate` of ``dp``'s model with the images shared between the ranks: each
     evaluates its slice, and the summed loss and confusion matrix are added up over the ranks. The same dict
     (loss, acc, confusion, per_class_acc) on every rank. Running statistics are rank 0's (broadcast first)."""
-    from .train import evaluate as evaluate_one
     dp.broadcast_buffers()
     s = dp.shard(len(y))
     mine = evaluate_one(dp.module, x[s], y[s], **kwargs)
@@ -369,44 +433,3 @@ def _abort(comm, message, code, stream=None):
                  f"[rank {comm.Get_rank()}] aborting the MPI job\n")
     stream.flush()
     comm.Abort(code)
-
-
-class CommandLineRank:
-    """What ``numpy-densenet train --distributed`` sets up on each rank (see :func:`train_entry`).
-
-    * threads: unless ``OMP_NUM_THREADS`` or ``OPENBLAS_NUM_THREADS`` is set, numpy_densenet's threads and
-      OpenBLAS's are set to :func:`threads_per_rank` (the node's cores / its ranks);
-    * ``log``: prints (flushed) on rank 0 and is silent on the others;
-    * ``options``: the ``distributed`` argument of :func:`numpy_densenet.train.train`.
-    """
-
-    def __init__(self, sync_bn=True, comm=None):
-        self.comm = get_comm(comm)
-        self.rank = self.comm.Get_rank()
-        self.options = dict(comm=self.comm, sync_bn=sync_bn)
-        if not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS")):
-            from .fast import threads
-            n = threads_per_rank(self.comm)
-            threads.set_num_threads(n)
-            blas = threads._blas()
-            if blas:
-                blas[1](n)
-
-    def log(self, line):
-        if self.rank == 0:
-            print(line, flush=True)
-
-
-def train_entry(command, args, *rest, expected=()):
-    """Run a command-line function ``command(args, *rest)``; with ``args.distributed`` on every MPI rank, with
-    ``args.rank`` set to a :class:`CommandLineRank`, and any rank's failure - a usage error included - printed
-    with its rank and ending the whole job (MPI_Abort) instead of leaving the other ranks waiting. Exceptions
-    of the ``expected`` types are printed as their message alone (no traceback)."""
-    if not getattr(args, "distributed", False):
-        return command(args, *rest)
-    with abort_on_error(expected=expected):
-        args.rank = CommandLineRank(sync_bn=getattr(args, "sync_bn", True))
-        code = command(args, *rest)
-        if code:
-            raise SystemExit(code)
-        return code

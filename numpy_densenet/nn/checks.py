@@ -1,5 +1,10 @@
-"""Input validation shared by the layers: clear errors instead of tracebacks from deep inside NumPy."""
+"""Input validation shared by the layers: clear errors instead of tracebacks from deep inside NumPy.
+
+Every check lives here, so that a layer's ``forward`` starts with one call and then reads as its formula.
+"""
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
@@ -84,3 +89,64 @@ def check_generator(generator, layer):
         raise TypeError(f"{layer}: generator must be a numpy.random.Generator (e.g. np.random.default_rng(0)) "
                         f"or None, got {type(generator).__name__} {generator!r}")
     return generator
+
+
+def positive_number(value, argument):
+    """``value`` as a float if it is a finite positive real number (not a bool), else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < np.inf:
+        raise ValueError(f"{argument} must be a finite positive number, got {value!r}")
+    return float(value)
+
+
+def fraction_or_none(value, argument):
+    """``value`` if it is None or a real number in [0, 1] (not a bool), else a ValueError."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                              or not 0 <= value <= 1):
+        raise ValueError(f"{argument} must be a number in [0, 1] or None, got {value!r}")
+    return value
+
+
+def check_channels(layer, x, channels, training=False):
+    """Check that NCHW ``x`` has ``channels`` channels and, when ``training``, more than one value per channel
+    (BatchNorm's batch variance needs two)."""
+    name = type(layer).__name__
+    if x.shape[1] != channels:
+        raise ValueError(f"{name}: input has {x.shape[1]} channels, expected num_features={channels} "
+                         f"(input shape {x.shape} as NCHW)")
+    if training and x.size // max(channels, 1) <= 1:
+        raise ValueError(f"{name}: expected more than 1 value per channel when training, got input of shape "
+                         f"{x.shape} (NCHW)")
+
+
+def check_same_nhw(layer, xs):
+    """Check the inputs of a channel concatenation: at least one, each a float32/float64 4-D array, all with
+    the first one's N, H, W and dtype."""
+    name = type(layer).__name__
+    if not xs:
+        raise ValueError(f"{name}: needs at least one input")
+    for i, x in enumerate(xs):
+        if not isinstance(x, np.ndarray) or x.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name}: input {i} must be a float32 or float64 NumPy array, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)}")
+        if x.ndim != 4:
+            raise ValueError(f"{name}: input {i} must be 4-D (N, C, H, W), got shape {x.shape}")
+        if x.shape[0] != xs[0].shape[0] or x.shape[2:] != xs[0].shape[2:]:
+            raise ValueError(f"{name}: all inputs must share N, H and W; input 0 has (N, C, H, W) = "
+                             f"{xs[0].shape}, input {i} has {x.shape}")
+        if x.dtype != xs[0].dtype:
+            raise TypeError(f"{name}: input {i} has dtype {x.dtype}, input 0 has {xs[0].dtype}")
+
+
+def check_labels(layer, labels, logits_shape):
+    """``labels`` as an integer array of shape (N,) with values in [0, K), for logits of shape (N, K)."""
+    name = type(layer).__name__
+    labels = np.asarray(labels)
+    N, K = logits_shape
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name}: labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.shape != (N,):
+        raise ValueError(f"{name}: labels must have shape (N,) = ({N},) to match logits {tuple(logits_shape)}, "
+                         f"got {labels.shape}")
+    if N and (labels.min() < 0 or labels.max() >= K):
+        raise ValueError(f"{name}: labels must lie in [0, {K}), got values from {labels.min()} to {labels.max()}")
+    return labels

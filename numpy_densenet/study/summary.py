@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import fast
-from .model import DenseLayer, DenseNet
-from .nn import no_grad
+from ..model import DenseLayer, DenseNet
+from ..nn import no_grad
 
 
 def summary_rows(model: DenseNet, image_size=None):
@@ -39,8 +38,8 @@ def _describe_stage(model, name, module, out, previous_rows):
                      channels=channels, params=0),
                 dict(name=name, what="Linear", output=out.shape, channels=out.shape[1], params=params)]
     what = type(module).__name__
-    if isinstance(module, (DenseLayer, fast.DenseLayer)):
-        block = model.features._modules[name.split(".")[1]]
+    if isinstance(module, DenseLayer):
+        block = getattr(model.features, name.split(".")[1])
         i = int(name.rsplit("denselayer", 1)[1]) - 1
         k0, k = block.offsets[1], block.growth_rate
         what = f"reads {k0 + i * k} = {k0} + {i}*{k} ch, adds {k}"

@@ -51,13 +51,17 @@ from __future__ import annotations
 
 import copy
 import math
+import multiprocessing
 import os
 import pickle
 import threading
 import uuid
 from collections import OrderedDict, deque
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+
+from ..fast.threads import get_num_threads, set_blas_threads, set_num_threads
 
 MIN_PROBES_PER_TASK = 16
 TASKS_PER_WORKER = 4            # enough tasks to balance uneven workers, few enough to keep tasks coarse
@@ -73,7 +77,7 @@ class ParallelLosses:
     Parameters
     ----------
     executor : concurrent.futures.Executor or anything with ``submit(fn, *args) -> future``
-    probe : numpy_densenet.gradcheck._Probe
+    probe : numpy_densenet.gradcheck.probe.Probe
         Built in this process; its module copy, inputs, upstream gradient and saved states are shipped.
     probes_per_task : int, optional
         Probes (each two forwards, at +delta and -delta) per task; default: the probes split into about
@@ -94,7 +98,7 @@ class ParallelLosses:
         self.workers = workers or worker_count(executor)
         self.key = uuid.uuid4().hex
         self._payload = None
-        self._pending = deque()         # prefetched requests not yet taken, in order
+        self.pending = deque()          # prefetched requests not yet taken, in order
         self._tasks = deque()           # their futures, in order
         self._values = deque()          # values of finished tasks not yet taken
 
@@ -102,7 +106,7 @@ class ParallelLosses:
         """The pickled probe without what only the caller needs (made once)."""
         if self._payload is None:
             for m in self.probe.module.modules():                    # no forward caches in the payload
-                m._clear_cache()
+                m.clear_cache()
             shipped = copy.copy(self.probe)                          # shallow: shares the module, inputs, ...
             for name in _PARENT_ONLY:
                 shipped.__dict__.pop(name, None)
@@ -122,7 +126,7 @@ class ParallelLosses:
             return []
         if self._next_are(requests):
             return self._take(len(requests))
-        self._pending.clear(), self._tasks.clear(), self._values.clear()    # not what was planned: drop it
+        self.pending.clear(), self._tasks.clear(), self._values.clear()    # not what was planned: drop it
         futures = self._submit(requests)
         values = []
         for f in futures:
@@ -134,7 +138,7 @@ class ParallelLosses:
         tensor), before any is needed; later :meth:`losses` calls asking for them in the same order wait only
         for their own tasks. gradcheck does this when every probe is known in advance (modes full, sampled)."""
         requests = list(requests)
-        self._pending.extend(requests)
+        self.pending.extend(requests)
         self._tasks.extend(self._submit(requests))
 
     def _submit(self, requests):
@@ -146,9 +150,9 @@ class ParallelLosses:
                 for i in range(0, len(requests), size)]
 
     def _next_are(self, requests):
-        if len(self._pending) < len(requests):
+        if len(self.pending) < len(requests):
             return False
-        for (name, where, delta), (name2, where2, delta2) in zip(requests, self._pending):
+        for (name, where, delta), (name2, where2, delta2) in zip(requests, self.pending):
             same = where is where2 if isinstance(where, np.ndarray) else where == where2
             if name != name2 or delta != delta2 or not same:
                 return False
@@ -158,7 +162,7 @@ class ParallelLosses:
         while len(self._values) < n:
             self._values.extend(self._tasks.popleft().result())
         for _ in range(n):
-            self._pending.popleft()
+            self.pending.popleft()
         return [self._values.popleft() for _ in range(n)]
 
 
@@ -192,12 +196,9 @@ _cache = threading.local()
 
 def one_thread():
     """Make this process compute on one thread: numpy_densenet's threads and OpenBLAS's (idempotent)."""
-    from .fast import threads
-    if threads.get_num_threads() != 1:
-        threads.set_num_threads(1)
-    blas = threads._blas()
-    if blas and blas[0]() != 1:
-        blas[1](1)
+    if get_num_threads() != 1:
+        set_num_threads(1)
+    set_blas_threads(1)
 
 
 def evaluate_task(key, payload, requests):
@@ -268,8 +269,6 @@ def executor_for(workers=None, scheduler=None):
         return _Nothing()
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
     return ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context("spawn"), initializer=one_thread)
 
 
