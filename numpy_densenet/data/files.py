@@ -237,38 +237,7 @@ def read_npz(path, what="file", keys=None, budget=None):
                 raise FileFormatError(f"{where} is not a .npz archive of named arrays: it is {kind}")
             f.seek(0)
             with zipfile.ZipFile(f) as archive:
-                members = [i for i in archive.infolist() if not i.is_dir()]
-                chosen = []
-                for info in members:
-                    name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-                    if keys is not None and name not in keys:
-                        continue
-                    if not info.filename.endswith(".npy"):
-                        raise FileFormatError(f"{where} holds {info.filename!r}, which is not a .npy array")
-                    if info.compress_size > size:
-                        raise FileFormatError(f"{where} is corrupt: member {info.filename!r} claims "
-                                              f"{info.compress_size} bytes in a {size}-byte file")
-                    chosen.append((name, info))
-                headers, total = [], 0
-                for name, info in chosen:                         # pass 1: headers only, nothing allocated
-                    member = f"{where}, array {name!r}"
-                    with archive.open(info) as stream:
-                        shape, fortran, dtype, nbytes = read_npy_header(stream, member)
-                        header_bytes = stream.tell()
-                    if info.compress_type == zipfile.ZIP_STORED and header_bytes + nbytes != info.file_size:
-                        state = "truncated" if header_bytes + nbytes > info.file_size else "longer than declared"
-                        raise FileFormatError(f"{member} is {state}: its header declares shape {shape} {dtype}, "
-                                              f"{nbytes} bytes of data, the archive holds "
-                                              f"{info.file_size - header_bytes}")
-                    if info.compress_type != zipfile.ZIP_STORED and nbytes > RATIO_CHECK_BYTES and \
-                            nbytes > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
-                        raise FileFormatError(
-                            f"{member} declares shape {shape} {dtype}, {format_bytes(nbytes)}, compressed into "
-                            f"{format_bytes(info.compress_size)}, a ratio over {MAX_COMPRESSION_RATIO}: refused as "
-                            "a likely zip bomb; store such data uncompressed (np.savez)")
-                    _check_budget(member, shape, dtype, nbytes, budget, total)
-                    total += nbytes
-                    headers.append((name, info, shape, fortran, dtype, nbytes))
+                headers = _npz_headers(archive, _npz_members(archive, keys, size, where), budget, where)
                 arrays = OrderedDict()
                 for name, info, shape, fortran, dtype, nbytes in headers:   # pass 2: exactly the declared bytes
                     member = f"{where}, array {name!r}"
@@ -284,6 +253,47 @@ def read_npz(path, what="file", keys=None, budget=None):
             from None
     except OSError as e:
         raise FileFormatError(f"{where} {os_problem(e)}") from None
+
+
+def _npz_members(archive, keys, size, where):
+    """(name, ZipInfo) of the ``.npy`` members to read (``keys`` only, if given), each checked to be one."""
+    chosen = []
+    for info in (i for i in archive.infolist() if not i.is_dir()):
+        name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        if keys is not None and name not in keys:
+            continue
+        if not info.filename.endswith(".npy"):
+            raise FileFormatError(f"{where} holds {info.filename!r}, which is not a .npy array")
+        if info.compress_size > size:
+            raise FileFormatError(f"{where} is corrupt: member {info.filename!r} claims "
+                                  f"{info.compress_size} bytes in a {size}-byte file")
+        chosen.append((name, info))
+    return chosen
+
+
+def _npz_headers(archive, chosen, budget, where):
+    """Pass 1, headers only, nothing allocated: each member's (name, info, shape, fortran, dtype, nbytes), its
+    declared size checked against the archive, the compression ratio and the budget."""
+    headers, total = [], 0
+    for name, info in chosen:
+        member = f"{where}, array {name!r}"
+        with archive.open(info) as stream:
+            shape, fortran, dtype, nbytes = read_npy_header(stream, member)
+            header_bytes = stream.tell()
+        if info.compress_type == zipfile.ZIP_STORED and header_bytes + nbytes != info.file_size:
+            state = "truncated" if header_bytes + nbytes > info.file_size else "longer than declared"
+            raise FileFormatError(f"{member} is {state}: its header declares shape {shape} {dtype}, "
+                                  f"{nbytes} bytes of data, the archive holds {info.file_size - header_bytes}")
+        if info.compress_type != zipfile.ZIP_STORED and nbytes > RATIO_CHECK_BYTES and \
+                nbytes > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+            raise FileFormatError(
+                f"{member} declares shape {shape} {dtype}, {format_bytes(nbytes)}, compressed into "
+                f"{format_bytes(info.compress_size)}, a ratio over {MAX_COMPRESSION_RATIO}: refused as "
+                "a likely zip bomb; store such data uncompressed (np.savez)")
+        _check_budget(member, shape, dtype, nbytes, budget, total)
+        total += nbytes
+        headers.append((name, info, shape, fortran, dtype, nbytes))
+    return headers
 
 
 def read_npy(path, what="file", budget=None, mmap=False):

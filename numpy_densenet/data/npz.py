@@ -58,48 +58,61 @@ def load_npz(path, *, test_fraction=0.2, seed=0) -> Dataset:
 
     x = _npz_images(path, arrays["x"], "x")
     y = _npz_labels(path, arrays["y"], "y", x.shape[0], "x")
-    if all(has_test):
+    x_train, y_train, x_test, y_test = _train_and_test(path, arrays, x, y, test_fraction, seed)
+    x_val, y_val = _validation(path, arrays, x_train)
+    classes, num_classes = _classes(path, arrays, y, y_train, y_test, y_val)
+    return Dataset(path.stem, x_train, y_train, x_test, y_test, num_classes, classes, x_val=x_val, y_val=y_val)
+
+
+def _train_and_test(path, arrays, x, y, test_fraction, seed):
+    """The file's own test split (checked against x), or a fixed seeded split of x."""
+    if "x_test" in arrays:
         x_test = _npz_images(path, arrays["x_test"], "x_test")
         y_test = _npz_labels(path, arrays["y_test"], "y_test", x_test.shape[0], "x_test")
         if x_test.shape[1:] != x.shape[1:] or x_test.dtype != x.dtype:
             fail(path, f"'x_test' images are {x_test.dtype} {x_test.shape[1:]} (C, H, W) but 'x' images are "
-                        f"{x.dtype} {x.shape[1:]}")
-        x_train, y_train = x, y
-    else:
-        if x.shape[0] < 2:
-            fail(path, f"'x' holds {x.shape[0]} image(s): at least 2 are needed to split off a test set")
-        perm = np.random.default_rng(seed).permutation(x.shape[0])
-        n_test = min(max(1, int(round(test_fraction * x.shape[0]))), x.shape[0] - 1)
-        test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
-        x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+                       f"{x.dtype} {x.shape[1:]}")
+        return x, y, x_test, y_test
+    if x.shape[0] < 2:
+        fail(path, f"'x' holds {x.shape[0]} image(s): at least 2 are needed to split off a test set")
+    perm = np.random.default_rng(seed).permutation(x.shape[0])
+    n_test = min(max(1, int(round(test_fraction * x.shape[0]))), x.shape[0] - 1)
+    test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
 
-    x_val = y_val = None
+
+def _validation(path, arrays, x_train):
+    """The file's official validation split (x_val, y_val), checked, or (None, None)."""
     if ("x_val" in arrays) != ("y_val" in arrays):
         fail(path, "holds only one of 'x_val' and 'y_val'; give both or neither")
-    if "x_val" in arrays:
-        x_val = _npz_images(path, arrays["x_val"], "x_val")
-        if x_val.shape[0] == 0:
-            fail(path, "'x_val' holds no images; leave 'x_val' and 'y_val' out to hold out part of 'x' instead")
-        y_val = _npz_labels(path, arrays["y_val"], "y_val", x_val.shape[0], "x_val")
-        if x_val.shape[1:] != x_train.shape[1:] or x_val.dtype != x_train.dtype:
-            fail(path, f"'x_val' images are {x_val.dtype} {x_val.shape[1:]} (C, H, W) but 'x' images are "
-                        f"{x_train.dtype} {x_train.shape[1:]}")
+    if "x_val" not in arrays:
+        return None, None
+    x_val = _npz_images(path, arrays["x_val"], "x_val")
+    if x_val.shape[0] == 0:
+        fail(path, "'x_val' holds no images; leave 'x_val' and 'y_val' out to hold out part of 'x' instead")
+    y_val = _npz_labels(path, arrays["y_val"], "y_val", x_val.shape[0], "x_val")
+    if x_val.shape[1:] != x_train.shape[1:] or x_val.dtype != x_train.dtype:
+        fail(path, f"'x_val' images are {x_val.dtype} {x_val.shape[1:]} (C, H, W) but 'x' images are "
+                   f"{x_train.dtype} {x_train.shape[1:]}")
+    return x_val, y_val
 
-    if "classes" in arrays:
-        classes = arrays["classes"]
-        if classes.ndim != 1 or classes.dtype.kind not in "US" or classes.size == 0:
-            fail(path, f"'classes' should be a non-empty 1-D array of strings, found {classes.dtype} "
-                        f"{classes.shape}")
-        if classes.size > MAX_CLASSES:
-            fail(path, f"'classes' names {classes.size} classes; at most {MAX_CLASSES} are supported")
-        classes = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in classes.tolist())
-        num_classes = len(classes)
-        for key, labels in (("y", y), ("y_test", y_test)) + ((("y_val", y_val),) if y_val is not None else ()):
-            check_labels(path, labels, num_classes, what=f"{key!r} (with {num_classes} names in 'classes')")
-    else:
+
+def _classes(path, arrays, y, y_train, y_test, y_val):
+    """(class names, number of classes): the file's ``classes`` (every label of ``y``, the file's own, and of the
+    test and validation sets checked below their count), or "0", "1", ... up to the largest label."""
+    if "classes" not in arrays:
         num_classes = int(max(y_train.max(), y_test.max(), -1 if y_val is None else y_val.max())) + 1  # < MAX_CLASSES
-        classes = tuple(str(k) for k in range(num_classes))
-    return Dataset(path.stem, x_train, y_train, x_test, y_test, num_classes, classes, x_val=x_val, y_val=y_val)
+        return tuple(str(k) for k in range(num_classes)), num_classes
+    classes = arrays["classes"]
+    if classes.ndim != 1 or classes.dtype.kind not in "US" or classes.size == 0:
+        fail(path, f"'classes' should be a non-empty 1-D array of strings, found {classes.dtype} {classes.shape}")
+    if classes.size > MAX_CLASSES:
+        fail(path, f"'classes' names {classes.size} classes; at most {MAX_CLASSES} are supported")
+    classes = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in classes.tolist())
+    num_classes = len(classes)
+    for key, labels in (("y", y), ("y_test", y_test)) + ((("y_val", y_val),) if y_val is not None else ()):
+        check_labels(path, labels, num_classes, what=f"{key!r} (with {num_classes} names in 'classes')")
+    return classes, num_classes
 
 
 def _npz_images(path, x, key):
