@@ -116,8 +116,13 @@ class EpochClock:
 
 # -- workers: one library, one whole run, in a fresh process ---------------------------------------------------
 def limit_threads(n):
-    from threadpoolctl import threadpool_limits
-    keep = threadpool_limits(n)
+    """BLAS threads (threadpoolctl, when installed; the environment's *_NUM_THREADS set by the parent otherwise)
+    and numpy_densenet's own threads, both to ``n``."""
+    try:
+        from threadpoolctl import threadpool_limits
+        keep = threadpool_limits(n)
+    except ImportError:
+        keep = None
     import numpy_densenet
     own = getattr(numpy_densenet, "set_num_threads", None) or getattr(numpy_densenet.nn, "set_num_threads", None)
     if own is not None:
