@@ -309,7 +309,8 @@ def run_worker(spec, a):
         kind = msg.pop("kind")
         if kind == "epoch":
             result["epochs"].append(msg)
-            print(f"  {spec['lib']:5s} round {spec['round'] + 1} epoch {msg['epoch']:3d}: val {fmt_acc(msg['val_acc'])} "
+            print(f"  {spec['lib']:5s} round {spec['round'] + 1} epoch {msg['epoch']:3d}: "
+                  f"val {fmt_acc(msg['val_acc'])} "
                   f"test {fmt_acc(msg['test_acc'])}  {msg['wall']:.1f} s wall ({msg['train_seconds']:.1f} s train), "
                   f"{msg['cpu']:.1f} s CPU, {msg['rss_mb']:.0f} MB peak, {msg['cum_wall']:.0f} s so far", flush=True)
         else:

@@ -76,8 +76,8 @@ def data_search_path(name):
     Returns
     -------
     list of pathlib.Path
-        Absolute paths: each folder of ``$NUMPY_DENSENET_DATA`` (os.pathsep-separated, ``~`` expanded), then ``./data``,
-        ``~/data``, ``/usr/local/share/datasets`` and ``/usr/share/datasets`` (where Debian's ``dataset-*``
+        Absolute paths: each folder of ``$NUMPY_DENSENET_DATA`` (os.pathsep-separated, ``~`` expanded), then
+        ``./data``, ``~/data``, ``/usr/local/share/datasets`` and ``/usr/share/datasets`` (where Debian's ``dataset-*``
         packages put their files), duplicates removed. Each is searched for the files themselves and for the
         sub-folders named after the data set (``fashion-mnist/``, ``FashionMNIST/raw/``, ...).
     """
@@ -85,8 +85,8 @@ def data_search_path(name):
         raise ValueError(f"name must be one of {', '.join(_SEARCHED)} (the data sets searched for), got {name!r}")
     env = [Path(os.path.expanduser(p)).absolute() for p in os.environ.get(DATA_ENV, "").split(os.pathsep)
            if p.strip()]
-    roots = env + [Path("data").absolute(), Path(os.path.expanduser("~/data")).absolute(), Path("/usr/local/share/datasets"),
-                   Path("/usr/share/datasets")]
+    roots = env + [Path("data").absolute(), Path(os.path.expanduser("~/data")).absolute(),
+                   Path("/usr/local/share/datasets"), Path("/usr/share/datasets")]
     unique = []
     for root in roots:
         if root not in unique:
