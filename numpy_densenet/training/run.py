@@ -91,7 +91,8 @@ class Run:
             self.scheduler = (paper_schedule(self.optimizer, config.epochs) if config.schedule == "step"
                               else CosineAnnealingLR(self.optimizer, config.epochs))
             self.batches = BatchIterator(self.x_train, self.y_train, config.batch_size, shuffle=True,
-                                         augment=config.augment, mean=self.mean, std=self.std,
+                                         augment=config.augment, **self.data.augmentation, mean=self.mean,
+                                         std=self.std,
                                          dtype=np.dtype(config.dtype), seed=np.random.default_rng([config.seed, 1]),
                                          drop_last=drop_last)
         except ValueError as e:
