@@ -7,8 +7,8 @@ import os
 from ..data import DATASET_NAMES, DatasetError, channel_stats, load_dataset
 from ..io import WeightsFileError, json_entry, load_model_file, load_npz, load_weights
 from ..training import TrainConfig, TrainingError, evaluate, train
-from ..training.distributed import get_comm
 from ..training.options import config_from_checkpoint
+from ..training.run import WHERE_FIELDS
 from .common import UserError, add_model_args, build_model, finite_float, nonneg_int, positive_int
 from .distributed import train_entry
 
@@ -99,7 +99,6 @@ def _add_data_args(p):
 
 OPTION_FIELDS = ("dataset", "data_dir", "model", "depth", "growth_rate", "drop_rate", "epochs", "batch_size", "lr",
                  "momentum", "weight_decay", "schedule", "augment", "seed", "dtype", "out", "val_fraction")
-_WHERE_FIELDS = ("out", "data_dir")           # where things are, not what the run is: may change on resume
 
 
 def _flag(field, value=None):
@@ -124,7 +123,7 @@ def cmd_train(args):
                                        "weights-only files can be evaluated, not resumed")
             saved = config_from_checkpoint(arrays, resume)
             conflicts = [f"{_flag(k, v)} (the checkpoint has {_flag(k, saved[k])})" for k, v in given.items()
-                         if k not in _WHERE_FIELDS and v != saved[k]]
+                         if k not in WHERE_FIELDS and v != saved[k]]
             if conflicts:
                 raise UserError(f"{resume} was made with different options: " + "; ".join(conflicts) + ". A resumed run "
                                 "keeps its options: drop them to continue it, or start a new run with another --out")
@@ -144,15 +143,12 @@ def cmd_train(args):
 
 def _train_entry(args):
     """cmd_train, on every MPI rank with --distributed (numpy_densenet.cli.distributed.train_entry)."""
-    if not getattr(args, "distributed", False):
-        if not getattr(args, "sync_bn", True):
-            raise UserError("--no-sync-bn applies to --distributed training only")
-        return cmd_train(args)
+    if not getattr(args, "distributed", False) and not getattr(args, "sync_bn", True):
+        raise UserError("--no-sync-bn applies to --distributed training only")
     try:
-        get_comm()
+        return train_entry(cmd_train, args, expected=(UserError, WeightsFileError))
     except ImportError as e:
         raise UserError(str(e)) from None
-    return train_entry(cmd_train, args, expected=(UserError, WeightsFileError))
 
 
 def _load_for_eval(args, dataset):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import errno
 import gzip
+import hashlib
 import os
 import stat
 import warnings
@@ -35,7 +36,7 @@ from collections import OrderedDict
 import numpy as np
 
 __all__ = ["MAX_CLASSES", "MAX_IMAGE_PIXELS", "MAX_COMPRESSION_RATIO", "FileFormatError", "memory_budget",
-           "check_regular_file", "read_npy", "read_npz", "read_gzip", "open_image", "format_bytes"]
+           "check_regular_file", "read_npy", "read_npz", "read_gzip", "open_image", "format_bytes", "digest_arrays"]
 
 MAX_CLASSES = 2 ** 16
 MAX_IMAGE_PIXELS = 1024 * 1024
@@ -62,6 +63,20 @@ def format_bytes(n):
             return f"{int(n)} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} EiB"  # pragma: no cover
+
+
+def digest_arrays(named):
+    """A SHA-256 (hex) of ``(name, array or None)`` pairs: names, dtypes, shapes and values, so the same
+    arrays give the same digest wherever they were read from, and any changed value another one."""
+    h = hashlib.sha256()
+    for name, a in named:
+        if a is None:
+            h.update(f"{name}:none;".encode())
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{name}:{a.dtype.str}{a.shape};".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
 
 
 def memory_budget():
