@@ -22,7 +22,8 @@ import numpy as np
 from ..data.files import FileFormatError, read_npz
 
 __all__ = ["WeightsFileError", "TEMP_PREFIX", "temp_prefix", "pid_running", "atomic_write", "remove_stale_temp_files",
-           "save_npz", "load_npz", "json_array", "json_entry", "label", "check_state_values", "OS_ERROR_HINTS", "os_error_hint", "describe_os_error"]
+           "save_npz", "load_npz", "json_array", "json_entry", "label", "printable", "check_state_values",
+           "OS_ERROR_HINTS", "os_error_hint", "describe_os_error"]
 
 
 class WeightsFileError(ValueError):
@@ -139,6 +140,13 @@ def load_npz(path, what="weights file", keys=None):
 def label(path, what):
     """How a message names a file: ``what 'path'``."""
     return f"{what} {os.fspath(path)!r}"
+
+
+def printable(name):
+    """``name`` as it can be printed on one line: itself, or, when it holds a newline, another control
+    character or bytes that are not text, escaped as Python writes them (``'a\\nb.png'``)."""
+    name = os.fspath(name)
+    return name if name.isprintable() else repr(name)
 
 
 def check_state_values(state, path, what="weights file", dtype=None):

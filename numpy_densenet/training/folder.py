@@ -42,10 +42,12 @@ class OutputFolder:
         self.out, self.log = out, log
         self.path = os.path.join(out, LOCK_NAME)
         self.fd = None
+        self.created = False            # the folder did not exist: removed again by release() if left empty
 
     def acquire(self, probe_bytes=0):
         out = self.out
         try:
+            self.created = not os.path.lexists(out)
             os.makedirs(out, exist_ok=True)
         except OSError as e:
             raise OutputError(f"--out {out!r} cannot be used as an output folder: {e.strerror} "
@@ -165,7 +167,9 @@ class OutputFolder:
                               f"checkpoint and best.npz): {e.strerror} ({errno.errorcode.get(e.errno, e.errno)}); "
                               f"{os_error_hint(e, 'choose another --out')}") from None
 
-    def release(self):
+    def release(self, remove_empty=False):
+        """Unlock; with ``remove_empty``, also remove the folder if :meth:`acquire` created it and it is empty
+        (a run that failed before writing anything leaves nothing behind)."""
         if self.fd is None:
             return
         if _same_file(self.fd, self.path):                # unlink first: a waiting run then locks a fresh file
@@ -175,6 +179,11 @@ class OutputFolder:
                 pass
         os.close(self.fd)
         self.fd = None
+        if remove_empty and self.created:
+            try:
+                os.rmdir(self.out)                        # only if empty
+            except OSError:
+                pass
 
 
 def _same_file(fd, path):

@@ -85,7 +85,7 @@ def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=No
             return _train_locked(run, resume, log, progress, on_step, stop)
         finally:
             if folder is not None:
-                folder.release()
+                folder.release(remove_empty=True)
 
 
 def _earlier_run(out, resume, overwrite):
