@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..fast.threads import set_blas_threads, set_num_threads
-from ..training.distributed import abort_on_error, agree, get_comm, threads_per_rank
+from ..training.distributed import RanksDisagree, abort_on_error, agree, finish_mpi, get_comm, threads_per_rank
 
 __all__ = ["CommandLineRank", "train_entry", "launched_ranks", "command_line"]
 
@@ -67,7 +67,8 @@ def train_entry(command, args, *rest, expected=()):
     Under an MPI launcher every rank first compares its command line with rank 0's (:func:`command_line`,
     :func:`~numpy_densenet.training.distributed.agree`, with a timeout): a rank started without
     ``--distributed`` beside ranks with it, or with other options, ends the job on every rank with one line
-    naming the option and both values. Ranks that all lack ``--distributed`` each run alone."""
+    naming the option and both values; so does a launch of several ranks none of which has ``--distributed``
+    (each would train the whole run alone)."""
     distributed = getattr(args, "distributed", False)
     if not distributed and launched_ranks() <= 1:
         return command(args, *rest)
@@ -77,12 +78,20 @@ def train_entry(command, args, *rest, expected=()):
         if distributed:
             raise
         return command(args, *rest)          # no MPI here to join: the other ranks cannot have it either
-    with abort_on_error(comm, expected=expected):
-        agree(comm, command_line(args), "in their command lines")
-        if distributed:
+    try:
+        with abort_on_error(comm, expected=expected):
+            agree(comm, command_line(args), "command lines")
+            if not distributed:              # on no rank: each would train the whole run alone, on one --out
+                raise RanksDisagree(f"this process is one of the {comm.Get_size()} ranks an MPI launcher started, "
+                                    f"but --distributed was not given: each rank would train the whole run alone; "
+                                    f"add --distributed to train data-parallel, or start one process without "
+                                    f"mpiexec", quiet=comm.Get_rank() != 0)
             args.rank = CommandLineRank(sync_bn=getattr(args, "sync_bn", True), comm=comm)
             code = command(args, *rest)
             if code:
                 raise SystemExit(code)
             return code
-    return command(args, *rest)              # no rank was given --distributed: each runs alone
+    except BaseException as e:
+        if getattr(e, "every_rank", False):  # every rank ends here alike: no abort, the exit status is the ranks'
+            finish_mpi()
+        raise

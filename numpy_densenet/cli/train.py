@@ -142,6 +142,8 @@ def cmd_train(args):
               given_options=sorted(given), overwrite=getattr(args, "overwrite", False),
               **(dict(distributed=rank.options) if rank else {}))
     except (TrainingError, WeightsFileError) as e:
+        if getattr(e, "every_rank", False):     # MPI ranks that disagree: raised (and printed by rank 0) alike
+            raise
         raise UserError(str(e)) from None
     return 0
 
@@ -151,7 +153,7 @@ def _train_entry(args):
     if not getattr(args, "distributed", False) and not getattr(args, "sync_bn", True):
         raise UserError("--no-sync-bn applies to --distributed training only")
     try:
-        return train_entry(cmd_train, args, expected=(UserError, WeightsFileError))
+        return train_entry(cmd_train, args, expected=(UserError, WeightsFileError, TrainingError))
     except ImportError as e:
         raise UserError(str(e)) from None
 

@@ -61,7 +61,7 @@ from .options import TrainingError
 from .steps import evaluate as evaluate_one
 
 __all__ = ["DataParallel", "convert_sync_batchnorm", "local_statistics", "get_comm", "threads_per_rank", "shard",
-           "evaluate", "abort_on_error", "RanksDisagree", "agree", "wait_for_every_rank", "rank_timeout"]
+           "evaluate", "abort_on_error", "RanksDisagree", "agree", "wait_for_every_rank", "rank_timeout", "finish_mpi"]
 
 
 def get_comm(comm=None):
@@ -429,6 +429,14 @@ class RanksDisagree(TrainingError):
         self.every_rank, self.quiet = True, quiet
 
 
+def finish_mpi():
+    """``MPI_Finalize``, when every rank ends at the same point with one outcome (ranks that disagree, a stop
+    they agreed on): the job then ends with the ranks' exit status and no launcher's abort message."""
+    MPI = _mpi()
+    if not MPI.Is_finalized():
+        MPI.Finalize()
+
+
 def rank_timeout():
     """How long (seconds) a rank waits for the others at a check: ``$NUMPY_DENSENET_MPI_TIMEOUT``, default 120."""
     text = os.environ.get("NUMPY_DENSENET_MPI_TIMEOUT", "")
@@ -444,15 +452,15 @@ def rank_timeout():
 def wait_for_every_rank(comm, what, timeout=None):
     """A barrier with a timeout (a non-blocking ``Ibarrier``, polled): returns once every rank of ``comm`` has
     arrived; raises :class:`TrainingError` on this rank after ``timeout`` seconds (:func:`rank_timeout`), when a
-    rank failed, was started without ``--distributed`` or runs something else. ``what`` names the place."""
+    rank failed or runs something else. ``what`` names what the ranks meet to compare ("command lines")."""
     timeout = rank_timeout() if timeout is None else timeout
     request = comm.Ibarrier()
     deadline = time.monotonic() + timeout
     while not request.Test():
         if time.monotonic() > deadline:
-            raise TrainingError(f"rank {comm.Get_rank()} of {comm.Get_size()} waited {timeout:g} s {what} for the "
-                                f"other ranks, in vain: every rank must run the same command with --distributed (a "
-                                f"rank that failed, or was started without --distributed, leaves the others "
+            raise TrainingError(f"rank {comm.Get_rank()} of {comm.Get_size()} waited {timeout:g} s for the other "
+                                f"ranks to compare their {what}, in vain: every rank must run the same command with "
+                                f"--distributed (a rank that failed, or runs something else, leaves the others "
                                 f"waiting); set NUMPY_DENSENET_MPI_TIMEOUT to wait longer")
         time.sleep(0.002)
 
@@ -483,8 +491,8 @@ def agree(comm, description, what, timeout=None):
         return
     mine = None if differ is None else f"rank {rank} has {_entry(differ, description)}, rank 0 has {_entry(differ, root)}"
     message = _broadcast_text(comm, mine, int(first[0]))
-    raise RanksDisagree(f"the ranks of this --distributed run differ {what}: {message}; every rank must run the same "
-                        f"command and read the same data", quiet=rank != 0)
+    raise RanksDisagree(f"the ranks of this --distributed run differ in their {what}: {message}; every rank must run "
+                        f"the same command and read the same data", quiet=rank != 0)
 
 
 def _entry(key, description):

@@ -53,7 +53,7 @@ class Run:
         self.model = make_model(config, self.data.in_channels, self.data.num_classes)
         check_fits(self.model, self.data.x_train.shape[1:])
         if distributed is not None:     # the same options and data on every rank, before any other collective
-            agree(get_comm(distributed.get("comm")), self.description(distributed), "before the first step")
+            agree(get_comm(distributed.get("comm")), self.description(distributed), "options and data")
         self.dp = DataParallel(self.model, **distributed) if distributed is not None else None   # over MPI
         self.is_root = self.dp is None or self.dp.is_root                 # the process that writes files
         self.criterion = CrossEntropyLoss()
@@ -107,7 +107,7 @@ class Run:
         """What every MPI rank must have alike: the options (not where things are), the data's digest and the
         BatchNorm mode."""
         options = {f"--{k.replace('_', '-')}": v for k, v in asdict(self.config).items() if k not in WHERE_FIELDS}
-        return {**options, "--sync-bn": distributed.get("sync_bn", True), "data (SHA-256)": self.data_digest}
+        return {**options, "--sync-bn": distributed.get("sync_bn", True), "data (SHA-256)": self.data_digest[:16]}
 
     # -- state as plain arrays --------------------------------------------------------------------------------
     def metadata(self):
@@ -160,7 +160,7 @@ class Run:
         self._check_fits_this_run(state, path)
         if self.dp is not None:        # every rank resumes from the same state
             agree(self.dp.comm, {"checkpoint (epoch, step)": [state["epoch"], state["step"]],
-                                 "checkpoint (SHA-256)": digest_arrays(sorted(arrays.items()))}, "after the resume")
+                                 "checkpoint (SHA-256)": digest_arrays(sorted(arrays.items()))}, "checkpoints")
         gens = dropout_generators(self.model)
 
         def part(prefix):
