@@ -537,3 +537,136 @@ def test_simulated_eio_on_stdout_during_training_stops_with_the_checkpoint(data,
         train(config, log=log)
     assert json.loads(str(arrays(out / "checkpoint.npz")["run.state"][()]))["step"] == 1
     assert_clean_folder(out)
+
+
+# -- sizes a resize or a conversion creates, under a memory limit; convert onto a good file ----------------------
+def torch_state(model):
+    import torch
+    return {k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()}
+
+
+def hostile_pth_files(folder):
+    """name -> (.pth path, what its message must name): each would once allocate gigabytes or end in a
+    traceback, or was converted before it was refused."""
+    import zipfile
+
+    import torch
+    from numpy_densenet import DenseNet
+    good = torch_state(DenseNet(4, (2, 2), 8, bn_size=2, num_classes=5, stem="cifar", fast=False, seed=0))
+    cases = {
+        "layer20000": ({"features.denseblock1.denselayer20000.norm1.weight": torch.ones(1)}, "layer 3 is missing"),
+        "layers3000": ({f"features.denseblock1.denselayer{i}.norm1.weight": torch.ones(1) for i in range(3, 3001)},
+                       "describes a model of"),
+        "expanded": ({"classifier.weight": torch.ones(1, 5).expand(10 ** 9, 5)}, "expanded"),
+        "int64": ({"classifier.weight": good["classifier.weight"].to(torch.int64)}, "int64"),
+        "negative_count": ({"features.norm5.num_batches_tracked": torch.tensor(-1)}, "non-negative integer"),
+        "nan": ({"classifier.bias": torch.full((5,), float("nan"))}, "finite"),
+        "sparse": ({"classifier.weight": good["classifier.weight"].to_sparse()}, "sparse"),
+        "int_key": ({7: torch.ones(1)}, "keys must be tensor names"),
+        "not_a_tensor": ({"classifier.bias": [1.0, 2.0]}, "not a tensor"),
+        "big_record": ({"extra": torch.zeros(2 ** 20)}, "memory budget"),     # 4 MiB over a 2 MiB budget
+    }
+    paths = {}
+    for name, (change, fragment) in cases.items():
+        paths[name] = (folder / f"{name}.pth", fragment)
+        torch.save({**good, **change}, paths[name][0])
+    torch.save({**good, "extra": torch.zeros(16 * 2 ** 20)}, folder / "plain.pth")      # then deflate its records
+    with zipfile.ZipFile(folder / "plain.pth") as src, zipfile.ZipFile(folder / "deflated.pth", "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    os.remove(folder / "plain.pth")
+    paths["deflated"] = (folder / "deflated.pth", "likely zip bomb")
+    (folder / "text.pth").write_text("not a checkpoint")
+    paths["text"] = (folder / "text.pth", "torch.load")
+    torch.save(good, folder / "good.pth")
+    return paths
+
+
+BOMB_DRIVER = textwrap.dedent("""
+    import contextlib, io, json, resource, sys
+    resource.setrlimit(resource.RLIMIT_AS, (3 * 2 ** 30, 3 * 2 ** 30))   # a safety net: 3 GiB of address space
+    from numpy_densenet.cli import main
+    results = []
+    for name, argv in json.load(open(sys.argv[1])):
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except BaseException as e:                      # anything escaping main() is a failure
+                code = f"escaped {type(e).__name__}: {e}"
+        results.append(dict(name=name, code=code, stderr=err.getvalue()))
+    peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
+    json.dump(dict(results=results, peak_mb=peak), open(sys.argv[2], "w"))
+""")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc for the peak memory")
+def test_resize_and_conversion_bombs_are_refused_in_bounded_memory(data, tmp_path):
+    """Issue 22: a 257-byte 60000x1 PNG took 15.6 GB in predict (resized to 15,360,000x256), a .pth naming
+    denselayer20000 7.4 GB, an expanded tensor 2 GB, a deflated storage 1.75 GB; --depth 1e9 6 GB. Each now
+    ends in one line, in one process under a 3 GiB address-space limit whose peak resident memory stays low."""
+    pytest.importorskip("torch")
+    Image = pytest.importorskip("PIL.Image")
+    from numpy_densenet import DenseNet
+    from numpy_densenet.io import convert_torch_checkpoint, save_weights
+    import torch
+    torch.save(torch_state(DenseNet(4, (1, 1), 8, bn_size=2, num_classes=5, stem="imagenet", fast=False)),
+               tmp_path / "photo_model.pth")
+    convert_torch_checkpoint(tmp_path / "photo_model.pth", tmp_path / "photo_model.npz")   # ImageNet preprocessing
+    Image.fromarray(np.full((1, 60000), 128, np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray(np.full((60000, 1), 128, np.uint8)).save(tmp_path / "tall.png")
+    layers = DenseNet(4, (1, 1), 8, bn_size=2, num_classes=5, stem="cifar", fast=False)   # a weights file whose
+    save_weights(layers, tmp_path / "claims.npz")                                          # description claims
+    claims = arrays(tmp_path / "claims.npz")                                               # 3000 tiny layers
+    claims.update({f"features.denseblock1.denselayer{i}.norm1.weight": np.ones(1, np.float32) for i in range(2, 3001)})
+    config = dict(layers.config, block_config=[3000, 1])
+    claims["_model_config"] = np.array(json.dumps(config))
+    np.savez(tmp_path / "claims.npz", **claims)
+    pth = hostile_pth_files(tmp_path)
+    cases = [[f"predict {p}", ["predict", "--weights", str(tmp_path / "photo_model.npz"), str(tmp_path / p)],
+              [p, "aspect ratio"]] for p in ("wide.png", "tall.png")]
+    cases += [[f"convert {name}", ["convert", str(path), str(tmp_path / "out.npz")], [path.name, fragment]]
+              for name, (path, fragment) in pth.items()]
+    cases += [["train --depth 1e9", ["train", "--dataset", "npz", "--data-dir", data, "--depth", "1000000000",
+                                     "--out", str(tmp_path / "deep")], ["166666666", "memory"]],
+              ["summary --depth 1e7", ["summary", "densenet_bc", "--depth", "10000006"], ["1666667", "memory"]],
+              ["summary densenet --depth 3e9", ["summary", "densenet", "--depth", "3000000004"], ["memory"]],
+              ["predict claims", ["predict", "--weights", str(tmp_path / "claims.npz"), str(tmp_path / "x.npy")],
+               ["describes a model of", "claims.npz"]]]
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 8, 8), np.float32))
+    (tmp_path / "cases.json").write_text(json.dumps([[name, argv] for name, argv, _ in cases]))
+    env = dict(ENV, NUMPY_DENSENET_MAX_BYTES=str(2 * 2 ** 20))
+    proc = subprocess.run([sys.executable, "-c", BOMB_DRIVER, str(tmp_path / "cases.json"),
+                           str(tmp_path / "results.json")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    bad = []
+    for (name, _, fragments), r in zip(cases, report["results"]):
+        message = r["stderr"].strip()
+        if r["code"] != 2 or len(message.splitlines()) != 1 or not all(f in message for f in fragments):
+            bad.append((name, r["code"], message[:400]))
+    assert not bad, "\n".join(map(str, bad))
+    assert not (tmp_path / "out.npz").exists() and not (tmp_path / "deep").exists()
+    print(f"\nbombs: {len(cases)} command lines, all one clean line, peak resident memory "
+          f"{report['peak_mb']:.0f} MB (PyTorch imported)")
+    assert report["peak_mb"] < 1024
+
+
+def test_convert_never_replaces_a_good_file(tmp_path):
+    """Issue 22: an int64 tensor or a negative num_batches_tracked was written over the destination, then
+    refused, so the good file there was lost. Every bad .pth now leaves it byte for byte, and no temporary file."""
+    pytest.importorskip("torch")
+    pth = hostile_pth_files(tmp_path)
+    dst = tmp_path / "weights" / "model.npz"
+    dst.parent.mkdir()
+    code, _, stderr = cli(["convert", tmp_path / "good.pth", dst])
+    assert code == 0, stderr
+    good = dst.read_bytes()
+    for name, (path, fragment) in pth.items():
+        if name == "big_record":
+            continue                                                         # over the default budget only
+        code, _, stderr = cli(["convert", path, dst])
+        error_line(code, stderr, path.name, fragment)
+        assert dst.read_bytes() == good, name
+        assert os.listdir(dst.parent) == ["model.npz"], name

@@ -5,6 +5,7 @@ import argparse
 import errno
 import os
 import sys
+import warnings
 
 from .. import __version__
 from ..data import DatasetError
@@ -27,6 +28,10 @@ def make_parser():
     return parser
 
 
+#: NumPy's floating-point warnings (overflow, invalid value, divide by zero): a diverged run or unusable weights
+NUMPY_FLOAT_WARNINGS = r"(overflow|invalid value|divide by zero) encountered"
+
+
 def main(argv=None):
     """Run ``numpy-densenet ARGV``; returns the exit status.
 
@@ -47,7 +52,9 @@ def main(argv=None):
     if stdout is not None:
         sys.stdout = NamedStream(stdout, "stdout")      # a failed write names stdout
     try:
-        code = args.func(args)
+        with warnings.catch_warnings():                 # non-finite values are checked and reported in words
+            warnings.filterwarnings("ignore", NUMPY_FLOAT_WARNINGS, RuntimeWarning)
+            code = args.func(args)
         if sys.stdout is not None:
             sys.stdout.flush()
         return code

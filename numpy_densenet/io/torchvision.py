@@ -173,13 +173,13 @@ def check_torch_archive(path, where):
             infos = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as e:
         raise FileFormatError(f"{where} is not a valid zip archive ({type(e).__name__}: {e})") from None
+    for info in infos:
+        check_compression(info, info.file_size, f"{where} declares a record {info.filename!r} of "
+                          f"{format_bytes(info.file_size)},", "save it again with torch.save")
     total, budget = sum(i.file_size for i in infos), memory_budget()
     if total > budget:
         raise FileFormatError(f"{where} declares {format_bytes(total)} of records, more than the memory budget of "
                               f"{format_bytes(budget)} for one file; set NUMPY_DENSENET_MAX_BYTES to allow more")
-    for info in infos:
-        check_compression(info, info.file_size, f"{where} declares a record {info.filename!r} of "
-                          f"{format_bytes(info.file_size)},", "save it again with torch.save")
 
 
 def tensor_arrays(state, where, torch):
