@@ -145,7 +145,7 @@ class OutputFolder:
         """Write ``nbytes`` to a temporary file and delete it: disk full / quota found before training."""
         if nbytes <= 0:
             return
-        path = os.path.join(self.out, f"{temp_prefix()}probe")
+        path = os.path.join(self.out, f"{temp_prefix()}probe.tmp")          # removed after a kill, as any
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
