@@ -525,9 +525,13 @@ def abort_on_error(comm=None, stream=None, expected=()):
             _abort(comm, f"{type(e).__name__}: {e}\n{text}", 1, stream)
 
 
+ABORT_GRACE = 0.5      # seconds between a rank's last words and MPI_Abort
+
+
 def _abort(comm, message, code, stream=None):
     stream = stream or sys.stderr
     stream.write(f"[rank {comm.Get_rank()} of {comm.Get_size()}] {message.rstrip()}\n"
                  f"[rank {comm.Get_rank()}] aborting the MPI job\n")
     stream.flush()
+    time.sleep(ABORT_GRACE)     # the launcher relays a rank's output on its own: an abort at once may lose it
     comm.Abort(code)
