@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 import zipfile
 from collections import OrderedDict
 
@@ -142,7 +143,9 @@ def convert_torch_checkpoint(src, dst):
     except FileFormatError as e:
         raise WeightsFileError(str(e)) from None
     try:
-        state = torch.load(src, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():               # deprecation notes about what a file holds: not ours to print
+            warnings.simplefilter("ignore")
+            state = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a bad file
         first = (str(e).strip().splitlines() or [""])[0]
         raise WeightsFileError(f"{where} is not a PyTorch state dict that torch.load(weights_only=True) can read "
@@ -196,8 +199,8 @@ def tensor_arrays(state, where, torch):
         if not isinstance(value, torch.Tensor):
             raise WeightsFileError(f"{where}: entry {key!r} is not a tensor ({type(value).__name__})")
         if value.layout != torch.strided or value.is_quantized:
-            raise WeightsFileError(f"{where}: entry {key!r} is a {'quantized' if value.is_quantized else 'sparse'} "
-                                   f"tensor ({value.layout}, {value.dtype}); weights are plain dense tensors")
+            kind = f"quantized tensor ({value.dtype})" if value.is_quantized else f"sparse tensor ({value.layout})"
+            raise WeightsFileError(f"{where}: entry {key!r} is a {kind}; weights are plain dense tensors")
         nbytes = value.numel() * value.element_size()
         stored = value.untyped_storage().nbytes()
         if nbytes > stored:
