@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import MAX_CLASSES, MAX_IMAGE_PIXELS, os_problem
+from .files import MAX_CLASSES, MAX_IMAGE_PIXELS, digest_arrays, os_problem
 
 __all__ = ["DatasetError", "Dataset", "to_float"]
+
+SPLIT_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
 
 class DatasetError(Exception):
@@ -110,6 +112,12 @@ class Dataset:
     @property
     def image_size(self) -> tuple:
         return (int(self.x_train.shape[2]), int(self.x_train.shape[3]))
+
+    def digest(self) -> str:
+        """A SHA-256 (hex) of the images, labels and class names of every split: the same data gives the same
+        digest wherever it was read from (a resumed run and the MPI ranks of one compare it)."""
+        return digest_arrays([(name, getattr(self, name)) for name in SPLIT_ARRAYS]
+                             + [("classes", np.array(self.classes, dtype=str))])
 
     def as_float(self, dtype=np.float32) -> "Dataset":
         """Return a copy whose images are ``dtype`` values in [0, 1] (see :func:`to_float`); labels are shared."""

@@ -104,6 +104,7 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
     check_options(module, mode, eps, rtol, atol, samples=samples, directions=directions,
                   locate_samples=locate_samples, sampled_directions=sampled_directions,
                   exhaustive_limit=exhaustive_limit, clear_limit=clear_limit)
+    check_something_to_check(module, x, check_inputs, check_params)
     probe = Probe(module, x, seed)
     if executor is not None:
         probe.parallel = ParallelLosses(executor, probe)
@@ -154,6 +155,21 @@ def check_options(module, mode, eps, rtol, atol, **counts):
     for name, v in (("rtol", rtol), ("atol", atol)):
         if not v >= 0:
             raise ValueError(f"gradcheck: {name} must be non-negative, got {v!r}")
+
+
+def check_something_to_check(module, x, check_inputs, check_params):
+    """A clear ValueError instead of a vacuous pass: both checks off, an empty float input, or nothing left."""
+    inputs = [np.asarray(a) for a in (x if isinstance(x, tuple) else (x,))]
+    empty = [i for i, a in enumerate(inputs) if a.dtype.kind == "f" and a.size == 0]
+    if empty:
+        raise ValueError(f"gradcheck: input {empty[0]} is empty (shape {inputs[empty[0]].shape}): there is no "
+                         f"gradient to check; give at least one value")
+    values = (sum(a.size for a in inputs if a.dtype.kind == "f") if check_inputs else 0) + \
+        (sum(p.data.size for p in module.parameters()) if check_params else 0)
+    if values == 0:
+        raise ValueError("gradcheck: nothing to check: " + ("check_inputs and check_params are both False" if not
+                         (check_inputs or check_params) else f"check_inputs={check_inputs} and check_params="
+                         f"{check_params} leave no float input or parameter of {type(module).__name__}"))
 
 
 def check_targets(probe, check_inputs, check_params):
