@@ -82,7 +82,8 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
         A probe passes when |analytic - numeric| <= atol' + rtol * |numeric|, where atol' is ``atol`` plus
         the rounding-noise floor of the finite difference (shown in the report's atol column).
     samples, directions, sampled_directions, locate_samples : int
-        Probe counts (``sampled_directions`` may be 0).
+        Probe counts (``sampled_directions`` may be 0; ``locate_samples`` 0: a failing direction is reported as
+        it is, not located coordinate by coordinate).
     exhaustive_limit, clear_limit : int
         See ``mode``.
     float32 : bool
@@ -100,7 +101,9 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
         When the check fails, name the wrong backward: every submodule is checked alone (in directional mode,
         or the mode given), bottom up, on the very inputs it received in one recorded forward of the model, and
         ``result.culprits`` lists the qualified names (``named_modules()``) of the innermost ones that fail,
-        printed first in the report with their own rows. Nothing extra runs when the check passes.
+        printed first in the report with their own rows. The whole model's failing directions are then not
+        located coordinate by coordinate (the culprits' rows are, at a submodule's cost). Nothing extra runs
+        when the check passes.
 
     Returns
     -------
@@ -119,7 +122,8 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
                    check_inputs=check_inputs, check_params=check_params, executor=executor)
     check_options("gradcheck", options)
     where = locate_mode(locate)
-    result = check_probe(Probe(module, x, seed), type(module).__name__, options, module)
+    whole = dict(options, locate_samples=0) if where else options     # the culprits' rows locate the entries
+    result = check_probe(Probe(module, x, seed), type(module).__name__, whole, module)
     if where and not result.passed:
         def check_alone(sub, inputs):
             return gradcheck(sub, inputs, **dict(options, mode=where, check_inputs=True))
@@ -210,7 +214,7 @@ def check_options(door, options):
     if not eps > 0:
         raise ValueError(f"{door}: eps must be positive, got {eps!r}")
     for name in ("samples", "directions", "locate_samples", "sampled_directions", "exhaustive_limit", "clear_limit"):
-        v, low = options[name], (1 if name in ("samples", "directions", "locate_samples") else 0)
+        v, low = options[name], (1 if name in ("samples", "directions") else 0)
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
             raise ValueError(f"{door}: {name} must be a {'positive' if low else 'non-negative'} int, got {v!r}")
     for name in ("rtol", "atol"):

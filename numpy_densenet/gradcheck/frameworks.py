@@ -43,9 +43,15 @@ def check_torch(fn, *inputs, **options):
     Dropout draws the same mask and a BatchNorm in train mode sees the same running statistics at every probe.
     """
     __tracebackhide__ = True
+    import torch
     options, raise_exception = options_for("check_torch", options)
-    probe = TorchProbe(fn, inputs, options["seed"])
-    return finish(check_probe(probe, name_of(fn), options), raise_exception)
+    states = torch.get_rng_state(), np.random.get_state()
+    try:
+        result = check_probe(TorchProbe(fn, inputs, options["seed"]), name_of(fn), options)
+    finally:
+        torch.set_rng_state(states[0])              # the caller's random states, as if nothing had run
+        np.random.set_state(states[1])
+    return finish(result, raise_exception)
 
 
 def check_jax(fn, *inputs, **options):

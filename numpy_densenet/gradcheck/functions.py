@@ -48,13 +48,18 @@ def check_backward(forward, backward, *inputs, **options):
         One row per checked input, the protocol checks, and a legend; ``print`` it.
 
     The global NumPy random state (``np.random.seed``/``np.random.rand``) is restored before every forward,
-    so a forward drawing a dropout mask from it evaluates the same function at every probe.
+    so a forward drawing a dropout mask from it evaluates the same function at every probe (and after the
+    check, so the caller's draws go on as if nothing had run).
     """
     __tracebackhide__ = True
     options, raise_exception = options_for("check_backward", options)
-    probe = PairProbe(forward, backward, inputs, options["seed"])
-    label = f"{name_of(forward)}/{name_of(backward)}"
-    return finish(check_probe(probe, label, options), raise_exception)
+    state = np.random.get_state()
+    try:
+        probe = PairProbe(forward, backward, inputs, options["seed"])
+        result = check_probe(probe, f"{name_of(forward)}/{name_of(backward)}", options)
+    finally:
+        np.random.set_state(state)                  # the caller's random state, as if nothing had run
+    return finish(result, raise_exception)
 
 
 def name_of(fn):
@@ -271,7 +276,7 @@ class PairProbe(FunctionProbe):
     def vjp(self, cache, douts):
         grads = self.backward_fn(douts[0] if len(douts) == 1 else tuple(douts), cache)
         n, floats = len(self.inputs), self.array_inputs
-        if not isinstance(grads, (tuple, list)):
+        if not isinstance(grads, (tuple, list)) or n == 1 and len(grads) != 1:   # one input: its gradient
             if len(floats) != 1 and n != 1:
                 raise TypeError(f"check_backward: backward returned one {type(grads).__name__} for {n} inputs: "
                                 f"expected a tuple with one gradient per input")
@@ -280,6 +285,7 @@ class PairProbe(FunctionProbe):
             return [grads[i] for i in floats], []
         if len(grads) == len(floats):
             return list(grads), []
-        raise ValueError(f"check_backward: backward returned {len(grads)} gradients for {n} inputs: expected one "
+        raise ValueError(f"check_backward: backward returned {len(grads)} gradients for {n} input"
+                         f"{'s' if n > 1 else ''}: expected one "
                          f"per input (None for an input without a gradient)"
                          + (f", or one per float array input ({len(floats)})" if len(floats) != n else ""))
