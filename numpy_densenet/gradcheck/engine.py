@@ -112,18 +112,17 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
         with its analytic and numeric values, the effective tolerances, the smallest relative error the row
         could detect, and the status, then the protocol checks and a legend.
     """
-    __tracebackhide__ = True            # pytest shows the report, not the engine's frames
+    options = dict(locals())                     # the options, as the front doors take them too
+    for name in ("module", "x", "raise_exception", "locate"):
+        del options[name]
+    __tracebackhide__ = True                     # pytest shows the report, not the engine's frames
     if not isinstance(module, Module):
         raise TypeError(f"gradcheck: module must be a numpy_densenet Module, got {type(module).__name__} (for a "
                         f"NumPy forward/backward pair use check_backward; for PyTorch, check_torch)")
-    options = dict(mode=mode, seed=seed, eps=eps, rtol=rtol, atol=atol, samples=samples, directions=directions,
-                   sampled_directions=sampled_directions, locate_samples=locate_samples,
-                   exhaustive_limit=exhaustive_limit, clear_limit=clear_limit, float32=float32,
-                   check_inputs=check_inputs, check_params=check_params, executor=executor)
     check_options("gradcheck", options)
     where = locate_mode(locate)
     whole = dict(options, locate_samples=0) if where else options     # the culprits' rows locate the entries
-    result = check_probe(Probe(module, x, seed), type(module).__name__, whole, module)
+    result = check_probe(Probe(module, x, seed), type(module).__name__, module, **whole)
     if where and not result.passed:
         def check_alone(sub, inputs):
             return gradcheck(sub, inputs, **dict(options, mode=where, check_inputs=True))
@@ -131,43 +130,41 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
     return finish(result, raise_exception)
 
 
-def check_probe(probe, label, options, module=None):
+def check_probe(probe, label, module=None, *, mode, seed, eps, rtol, atol, samples, directions, sampled_directions,
+                locate_samples, exhaustive_limit, clear_limit, float32, check_inputs, check_params, executor):
     """The decision logic every front door shares: one row per checked tensor in the given mode, the protocol
     checks and the float32 rows of ``probe`` (a :class:`~.probe.BaseProbe`; ``module`` for the float32 copies
-    of a :class:`~.probe.Probe`) -> GradcheckResult, not raised. ``options``: gradcheck's, checked."""
-    mode, seed, eps, rtol, atol = (options[k] for k in ("mode", "seed", "eps", "rtol", "atol"))
-    exhaustive_limit, locate_samples = options["exhaustive_limit"], options["locate_samples"]
-    if options["executor"] is not None:
-        probe.parallel = ParallelLosses(options["executor"], probe)
+    of a :class:`~.probe.Probe`) -> GradcheckResult, not raised. The options are gradcheck's, checked."""
+    if executor is not None:
+        probe.parallel = ParallelLosses(executor, probe)
     result = GradcheckResult(label, mode, eps, seed)
     module_values = (sum(a.size for a in probe.inputs if isinstance(a, np.ndarray))
                      + sum(p.size for _, p in probe.params))
-    if module_values > options["clear_limit"]:
+    if module_values > clear_limit:
         exhaustive_limit = 0            # too costly to probe a tensor coordinate by coordinate
     rng = np.random.default_rng([seed, 1])
-    targets = check_targets(probe, options["check_inputs"], options["check_params"])
-    coordinates = pick_coordinates(probe, targets, mode, options["samples"], eps, rng)
+    targets = check_targets(probe, check_inputs, check_params)
+    coordinates = pick_coordinates(probe, targets, mode, samples, eps, rng)
     for name, array, analytic in targets:
         bad = nonfinite(analytic)
         if bad is not None:
             row = nonfinite_row(probe, name, array, analytic, bad, eps, rtol, atol)
         elif mode == "directional":
-            row = directional_row(probe, name, array, analytic, eps, rtol, atol, options["directions"],
-                                  locate_samples, exhaustive_limit, rng)
+            row = directional_row(probe, name, array, analytic, eps, rtol, atol, directions, locate_samples,
+                                  exhaustive_limit, rng)
         else:
             n = coordinates[name].size
             row = check_coordinates(probe, name, array, analytic, eps, rtol, atol, coordinates[name])
-            if mode == "sampled" and options["sampled_directions"] and n < array.size:
-                other = directional_row(probe, name, array, analytic, eps, rtol, atol,
-                                        options["sampled_directions"], locate_samples, exhaustive_limit, rng,
-                                        clear_kinks=False)
+            if mode == "sampled" and sampled_directions and n < array.size:
+                other = directional_row(probe, name, array, analytic, eps, rtol, atol, sampled_directions,
+                                        locate_samples, exhaustive_limit, rng, clear_kinks=False)
                 row = merge_rows(row, other)
         result.rows.append(row)
     result.reentrant, result.accumulates = probe.reentrant, probe.accumulates
     result.upstream_intact, result.inputs_intact = probe.upstream_intact, probe.inputs_intact
     result.notes += probe.notes
-    if options["float32"]:
-        result.float32_rows = float32_rows(module, probe, options["check_inputs"], options["check_params"])
+    if float32:
+        result.float32_rows = float32_rows(module, probe, check_inputs, check_params)
     return result
 
 

@@ -47,7 +47,7 @@ def check_torch(fn, *inputs, **options):
     options, raise_exception = options_for("check_torch", options)
     states = torch.get_rng_state(), np.random.get_state()
     try:
-        result = check_probe(TorchProbe(fn, inputs, options["seed"]), name_of(fn), options)
+        result = check_probe(TorchProbe(fn, inputs, options["seed"]), name_of(fn), **options)
     finally:
         torch.set_rng_state(states[0])              # the caller's random states, as if nothing had run
         np.random.set_state(states[1])
@@ -77,7 +77,7 @@ def check_jax(fn, *inputs, **options):
     __tracebackhide__ = True
     options, raise_exception = options_for("check_jax", options)
     probe = JaxProbe(fn, inputs, options["seed"])
-    return finish(check_probe(probe, name_of(fn), options), raise_exception)
+    return finish(check_probe(probe, name_of(fn), **options), raise_exception)
 
 
 class Held:

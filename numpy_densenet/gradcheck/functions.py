@@ -56,7 +56,7 @@ def check_backward(forward, backward, *inputs, **options):
     state = np.random.get_state()
     try:
         probe = PairProbe(forward, backward, inputs, options["seed"])
-        result = check_probe(probe, f"{name_of(forward)}/{name_of(backward)}", options)
+        result = check_probe(probe, f"{name_of(forward)}/{name_of(backward)}", **options)
     finally:
         np.random.set_state(state)                  # the caller's random state, as if nothing had run
     return finish(result, raise_exception)
@@ -71,12 +71,14 @@ def name_of(fn):
 
 
 class FunctionProbe(BaseProbe):
-    """The probe of a function of arrays (and of parameters ``params``, for a framework's module).
+    """The probe of a function of arrays (and of parameters ``params``, ``(name, holder)`` pairs, for a
+    framework's module). ``door`` names the front door in errors.
 
-    Subclasses define ``run(args, kwargs, params) -> (outputs, handle)``, the function at ``args`` (a list,
-    the checked inputs as float arrays of one dtype) with parameter values ``params`` (float arrays), its outputs
-    a list of arrays; and ``vjp(handle, douts) -> (input gradients, parameter gradients)``, one per checked
-    input (None: no gradient) and per parameter, as arrays. ``door`` names the front door in errors.
+    Subclasses define ``run(args, params) -> (outputs, handle)``: the function at ``args`` (a list: the float
+    array inputs, indices ``array_inputs``, as fresh arrays of one dtype, the others as given) with parameter
+    values ``params`` (arrays of that dtype); ``outputs`` a list of arrays, ``handle`` what the VJP needs. And
+    ``vjp(handle, douts) -> (input gradients, parameter gradients)``: one per float array input (None: it has
+    no gradient and is not checked) and one per parameter. ``float_inputs`` are the checked ones.
     """
 
     accumulates = None
