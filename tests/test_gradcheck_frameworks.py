@@ -87,6 +87,8 @@ def test_labels_pass_through_and_keywords_name_rows(torch):
     assert result.passed and [r.name for r in result.rows] == ["input"]
     result = check_torch(lambda a, b: (a * b).sum(-1), {"a": torch.randn(3, 2), "b": np.ones((3, 2))})
     assert result.passed and [r.name for r in result.rows] == ["a", "b"]
+    result = check_torch(lambda x: x.max(-1), logits)                       # (values, indices)
+    assert result.passed and "integer outputs left out (no gradient)" in result.notes
 
 
 def test_protocol_bugs_are_named(torch):

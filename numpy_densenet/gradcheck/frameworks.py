@@ -156,8 +156,14 @@ class TorchProbe(FunctionProbe):
         return [(n, p) for n, p in fn.named_parameters() if p.requires_grad] if self.module is not None else []
 
     def checked_outputs(self, out, dtype):
+        """The float outputs, checked (integer ones, such as the indices of ``max(dim)``, carry no gradient)."""
         import torch
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        whole = [o for o in outs if torch.is_tensor(o) and not (o.is_floating_point() or o.is_complex())]
+        if whole and len(whole) < len(outs):
+            outs = [o for o in outs if not any(o is w for w in whole)]
+            if "integer outputs left out (no gradient)" not in self.notes:
+                self.notes.append("integer outputs left out (no gradient)")
         for k, o in enumerate(outs):
             what = f"output {k}" if len(outs) > 1 else "its output"
             if not torch.is_tensor(o):
