@@ -1,7 +1,14 @@
-"""Gradient verification for any Module, from one layer up to a whole DenseNet: :func:`gradcheck`.
+"""Gradient verification for any Module, from one layer up to a whole DenseNet (:func:`gradcheck`), and for
+anyone's code: a NumPy forward/backward pair (:func:`check_backward`), a PyTorch function or module
+(:func:`check_torch`), a JAX function (:func:`check_jax`). One engine, several front doors:
 
 * :mod:`.engine` - :func:`gradcheck`: what is probed, in which mode, and the protocol checks;
-* :mod:`.probe` - the float64 copy of the module, evaluated with its state reset, and the finite-difference steps;
+* :mod:`.probe` - the probe's interface; the float64 copy of the module, evaluated with its state reset; the
+  finite-difference steps;
+* :mod:`.functions` - :func:`check_backward`, and the probe of any function of arrays;
+* :mod:`.frameworks` - :func:`check_torch` and :func:`check_jax` (torch and jax imported only when called);
+* :mod:`.locate` - ``gradcheck(model, x, locate=True)``: the innermost submodules whose own backward fails;
+* :mod:`.strategies` - hypothesis strategies for inputs that break naive checkers (imported on its own);
 * :mod:`.probing` - probes along coordinates and random directions, the kink hull's tie-breaking points;
 * :mod:`.judge` - one probe's verdict (Richardson, kinks) and a tensor's row;
 * :mod:`.float32` - the float32 rows;
@@ -11,8 +18,10 @@
 """
 from .cases import layer_cases, model_cases
 from .engine import MODES, gradcheck
+from .frameworks import check_jax, check_torch
+from .functions import check_backward
 from .parallel import executor_for, one_thread
 from .report import GradcheckError, GradcheckResult, TensorReport
 
-__all__ = ["gradcheck", "GradcheckResult", "GradcheckError", "TensorReport", "MODES", "layer_cases", "model_cases",
-           "executor_for", "one_thread"]
+__all__ = ["gradcheck", "check_backward", "check_torch", "check_jax", "GradcheckResult", "GradcheckError",
+           "TensorReport", "MODES", "layer_cases", "model_cases", "executor_for", "one_thread"]

@@ -23,15 +23,15 @@ def float32_rows(module, probe, check_inputs, check_params):
     of values the computation touches (inputs, output, parameters), atol32 = rtol32 * max(kappa * max|a64|,
     S / (entries * mean|value|)), kappa = S / sum|g y| the cancellation factor of the float64 noise estimate
     (large when the module subtracts large values, as BatchNorm on 1e4 + N(0, 1) does).
+
+    ``module`` None: a function's probe runs its own float32 and float64 copies
+    (``probe.float32_gradients``, in :mod:`.functions`).
     """
-    m32 = copy.deepcopy(module).float()
-    ref = copy.deepcopy(m32).double()            # float32-rounded parameters, held in float64
-    x32 = [a.astype(np.float32) if a.dtype.kind == "f" else a for a in probe.inputs]
-    x64 = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in x32]
-    g32 = probe.g.astype(np.float32)
-    grads32 = _analytic(m32, x32, g32, check_inputs, check_params)
-    grads64 = _analytic(ref, x64, g32.astype(np.float64), check_inputs, check_params, float32_draws=True)
-    k = probe.g.size + sum(a.size for a in probe.inputs if a.dtype.kind == "f") + sum(p.size for _, p in probe.params)
+    if module is None:
+        grads32, grads64 = probe.float32_gradients(check_inputs, check_params)
+    else:
+        grads32, grads64 = module_gradients(module, probe, check_inputs, check_params)
+    k = probe.g.size + sum(probe.inputs[i].size for i in probe.float_inputs) + sum(p.size for _, p in probe.params)
     rtol32 = FLOAT32_FACTOR * EPS32 * math.sqrt(k)
     plain = float(np.nansum(np.abs(probe.g * probe.forward())))
     kappa = max(1.0, probe.size / plain) if plain > 0 else 1.0
@@ -39,6 +39,18 @@ def float32_rows(module, probe, check_inputs, check_params):
         [p.data for _, p in probe.params] if check_params else [])
     return [_row(name, a32, a64, value, rtol32, kappa, probe.size)
             for (name, a32), (_, a64), value in zip(grads32, grads64, values)]
+
+
+def module_gradients(module, probe, check_inputs, check_params):
+    """[(name, gradient)] of a float32 copy of ``module`` and of a float64 copy at the same float32-rounded point."""
+    m32 = copy.deepcopy(module).float()
+    ref = copy.deepcopy(m32).double()            # float32-rounded parameters, held in float64
+    x32 = [a.astype(np.float32) if a.dtype.kind == "f" else a for a in probe.inputs]
+    x64 = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in x32]
+    g32 = probe.g.astype(np.float32)
+    grads32 = _analytic(m32, x32, g32, check_inputs, check_params)
+    grads64 = _analytic(ref, x64, g32.astype(np.float64), check_inputs, check_params, float32_draws=True)
+    return grads32, grads64
 
 
 def _analytic(m, xs, g, check_inputs, check_params, float32_draws=False):

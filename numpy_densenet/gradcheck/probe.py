@@ -1,5 +1,9 @@
-"""The probe: a float64 copy of the module, evaluated at perturbed points with its state reset, and the steps its
-finite differences take."""
+"""The probe: what the engine evaluates and differentiates, and the steps its finite differences take.
+
+:class:`BaseProbe` is the interface every front door's probe implements (a Module here, a NumPy forward/backward
+pair or a PyTorch or JAX function in :mod:`.functions` and :mod:`.frameworks`): the engine, the float32 rows and
+the executors use nothing else. :class:`Probe` is the module's: a float64 copy of the module, evaluated at
+perturbed points with its state reset."""
 from __future__ import annotations
 
 import copy
@@ -29,7 +33,62 @@ class Float32Draws:
         return getattr(self._generator, name)
 
 
-class Probe:
+class BaseProbe:
+    """What the engine needs of a probe, whatever it checks: L = sum(g * f(inputs, params)) at perturbed points,
+    the analytic gradients and the protocol checks.
+
+    A subclass sets, before calling :meth:`start`:
+
+    * ``inputs`` - the call's inputs; the checked ones (indices ``float_inputs``) are float64 arrays that the
+      engine perturbs in place between evaluations;
+    * ``params`` - ``(name, holder)`` pairs, ``holder.data`` a float64 array perturbed in place (``.size``);
+    * ``notes`` (a list) and ``parallel`` (None);
+
+    and defines ``forward(inputs=None)`` (the float64 output at the current values), ``_analytic()`` (sets
+    ``input_grads``, one per checked input, ``param_grads`` and the protocol flags ``reentrant``,
+    ``accumulates`` (None: not applicable), ``upstream_intact``, ``inputs_intact`` (None: not checked)) and
+    ``float32_gradients(check_inputs, check_params)`` (or is a :class:`Probe`, whose module float32.py copies).
+    """
+
+    accumulates = True
+    inputs_intact = None
+
+    def start(self, seed):
+        """Draw the upstream gradient g, evaluate L and the analytic gradients, and bound L's rounding error."""
+        out = self.forward()
+        self.g = np.random.default_rng([seed, 0]).standard_normal(np.shape(out))  # non-uniform upstream grad
+        bad = nonfinite(out)
+        if bad is not None:
+            self.notes.append(f"{bad[0]} in the forward output at {fmt_index(bad[1])}: every numeric "
+                              f"derivative is undefined")
+        self.L0 = self.loss()
+        self._analytic()
+        # S bounds the rounding error of one evaluation of L: the output's own magnitude, plus the magnitude of
+        # the inputs and parameters weighted by their gradients, which is how far the output's rounding can
+        # reach when the module cancels large terms (BatchNorm on 1e4 + N(0, 1) subtracts 1e4 from each input).
+        terms = [np.abs(self.g * out)] + [np.abs(a * self.inputs[i]) for a, i in
+                                          zip(self.input_grads, self.float_inputs)]
+        terms += [np.abs(a * p.data) for a, (_, p) in zip(self.param_grads, self.params)]
+        self.size = float(sum(np.nansum(np.where(np.isfinite(t), t, 0.0)) for t in terms))
+        self.size += abs(self.L0) if math.isfinite(self.L0) else 0.0
+        self.noise = NOISE_FACTOR * EPS64 * (self.size + 1e-300)          # |error of one evaluation of L|
+
+    def loss(self):
+        return float(np.dot(self.g.ravel(), self.forward().ravel()))
+
+    def input_name(self, i):
+        """The row name of input ``i``: "input" when it is the only checked one, else "input[i]"."""
+        return f"input[{i}]" if len(self.float_inputs) > 1 else "input"
+
+    def input_targets(self):
+        for slot, i in enumerate(self.float_inputs):
+            yield self.input_name(i), self.inputs[i], self.input_grads[slot]
+
+    def clear_caches(self):
+        """Drop whatever the last evaluation left behind (before the probe is pickled for an executor)."""
+
+
+class Probe(BaseProbe):
     """Holds the float64 copy of the module and evaluates L = sum(g * module(x)) with state reset."""
 
     def __init__(self, module, x, seed):
@@ -51,23 +110,7 @@ class Probe:
         self.buffers = [(m, name, np.array(getattr(m, name), copy=True))
                         for m in self.module.modules() for name, _ in m.named_buffers(recurse=False)]
 
-        out = self.forward()
-        self.g = np.random.default_rng([seed, 0]).standard_normal(np.shape(out))  # non-uniform upstream grad
-        bad = nonfinite(out)
-        if bad is not None:
-            self.notes.append(f"{bad[0]} in the forward output at {fmt_index(bad[1])}: every numeric "
-                              f"derivative is undefined")
-        self.L0 = self.loss()
-        self._analytic()
-        # S bounds the rounding error of one evaluation of L: the output's own magnitude, plus the magnitude of
-        # the inputs and parameters weighted by their gradients, which is how far the output's rounding can
-        # reach when the module cancels large terms (BatchNorm on 1e4 + N(0, 1) subtracts 1e4 from each input).
-        terms = [np.abs(self.g * out)] + [np.abs(a * self.inputs[i]) for a, i in
-                                          zip(self.input_grads, self.float_inputs)]
-        terms += [np.abs(a * p.data) for a, (_, p) in zip(self.param_grads, self.params)]
-        self.size = float(sum(np.nansum(np.where(np.isfinite(t), t, 0.0)) for t in terms))
-        self.size += abs(self.L0) if math.isfinite(self.L0) else 0.0
-        self.noise = NOISE_FACTOR * EPS64 * (self.size + 1e-300)          # |error of one evaluation of L|
+        self.start(seed)
 
     def _reset(self):
         for (_, g), state in zip(self.generators, self.generator_states):
@@ -81,9 +124,6 @@ class Probe:
         inputs = self.inputs if inputs is None else inputs
         out = self.module(*[a.copy() if a.dtype.kind == "f" else a for a in inputs])
         return np.asarray(out, dtype=np.float64)
-
-    def loss(self):
-        return float(np.dot(self.g.ravel(), self.forward().ravel()))
 
     def _backward(self, g=None, inputs=None):
         """One forward and backward; returns (input grads, param grads, upstream intact, returned view)."""
@@ -129,10 +169,9 @@ class Probe:
                               + ": other consumers of the same gradient would see the corruption")
         self.module.zero_grad()
 
-    def input_targets(self):
-        many = len(self.float_inputs) > 1
-        for slot, i in enumerate(self.float_inputs):
-            yield (f"input[{i}]" if many else "input"), self.inputs[i], self.input_grads[slot]
+    def clear_caches(self):
+        for m in self.module.modules():
+            m.clear_cache()
 
 
 def close(a, b):
