@@ -16,6 +16,10 @@ anyone's code: a NumPy forward/backward pair (:func:`check_backward`), a PyTorch
 * :mod:`.parallel` - the probes on any ``concurrent.futures`` executor;
 * :mod:`.cases` - the layer and model cases ``numpy-densenet gradcheck`` checks.
 """
+import inspect
+import sys
+import types
+
 from .cases import layer_cases, model_cases
 from .engine import MODES, gradcheck
 from .frameworks import check_jax, check_torch
@@ -25,3 +29,16 @@ from .report import GradcheckError, GradcheckResult, TensorReport
 
 __all__ = ["gradcheck", "check_backward", "check_torch", "check_jax", "GradcheckResult", "GradcheckError",
            "TensorReport", "MODES", "layer_cases", "model_cases", "executor_for", "one_thread"]
+
+
+class _CallablePackage(types.ModuleType):
+    """``numpy_densenet.gradcheck`` is this package *and* the function: ``numpy_densenet.gradcheck(model, x)``
+    calls :func:`gradcheck`, while ``numpy_densenet.gradcheck.check_torch`` and the submodules stay reachable."""
+
+    def __call__(self, *args, **kwargs):
+        __tracebackhide__ = True                 # pytest shows the report, not this frame
+        return gradcheck(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
+__signature__ = inspect.signature(gradcheck)
