@@ -46,10 +46,14 @@ class ReLU(plain.ReLU):
         self._cache = saved(y)
         return y
 
-    def backward(self, dout):
+    def backward(self, dout, out=None):
+        """dout -> dx, written into ``out`` if given: an array of dout's shape and dtype, which may be dout."""
         y = take_cache(self)
         dout = check_grad(self, dout, y.shape, y.dtype)
-        dx = np.empty_like(y)
+        if out is not None and (out.shape != y.shape or out.dtype != y.dtype):
+            raise ValueError(f"ReLU.backward: out must be an array of shape {y.shape} and dtype {y.dtype}, "
+                             f"got {out.shape} {out.dtype}")
+        dx = np.empty_like(y) if out is None else out
         elementwise(lambda d, y_, dx_: np.multiply(d, y_ > 0, out=dx_), dout, y, dx)
         return dx
 
