@@ -220,3 +220,22 @@ def test_im2col_in_chunks_of_images_equals_one_patch_matrix(conv, threads, monke
         results.append((y, layer.backward(d), layer.weight.grad.copy(), layer.bias.grad.copy()))
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inplace_relu_keeps_where_its_output_is_positive_not_the_output(dtype, contiguous):
+    import weakref
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 4, 5, 6)).astype(dtype)
+    x[rng.random(x.shape) < 0.2] = 0                                    # exact zeros: the gradient there is 0
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    plain, quick = nn.ReLU(inplace=True), fast.ReLU(inplace=True)
+    view = (lambda a: a.transpose(1, 0, 2, 3)) if not contiguous else (lambda a: a)
+    expected = plain(view(x.copy())).copy()
+    own = view(x.copy())
+    alive = weakref.ref(own.base if own.base is not None else own)
+    np.testing.assert_array_equal(quick(own), expected)
+    del own                                                             # the caller lets its output go ...
+    assert alive() is None                                              # ... and the layer does not hold it
+    np.testing.assert_array_equal(quick.backward(view(dy)), plain.backward(view(dy)))

@@ -12,7 +12,7 @@ import numpy as np
 from ..nn import norm as plain
 from ..nn.checks import check_grad, check_input, take_cache
 from ..nn.module import saved
-from .activation import relu_into
+from .activation import relu_backward, relu_into
 from .layout import ChannelMajor
 from .threads import MIN_ELEMENTS_TO_SPLIT, get_num_threads, parallel_for
 
@@ -134,11 +134,11 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
 
         def prepare(c):                                                      # channels c: cache-sized
             if y2 is not None:                                               # ReLU backward if fused: (c, m)
-                dy = dout2[c] * (y2[c] > 0)
+                dy = relu_backward(dout2[c], y2[c], np.empty_like(y2[c]))
             elif mask is not None:                                           # y again, as forward computed it
                 v = x2[c] * mask[0][c, None]
                 v += mask[1][c, None]
-                dy = dout2[c] * (v > 0)
+                dy = relu_backward(dout2[c], v, v)
             else:
                 dy = dout2[c]
             return dy, x2[c] - mean_x[c, None]                               # and x - mean, (c, m)
