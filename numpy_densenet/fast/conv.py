@@ -237,12 +237,8 @@ class Conv2d(ChannelMajor, plain.Conv2d):
         chunks = image_chunks(N, w2.shape[1] * Ho * Wo, IM2COL_CHUNK_ELEMENTS)
         geometry = (self.kernel_size, self.stride, self.padding, self.dilation)
 
-        def images(n):                                                       # images n
-            cols = im2col(x[:, n], *geometry)                               # (C*kh*kw, n*Ho*Wo)
-            if len(chunks) == 1:
-                matmul(w2, cols, out=y.reshape(O, -1))
-            else:
-                y[:, n] = matmul(w2, cols).reshape(O, -1, Ho, Wo)
+        def images(n):                                                       # images n: columns of y's (O, N*Ho*Wo)
+            matmul(w2, im2col(x[:, n], *geometry), out=y.reshape(O, -1)[:, n.start * Ho * Wo:n.stop * Ho * Wo])
 
         _chunkwise(images, chunks)
         return y
@@ -256,10 +252,11 @@ class Conv2d(ChannelMajor, plain.Conv2d):
         w2 = self.weight.data.reshape(O, -1)                                 # (O, C*kh*kw)
         dx = np.empty(x.shape, dtype=x.dtype) if out is None else out
         geometry = (self.kernel_size, self.stride, self.padding, self.dilation)
+        dout2 = dout.reshape(O, -1)                                          # (O, N*Ho*Wo)
 
         def images(n):                                                       # images n
             cols = im2col(x[:, n], *geometry)                               # (C*kh*kw, n*Ho*Wo)
-            d2 = dout[:, n].reshape(O, -1)                                   # (O, n*Ho*Wo)
+            d2 = dout2[:, n.start * Ho * Wo:n.stop * Ho * Wo]                # (O, n*Ho*Wo), its columns
             # dW = d2 @ cols.T, computed as (cols @ d2.T).T: OpenBLAS runs this long-K product ~3x faster so.
             dW = matmul(cols, d2.T, split_inner=True)                        # this chunk's: (C*kh*kw, O)
             dx[:, n] = col2im(matmul(w2.T, d2), (C, n.stop - n.start, H, W), *geometry)
