@@ -78,6 +78,8 @@ targets = "0.90,0.92,0.93"  # validation accuracies whose time is reported
 limit = 0                   # >0: train on this many (seeded random) training images only (smoke runs)
 eval_limit = 0              # >0 with --limit: this many test images
 json_out = ""               # write everything to this JSON file
+numpy_out = ""              # the numpy run's output folder (metrics.jsonl, curves.png, ...; the last round's
+                            # run); "": a temporary one
 timeout = 4 * 3600          # seconds per worker process (a run past it is an error)
 budget = ""                 # "": every run does all its epochs; "first": a run stops after the epoch at which
                             # it has taken as long as the round's first run took in all (time to accuracy is then
@@ -86,7 +88,7 @@ budget = ""                 # "": every run does all its epochs; "first": a run 
 
 SETTINGS = ("dataset", "data_dir", "model", "depth", "growth_rate", "epochs", "batch_size", "lr", "momentum",
             "weight_decay", "schedule", "augment", "val_fraction", "seed", "threads", "libs", "rounds", "torch_init",
-            "targets", "limit", "eval_limit", "json_out", "timeout", "budget")
+            "targets", "limit", "eval_limit", "json_out", "timeout", "budget", "numpy_out")
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAG = "@@tta "                # worker -> parent lines
 
@@ -141,7 +143,8 @@ def numpy_worker(spec, clock):
                       depth=spec["depth"], growth_rate=spec["growth_rate"], epochs=spec["epochs"],
                       batch_size=spec["batch_size"], lr=spec["lr"], momentum=spec["momentum"],
                       weight_decay=spec["weight_decay"], schedule=spec["schedule"], augment=spec["augment"],
-                      seed=spec["seed"], out=os.path.join(spec["tmp"], "numpy_run"), val_fraction=spec["val_fraction"])
+                      seed=spec["seed"], out=spec["numpy_out"] or os.path.join(spec["tmp"], "numpy_run"),
+                      val_fraction=spec["val_fraction"])
     holder = {}
 
     def on_step(run):
@@ -452,6 +455,7 @@ def main(argv=None):
     results = []
     with tempfile.TemporaryDirectory(prefix="tta-") as tmp:
         spec = {name: getattr(a, name) for name in SETTINGS}
+        spec["numpy_out"] = os.path.abspath(a.numpy_out) if a.numpy_out else ""
         if a.limit:
             spec.update(dataset="npz", data_dir=limited_npz(a, tmp))
         for rnd in range(a.rounds):
