@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from numpy_densenet import gradcheck, nn
+from numpy_densenet import fast, gradcheck, nn
 from numpy_densenet.nn.module import Module
 
 MODES = ("full", "sampled", "directional")
@@ -340,6 +340,45 @@ class MaxPoolDoubledAtTies(nn.MaxPool2d):
 
     def backward(self, dout):
         return super().backward(dout * np.where(self._tied, 2.0, 1.0))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tie_convention_first_requires_pytorchs_first_maximum(mode):
+    """tie_convention="first": any valid subgradient is no longer enough at a tie; the gradient must go to the
+    first maximum, as PyTorch routes it (the checker-level counterpart of the parity tests)."""
+    x = _relu_output((1, 2, 6, 6), 3)
+    assert gradcheck(MaxPoolLastTie(2), x, mode=mode).passed
+    result = gradcheck(MaxPoolLastTie(2), x, mode=mode, tie_convention="first")
+    assert failing(result) == {"input"}, result.table()
+    assert "tie_convention='first'" in row(result, "input").note, result.table()
+    for pool in (nn.MaxPool2d(2), nn.MaxPool2d(3, 2, 1), fast.MaxPool2d(2), fast.MaxPool2d(3, 2, 1)):
+        result = gradcheck(pool, x, mode=mode, tie_convention="first")
+        assert result.passed, result.table()
+
+
+def test_tie_convention_is_validated():
+    with pytest.raises(ValueError, match="tie_convention must be one of"):
+        gradcheck(nn.ReLU(), np.ones((2, 2)), tie_convention="last")
+
+
+def _symmetric_integers(seed):
+    """Integer BatchNorm inputs whose batch mean is exactly 0: the BN output is exactly 0 at every tied 0."""
+    x = _rng(seed).integers(-2, 3, (3, 2, 3, 3)).astype(np.float64)
+    return np.concatenate([x, -x])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("mode", MODES)
+def test_batchnorm_then_relu_at_tied_exact_zeros_passes(mode, seed):
+    """A BatchNorm ignores a uniform shift of its input, so tie-breaking points that move every coordinate the
+    same way leave its tied zeros at the ReLU's kink; the points that move the tied entries only do not."""
+    x = _symmetric_integers(seed)
+    for module in (fast.BatchNormReLU2d(2, dtype=F64), nn.Sequential(nn.BatchNorm2d(2, dtype=F64), nn.ReLU())):
+        result = gradcheck(module, x, mode=mode, seed=seed)
+        assert result.passed, result.table()
+        assert row(result, "input").kinks > 0, result.table()
+    wrong = nn.Sequential(nn.BatchNorm2d(2, dtype=F64), ReLUTwiceAtZero())
+    assert "input" in failing(gradcheck(wrong, x, mode=mode, seed=seed))
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -46,11 +46,12 @@ from .probing import check_coordinates, coordinate_requests, directional_row, me
 from .report import GradcheckError, GradcheckResult
 
 MODES = ("full", "sampled", "directional")
+TIE_CONVENTIONS = ("any", "first")
 
 
 def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8, samples=16, directions=3,
               sampled_directions=1, locate_samples=64, exhaustive_limit=4096, clear_limit=20000, float32=False,
-              raise_exception=False, check_inputs=True, check_params=True, executor=None):
+              raise_exception=False, check_inputs=True, check_params=True, executor=None, tie_convention="any"):
     """Check ``module.backward`` against central finite differences in float64.
 
     Parameters
@@ -89,6 +90,12 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
         Raise :class:`GradcheckError` (with the report) instead of returning a failed result.
     check_inputs, check_params : bool
         Which gradients to check.
+    tie_convention : {"any", "first"}
+        At tied values of a checked tensor, ``"any"`` accepts any valid subgradient (the gradient sent to any of
+        tied maxima, or shared between them); ``"first"`` also requires PyTorch's choice: the value where every
+        tie breaks towards the first element in index order (the first maximum of a max-pooling window). Applied
+        to coordinate probes (modes full and sampled, and directional mode's coordinate pass); behind a layer
+        that couples the entries (a BatchNorm before a ReLU) ties are not broken by index, so keep "any" there.
     executor : concurrent.futures.Executor, optional
         Evaluate the perturbed losses on this executor's workers (a process pool, loky, Dask's
         ``Client.get_executor()``; see :mod:`numpy_densenet.gradcheck.parallel`), in coarse tasks, each worker on
@@ -104,7 +111,10 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
     check_options(module, mode, eps, rtol, atol, samples=samples, directions=directions,
                   locate_samples=locate_samples, sampled_directions=sampled_directions,
                   exhaustive_limit=exhaustive_limit, clear_limit=clear_limit)
+    if tie_convention not in TIE_CONVENTIONS:
+        raise ValueError(f"gradcheck: tie_convention must be one of {TIE_CONVENTIONS}, got {tie_convention!r}")
     probe = Probe(module, x, seed)
+    probe.tie_convention = tie_convention
     if executor is not None:
         probe.parallel = ParallelLosses(executor, probe)
     result = GradcheckResult(type(module).__name__, mode, eps, seed)

@@ -44,6 +44,7 @@ class Probe:
         self.params = list(self.module.named_parameters())
         self.notes = []
         self.parallel = None                        # parallel.ParallelLosses when given an executor
+        self.tie_convention = "any"                 # or "first": see gradcheck's tie_convention
         # Everything forward may change is saved once and restored before each evaluation.
         self.generators = [(m, m.generator) for m in self.module.modules()
                            if isinstance(getattr(m, "generator", None), np.random.Generator)]
