@@ -7,12 +7,13 @@
 * :mod:`.float32` - the float32 rows;
 * :mod:`.report` - :class:`GradcheckResult`, its rows and its table;
 * :mod:`.parallel` - the probes on any ``concurrent.futures`` executor;
-* :mod:`.cases` - the layer and model cases ``numpy-densenet gradcheck`` checks.
+* :mod:`.cases` - the layer and model cases ``numpy-densenet gradcheck`` checks, from covering designs over each
+  layer's options.
 """
-from .cases import layer_cases, model_cases
+from .cases import Case, large_cases, layer_cases, model_cases, pairwise, run_case
 from .engine import MODES, gradcheck
 from .parallel import executor_for, one_thread
 from .report import GradcheckError, GradcheckResult, TensorReport
 
-__all__ = ["gradcheck", "GradcheckResult", "GradcheckError", "TensorReport", "MODES", "layer_cases", "model_cases",
-           "executor_for", "one_thread"]
+__all__ = ["gradcheck", "GradcheckResult", "GradcheckError", "TensorReport", "MODES", "Case", "pairwise", "layer_cases",
+           "large_cases", "model_cases", "run_case", "executor_for", "one_thread"]
