@@ -170,7 +170,8 @@ def test_large_cases_are_above_the_sizes_where_the_fast_tier_splits_its_work():
             row = case.x[:, :, kh - 1]                    # every window's maximum: its last row, rightmost column
             assert (case.x.max(axis=2) == row).all() and (np.diff(row, axis=-1) > 0).all()
         else:
-            assert case.x.size >= MIN_ELEMENTS_TO_SPLIT and case.x.size > 1 << 16, label
+            assert case.x.size > MIN_ELEMENTS_TO_SPLIT, label     # two element-wise pieces (of 2**18), and
+            assert case.x.size > 1 << 16, label                   # several of the fast ReLU's 2**16 zeros
 
 
 def test_the_command_line_checks_every_layer_case_and_passes(capsys):
@@ -188,7 +189,7 @@ def test_thorough_adds_a_dense_block_whose_adds_are_split_between_threads():
     default, thorough = (model_cases(np.random.default_rng(0), thorough=t) for t in (False, True))
     (extra,) = thorough[len(default):]
     assert [c.label for c in thorough[:len(default)]] == [c.label for c in default]
-    assert extra.x.size >= MIN_ELEMENTS_TO_SPLIT and extra.threads == 2
+    assert extra.x.size > MIN_ELEMENTS_TO_SPLIT and extra.threads == 2     # its first layer's input: 2 pieces
     assert run_case(extra).passed
 
 

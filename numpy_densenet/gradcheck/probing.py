@@ -2,6 +2,7 @@
 the kink hull, and locating the wrong coordinates after a failed direction."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -48,6 +49,35 @@ def tied(array):
     return mask.reshape(array.shape)
 
 
+MAX_TIE_GROUPS = 8          # hull points move at most this many groups of tied entries, the largest first
+
+
+def tie_groups(array):
+    """Boolean masks, array's shape, of the groups of entries sharing one value (at least two entries each): the
+    largest MAX_TIE_GROUPS groups, largest first (then by first occurrence)."""
+    values, first, inverse, counts = np.unique(array.ravel(), return_index=True, return_inverse=True,
+                                               return_counts=True)
+    order = sorted((g for g in range(values.size) if counts[g] > 1), key=lambda g: (-counts[g], first[g]))
+    return [(inverse == g).reshape(array.shape) for g in order[:MAX_TIE_GROUPS]]
+
+
+def axis_patterns(shape):
+    """Sign patterns that depend on one axis of ``shape`` (one per index along it), non-constant: every one for an
+    axis of at most 3 entries, else three seeded ones and their negatives. Each is broadcastable to ``shape``."""
+    patterns = []
+    for axis, n in enumerate(shape):
+        if n < 2:
+            continue
+        if n <= 3:
+            signs = [np.array(bits) for bits in itertools.product((-1.0, 1.0), repeat=n) if len(set(bits)) > 1]
+        else:
+            rng = np.random.default_rng([n, axis])
+            drawn = [np.where(np.arange(n) == k % n, -1.0, 1.0) * rng.choice((-1.0, 1.0), n) for k in range(3)]
+            signs = [s for d in drawn for s in (d, -d) if len(set(s)) > 1]
+        patterns += [s.reshape([n if a == axis else 1 for a in range(len(shape))]) for s in signs]
+    return patterns
+
+
 def _slopes_at(probe, array, idx, step, push, sweep):
     """A hull point: the one-sided slopes along coordinate ``idx`` (moves of +-``sweep`` steps) at
     ``array + push``; ``array`` is restored."""
@@ -69,19 +99,18 @@ def _tie_break_points(probe, array, flat, step, steps):
     """Hull points for coordinate ``flat``: the other coordinates of the same tensor moved by one step of their
     own, earlier ones up and later ones down (so that ties break towards the first element, as PyTorch's max
     pooling does, and values at a kink fall to one side) and the mirror image; at each, the one-sided slopes
-    along the coordinate with half a step. When the tensor has exact ties, two more: every tied entry (this
-    one too) a step down, and a step up, the others left alone. A layer that ignores a uniform shift (a
-    BatchNorm before a ReLU) undoes the first two on tied values at its kink, but not these."""
+    along the coordinate with half a step. When the tensor has exact ties, two more per group of tied entries
+    (:func:`tie_groups`): the group (this entry too, if in it) a step down, and a step up, the others left alone.
+    A layer that ignores a uniform shift (a BatchNorm before a ReLU) undoes the first two on tied values at its
+    kink, but not these."""
     idx = np.unravel_index(int(flat), array.shape)
     order = np.arange(array.size).reshape(array.shape)
     steps = steps.reshape(array.shape)
     push = np.where(order < flat, 1.0, -1.0) * steps
     push[idx] = 0.0
     points = [_slopes_at(probe, array, idx, step, push, 0.5), _slopes_at(probe, array, idx, step, -push, 0.5)]
-    ties = tied(array)
-    if ties.any():
-        points += [_slopes_at(probe, array, idx, step, sign * np.where(ties, steps, 0.0), 0.25)
-                   for sign in (-1.0, 1.0)]
+    points += [_slopes_at(probe, array, idx, step, sign * np.where(group, steps, 0.0), 0.25)
+               for group in tie_groups(array) for sign in (-1.0, 1.0)]
     return points
 
 
@@ -173,9 +202,11 @@ def _directional_probes(probe, array, analytic, eps, count, rng):
 def _direction_hull_points(probe, array, d, steps, eps):
     """Hull points for a direction d: the slopes along d at four tie-breaking perturbations of the whole
     tensor (earlier coordinates raised and later ones lowered, by up to a step; the mirror image; everything
-    a step down; everything a step up), and, when the tensor has exact ties, every tied entry a step down and a
-    step up (the others left alone: a layer that ignores a uniform shift cannot undo these), measured with
-    moves small enough not to undo the tie-breaking."""
+    a step down; everything a step up), and, for each group of tied entries (:func:`tie_groups`), the group a step
+    down and a step up (the others left alone: a layer that ignores a uniform shift cannot undo these) and the
+    group moved by sign patterns along one axis (:func:`axis_patterns`: a BatchNorm's channels with weights of
+    either sign need their tied zeros moved each its own way), measured with moves small enough not to undo the
+    tie-breaking."""
     original = array.copy()
     n = array.size
     order = (np.arange(n, dtype=np.float64).reshape(array.shape) + 0.5) / n
@@ -197,10 +228,8 @@ def _direction_hull_points(probe, array, d, steps, eps):
         return slopes
 
     points = [point(rank), point(-rank), point(-steps), point(steps)]
-    ties = tied(array)
-    if ties.any():
-        points += [point(-np.where(ties, steps, 0.0)), point(np.where(ties, steps, 0.0))]
-    return points
+    signs = [-1.0, 1.0] + axis_patterns(array.shape)
+    return points + [point(sign * np.where(group, steps, 0.0)) for group in tie_groups(array) for sign in signs]
 
 
 class _LazyDirectionPoints:
