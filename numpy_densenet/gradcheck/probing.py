@@ -71,8 +71,7 @@ def axis_patterns(shape):
         if n <= 3:
             signs = [np.array(bits) for bits in itertools.product((-1.0, 1.0), repeat=n) if len(set(bits)) > 1]
         else:
-            rng = np.random.default_rng([n, axis])
-            drawn = [np.where(np.arange(n) == k % n, -1.0, 1.0) * rng.choice((-1.0, 1.0), n) for k in range(3)]
+            drawn = np.random.default_rng([n, axis]).choice((-1.0, 1.0), (3, n))
             signs = [s for d in drawn for s in (d, -d) if len(set(s)) > 1]
         patterns += [s.reshape([n if a == axis else 1 for a in range(len(shape))]) for s in signs]
     return patterns
