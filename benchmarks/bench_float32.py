@@ -56,6 +56,7 @@ def layers(pkg, rng, large):
     """(name, module, input shape) of every layer of both tiers; ``large``: the shapes of large reductions."""
     nn, fast = pkg.nn, pkg.fast
     img = (64, 2, 32, 32) if large else (4, 3, 6, 6)
+    logits = (8, 1000) if large else (5, 4)
     C = img[1]
     out = []
     for tier, t in (("plain", nn), ("fast", fast)):
@@ -66,8 +67,8 @@ def layers(pkg, rng, large):
             (f"{tier} BatchNorm2d eval", _bn(t.BatchNorm2d, C, rng, False), img),
             (f"{tier} ReLU", t.ReLU(), img),
             (f"{tier} MaxPool2d 3 stride 2 pad 1", t.MaxPool2d(3, 2, 1), img),
-            (f"{tier} AvgPool2d 3 stride 2 pad 1, count_include_pad=False", t.AvgPool2d(3, 2, 1, count_include_pad=False),
-             img),
+            (f"{tier} AvgPool2d 3 stride 2 pad 1, count_include_pad=False",
+             t.AvgPool2d(3, 2, 1, count_include_pad=False), img),
             (f"{tier} AdaptiveAvgPool2d (2, 3)", t.AdaptiveAvgPool2d((2, 3)), img),
             (f"{tier} AdaptiveAvgPool2d 1", t.AdaptiveAvgPool2d(1), (2, 3, 128, 128) if large else img),
             (f"{tier} Linear", t.Linear(2048 if large else 6, 4, generator=rng), (256, 2048) if large else (5, 6)),
@@ -79,8 +80,8 @@ def layers(pkg, rng, large):
         ("fast BatchNormReLU2d train", _bn(fast.BatchNormReLU2d, C, rng), img),
         ("fast BatchNormReLU2d eval", _bn(fast.BatchNormReLU2d, C, rng, False), img),
         ("Dropout 0.3", nn.Dropout(0.3, seed=int(rng.integers(100))), img),
-        ("CrossEntropyLoss, label smoothing 0.1", nn.CrossEntropyLoss(label_smoothing=0.1), (8, 1000) if large else (5, 4)),
-        ("CrossEntropyLoss, reduction sum", nn.CrossEntropyLoss(reduction="sum"), (8, 1000) if large else (5, 4)),
+        ("CrossEntropyLoss, label smoothing 0.1", nn.CrossEntropyLoss(label_smoothing=0.1), logits),
+        ("CrossEntropyLoss, reduction sum", nn.CrossEntropyLoss(reduction="sum"), logits),
     ]
     return out
 

@@ -569,16 +569,16 @@ STUDY_OPERATORS = [
      "return dxp[:, :, pw:pw + H, pw:pw + W", 1),
     ("asymmetric padding", "fast/pooling.py", "fast MaxPool2d crops the rows at pw", "dtype)[:, :, " + CROP,
      "dtype)[:, :, pw:pw + H, pw:pw + W", 0),
-    ("asymmetric padding", "fast/pooling.py", "fast AvgPool2d crops the rows at pw", "ascontiguousarray(dxp[:, :, " + CROP,
-     "ascontiguousarray(dxp[:, :, pw:pw + H, pw:pw + W", 0),
+    ("asymmetric padding", "fast/pooling.py", "fast AvgPool2d crops the rows at pw",
+     "ascontiguousarray(dxp[:, :, " + CROP, "ascontiguousarray(dxp[:, :, pw:pw + H, pw:pw + W", 0),
     ("dilation", "fast/conv.py", "col2im adds back without dilation", "window_slices(i, j, (Ho, Wo), stride, dilation)",
      "window_slices(i, j, (Ho, Wo), stride, (1, 1))", 1),
     ("dilation", "nn/conv.py", "col2im starts kernel row i at i * dw", "rows = slice(i * dh, i * dh + sh",
      "rows = slice(i * dw, i * dw + sh", 1),
     ("stride", "fast/pooling.py", "the stride phases interleaved back transposed", "dxp[:, :, a::sh, b::sw] = d",
      "dxp[:, :, b::sh, a::sw] = d", 0),
-    ("split offset", "fast/densenet.py", "a layer's input gradient added one channel up", "add_into(grad[:start], dinput)",
-     "add_into(grad[1:start + 1], dinput)", 0),
+    ("split offset", "fast/densenet.py", "a layer's input gradient added one channel up",
+     "add_into(grad[:start], dinput)", "add_into(grad[1:start + 1], dinput)", 0),
     ("split offset", "fast/densenet.py", "a layer reads the gradient one channel down",
      "backward_cnhw(grad[start:stop], shared[:start])", "backward_cnhw(grad[start - 1:stop - 1], shared[:start])", 0),
     ("split offset", "fast/densenet.py", "the block returns the channels from 1", "return grad[:self.offsets[1]]",
@@ -590,7 +590,8 @@ STUDY_OPERATORS = [
     ("Bessel's correction", "fast/norm.py", "the mean path divided by M - 1", "a[c] * dbeta / M)",
      "a[c] * dbeta / (M - 1))", 0),
     ("eval BN with batch statistics", "nn/norm.py", "eval mode backward by the batch formula",
-     "self.running_mean, self.running_var, None", "self.running_mean, self.running_var, x.size // self.num_features", 0),
+     "self.running_mean, self.running_var, None",
+     "self.running_mean, self.running_var, x.size // self.num_features", 0),
     ("eval BN with batch statistics", "fast/norm.py", "eval mode backward by the batch formula",
      "self.running_mean, self.running_var, None", "self.running_mean, self.running_var, M", 0),
     ("thread chunk", "fast/conv.py", "col2im: every chunk adds the first chunk's images",
@@ -606,7 +607,7 @@ STUDY_OPERATORS = [
     ("thread chunk", "fast/norm.py", "every block's dx written into the first block", "out=dx[c])",
      "out=dx[:c.stop - c.start])", 0),
     ("thread chunk", "fast/threads.py", "element-wise pieces all written into the first piece",
-     "function(*(f[s] for f in flat))", "function(*(f[s] for f in flat[:-1]), flat[-1][:f[s].size])", 0),
+     "function(*(f[s] for f in flat))", "function(*(f[s] for f in flat[:-1]), flat[-1][:flat[0][s].size])", 0),
     ("in-place upstream gradient", "nn/activation.py", "ReLU masks its upstream gradient in place",
      "return dout * (y > 0)", "return np.multiply(dout, y > 0, out=dout)", 0),
     ("in-place upstream gradient", "fast/activation.py", "fast ReLU masks its upstream gradient in place",
@@ -635,7 +636,8 @@ STUDY_OPERATORS = [
     ("an option's branch", "fast/densenet.py", "the fast dense layer's backward skips its dropout",
      "d = swap01(self.dropout.backward(swap01(dnew))) if self.drop_rate > 0 else dnew", "d = dnew", 0),
     ("an option's branch", "nn/pooling.py", "AvgPool2d backward ignores count_include_pad=False",
-     "share = dout / self.divisor(H, W, dtype)", "share = dout / dtype.type(self.kernel_size[0] * self.kernel_size[1])", 0),
+     "share = dout / self.divisor(H, W, dtype)",
+     "share = dout / dtype.type(self.kernel_size[0] * self.kernel_size[1])", 0),
     ("an option's branch", "fast/pooling.py", "fast AvgPool2d backward ignores count_include_pad=False",
      "share = dout / divisor", "share = dout / dtype.type(self.kernel_size[0] * self.kernel_size[1])", 0),
     ("an option's branch", "nn/pooling.py", "AdaptiveAvgPool2d backward assumes divisible sizes",
@@ -771,7 +773,8 @@ def test_suite_verdict(tmp, mutated_file, timeout):
         except subprocess.TimeoutExpired:
             return "caught", "timeout", time.perf_counter() - start
         if proc.returncode != 0:
-            failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+            failed = [line.split(" - ")[0] for line in proc.stdout.splitlines()
+                      if line.startswith(("FAILED ", "ERROR ")) and "::" in line]
             return "caught", (failed or proc.stdout.strip().splitlines()[-1:] or [""])[0], time.perf_counter() - start
     return "passed", "", time.perf_counter() - start
 

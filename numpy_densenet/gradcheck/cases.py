@@ -215,8 +215,8 @@ def _dense_layer(rng, tier, bn_size, drop_rate, train, memory_efficient):
 
 def _dense_block(rng, tier, bn_size, drop_rate, train, memory_efficient):
     kwargs = {} if tier == "plain" else {"memory_efficient": memory_efficient}
-    block = _tier_model(tier).DenseBlock(2, 3, 2, bn_size, drop_rate, rng=np.random.default_rng(int(rng.integers(1000))),
-                                         **kwargs)
+    seed = int(rng.integers(1000))
+    block = _tier_model(tier).DenseBlock(2, 3, 2, bn_size, drop_rate, rng=np.random.default_rng(seed), **kwargs)
     return block.train(train), rng.standard_normal((2, 3, 4, 4))
 
 
