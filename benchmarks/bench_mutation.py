@@ -739,11 +739,12 @@ def default_behaviours(pkg, case_list):
 
 
 def default_case_verdict(pkg, case_list, applicable, timeout):
-    """"caught" if a default case whose behaviour the mutant changed fails its check (as the command line runs
-    it, with float32=True) or raises; else "passed". Also the label of the case that caught it."""
+    """"caught" if a default case whose behaviour the mutant changed (any, for ``applicable`` None) fails its
+    check (as the command line runs it, with float32=True) or raises; else "passed". Also the label of the case
+    that caught it."""
     run_case = sys.modules[PACKAGE + ".gradcheck.cases"].run_case
     for mode, case in case_list:
-        if case.label not in applicable:
+        if applicable is not None and case.label not in applicable:
             continue
         signal.signal(signal.SIGALRM, _alarm)
         signal.alarm(timeout)
@@ -937,7 +938,8 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layers", default="", help="comma-separated class names (default: every class)")
     p.add_argument("--modes", default="full,sampled,directional,torch",
-                   help="oracles: gradcheck modes and 'torch' (skipped when PyTorch is missing)")
+                   help="oracles: gradcheck modes, 'torch' (skipped when PyTorch is missing) and 'default' (the "
+                        "package's default cases, as in --study)")
     p.add_argument("--trials", type=int, default=40, help="random correct-layer cases for the false alarms")
     p.add_argument("--tie-trials", type=int, default=20,
                    help="BatchNorm -> ReLU cases at tied exact zeros added to the false alarms (after --trials)")
@@ -1029,10 +1031,12 @@ def main():
                 rec.update(status="valid", error=worst, cases=[c[0] for c in applicable])
                 verdicts = {m: "passed" for m in modes}
                 for label, module, x, _ in applicable:      # an oracle that caught it skips the other cases
-                    pending = [m for m in modes if verdicts[m] == "passed"]
+                    pending = [m for m in modes if verdicts[m] == "passed" and m != "default"]
                     if not pending:
                         break
                     verdicts.update(oracle_verdicts(mpkg, module, x, pending, a.timeout))
+                if "default" in modes:                      # the package's own default cases, all of them
+                    verdicts["default"] = default_case_verdict(mpkg, default_cases(mpkg), None, a.timeout)[0]
                 rec["verdicts"] = verdicts
             records.append(rec)
             with open(path, "w") as f:
@@ -1051,11 +1055,16 @@ def main():
             kind, module, x = random_case(pkg, rng) if t < a.trials else bn_relu_tie_case(pkg, t - a.trials)
             kinds[kind] = kinds.get(kind, 0) + 1
             details = {}
-            for mode, v in oracle_verdicts(pkg, module, x, modes, a.timeout, details).items():
+            for mode, v in oracle_verdicts(pkg, module, x, [m for m in modes if m != "default"], a.timeout,
+                                           details).items():
                 if v != "passed":
                     alarms[mode].append(dict(trial=t, kind=kind, verdict=v, module=repr(module),
                                              detail=details.get(mode, "")))
                     print(f"false alarm, {mode}, trial {t} ({kind}):\n{details.get(mode, '')}", flush=True)
+        if "default" in modes:                              # the default cases themselves, on the correct code
+            verdict, label = default_case_verdict(pkg, default_cases(pkg), None, a.timeout)
+            if verdict != "passed":
+                alarms["default"].append(dict(trial=-1, kind="default case", verdict=verdict, module=label, detail=""))
         seconds = time.perf_counter() - start
     finally:
         sys.path.remove(tmp) if tmp in sys.path else None
