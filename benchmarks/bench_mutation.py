@@ -21,8 +21,9 @@
    change of the upstream gradient or a broken accumulation).
 3. Every oracle runs on every case of each valid mutant: ``gradcheck`` in each mode and, when PyTorch is
    installed, ``torch.autograd.gradcheck`` (float64, defaults: eps 1e-6, atol 1e-5, rtol 1e-3) on a
-   ``torch.autograd.Function`` wrapping the numpy module (its input and parameters as inputs). A mutant is
-   caught when an oracle fails (or raises) on some case.
+   ``torch.autograd.Function`` wrapping the numpy module (its input and parameters as inputs), and our
+   ``check_torch`` (its defaults) on that same wrapper: what a torch user gets by switching checkers. A mutant
+   is caught when an oracle fails (or raises) on some case.
 4. False alarms: the correct layers on ``--trials`` random geometries each, with exact ties and zeros
    injected and magnitudes from 1e-6 to 1e6, in every mode.
 
@@ -396,9 +397,10 @@ def difference(ref, mut):
 # ----------------------------------------------------------------------------------------------------------
 # Oracles
 # ----------------------------------------------------------------------------------------------------------
-def torch_gradcheck(module, x, **kwargs):
+def torch_gradcheck(module, x, checker=None, **kwargs):
     """torch.autograd.gradcheck on a torch.autograd.Function wrapping the numpy module, in float64: inputs
-    are the float input(s) and every parameter. Each call resets Dropout generators and buffers."""
+    are the float input(s) and every parameter. Each call resets Dropout generators and buffers.
+    ``checker(fn, tensors) -> bool``, if given, runs instead of torch.autograd.gradcheck (see check_torch_passes)."""
     import torch
     xs = x if isinstance(x, tuple) else (x,)
     m = copy.deepcopy(module)
@@ -441,10 +443,19 @@ def torch_gradcheck(module, x, **kwargs):
     tensors = [torch.tensor(xs[i], dtype=torch.float64, requires_grad=True) for i in float_slots]
     tensors += [torch.tensor(p.data, dtype=torch.float64, requires_grad=True) for p in params]
     try:
+        if checker is not None:
+            return checker(Wrapped.apply, tuple(tensors))
         return bool(torch.autograd.gradcheck(Wrapped.apply, tuple(tensors), raise_exception=False, **kwargs))
     finally:
         for s, n, v in buffers:
             object.__setattr__(s, n, v)
+
+
+def check_torch_passes(module, x):
+    """Our check_torch (the mutated copy's, at its defaults: mode full) on the very torch.autograd.Function wrapper
+    that torch.autograd.gradcheck gets: what a torch user gains by switching checkers (issue 20)."""
+    check_torch = sys.modules[PACKAGE + ".gradcheck"].check_torch
+    return torch_gradcheck(module, x, checker=lambda fn, tensors: check_torch(fn, *tensors).passed)
 
 
 class _Timeout(Exception):
@@ -470,6 +481,8 @@ def oracle_verdicts(pkg, module, x, modes, timeout, details=None):
                     details[mode] = result.table()
             elif mode == "torch":
                 passed = torch_gradcheck(module, x)
+            elif mode == "check_torch":
+                passed = check_torch_passes(module, x)
             else:
                 raise ValueError(f"unknown mode {mode!r}")
             out[mode] = "passed" if passed else "caught"
@@ -937,9 +950,9 @@ def main():
     p.add_argument("--per-layer", type=int, default=30, help="at most this many mutants per class")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layers", default="", help="comma-separated class names (default: every class)")
-    p.add_argument("--modes", default="full,sampled,directional,torch",
-                   help="oracles: gradcheck modes, 'torch' (skipped when PyTorch is missing) and 'default' (the "
-                        "package's default cases, as in --study)")
+    p.add_argument("--modes", default="full,sampled,directional,torch,check_torch",
+                   help="oracles: gradcheck modes, 'torch' and 'check_torch' (both skipped when PyTorch is missing) "
+                        "and 'default' (the package's default cases, as in --study)")
     p.add_argument("--trials", type=int, default=40, help="random correct-layer cases for the false alarms")
     p.add_argument("--tie-trials", type=int, default=20,
                    help="BatchNorm -> ReLU cases at tied exact zeros added to the false alarms (after --trials)")
@@ -956,13 +969,13 @@ def main():
     a.out = a.out or os.path.join(ROOT, "benchmarks", "results", "mutation_study" if a.study else "mutation")
 
     modes = [m for m in a.modes.split(",") if m]
-    if "torch" in modes:
+    if "torch" in modes or "check_torch" in modes:
         try:
             import torch
             torch.set_num_threads(1)
         except ImportError:
-            print("PyTorch is not installed: the torch oracle is skipped", flush=True)
-            modes.remove("torch")
+            print("PyTorch is not installed: the torch oracles are skipped", flush=True)
+            modes = [m for m in modes if m not in ("torch", "check_torch")]
     if a.study:
         return study(a, modes)
     layers = {s for s in a.layers.split(",") if s}

@@ -89,7 +89,7 @@ def numpy_worker(spec):
     if spec["threads"]:
         from threadpoolctl import threadpool_limits
         limiter = threadpool_limits(spec["threads"])                                # noqa: F841 (kept alive)
-    from numpy_densenet.zoo import densenet121, densenet_bc
+    from numpy_densenet import densenet121, densenet_bc              # the top-level names: every snapshot has them
     from numpy_densenet import nn as nd_nn
     from numpy_densenet.nn import CrossEntropyLoss
     import numpy_densenet

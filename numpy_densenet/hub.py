@@ -34,7 +34,7 @@ from scipy import special
 
 from .data.files import open_image as open_checked_image
 from .data.imagenet import IMAGENET_MEAN, IMAGENET_PREPROCESS, IMAGENET_STD, imagenet_classes
-from .io.files import WeightsFileError
+from .io.files import WeightsFileError, printable
 from .io.weights import load_model_file
 from .nn import no_grad
 
@@ -70,12 +70,20 @@ def open_image(path, mode="RGB"):
 
 def resize_shorter_side(img, size):
     """``torchvision.transforms.Resize(size)`` on a PIL image: the shorter side becomes ``size``, the longer
-    ``int(size * long / short)``; Pillow's bilinear filter, which antialiases when shrinking."""
+    ``int(size * long / short)``; Pillow's bilinear filter, which antialiases when shrinking.
+
+    The resized image is bounded like the input: at most :data:`MAX_PHOTO_PIXELS` pixels, checked before
+    resizing (a 60000x1 image would become 15,360,000x256 pixels: a ValueError names the aspect ratio)."""
     Image = _pil()
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if new_w * new_h > MAX_PHOTO_PIXELS:
+        raise ValueError(f"the image is {w}x{h} pixels, an aspect ratio of {long / short:,.0f}:1: resizing its "
+                         f"shorter side to {size} would make it {new_w}x{new_h} = {new_w * new_h:,} pixels, more "
+                         f"than the limit of {MAX_PHOTO_PIXELS:,}; crop it to an aspect ratio of at most "
+                         f"{MAX_PHOTO_PIXELS // (size * size):,}:1 first")
     if (new_w, new_h) == (w, h):
         return img
     return img.resize((new_w, new_h), Image.BILINEAR)
@@ -238,17 +246,22 @@ def predict_photos(weights, paths, top=5, log=print):
     top : int
     log : callable receiving each line
 
-    Each line is ``path: name (probability), ...`` with the ``top`` most probable classes, best first.
+    Each line is ``path: name (probability), ...`` with the ``top`` most probable classes, best first (a path
+    holding a newline or another unprintable character is shown escaped, so each image stays one line).
     Returns the list of (path, [(name, probability), ...]).
     """
     model = weights if isinstance(weights, HubModel) else load(weights)
     results = []
     for path in paths:                                         # one at a time: photos differ in size
         if str(path).lower().endswith(".npy"):
-            raise ValueError(f"{path}: converted ImageNet weights take image files (JPEG, PNG, ...), which are "
-                             f"resized and cropped as torchvision does; for arrays use numpy_densenet.hub.load "
-                             f"from Python")
-        best = top_k(model([path])[0], top, model.classes)
+            raise ValueError(f"{printable(path)}: converted ImageNet weights take image files (JPEG, PNG, ...), "
+                             f"which are resized and cropped as torchvision does; for arrays use "
+                             f"numpy_densenet.hub.load from Python")
+        try:
+            probabilities = model([path])[0]
+        except ValueError as e:                               # a resize or crop it cannot take: name the file
+            raise (e if str(path) in str(e) else ValueError(f"{printable(path)}: {e}")) from None
+        best = top_k(probabilities, top, model.classes)
         results.append((path, best))
-        log(f"{path}: " + ", ".join(f"{name} ({p:.3f})" for name, p in best))
+        log(f"{printable(path)}: " + ", ".join(f"{name} ({p:.3f})" for name, p in best))
     return results

@@ -264,8 +264,10 @@ class DenseNet(Module):
         return [m for name, m in self.features.named_children() if name.startswith("denseblock")]
 
     def forward(self, x):
-        """x: (N, C, H, W) float -> logits (N, num_classes)."""
+        """x: (N, C, H, W) float, N >= 1 -> logits (N, num_classes)."""
         x = self.checked(x)
+        if x.shape[0] == 0:
+            raise ValueError(f"DenseNet: the batch holds no images (input shape {x.shape}); give at least one")
         h = self.features(x)                                     # (N, C, h, w)
         h = self.pool(self.relu(h))                              # (N, C, 1, 1)
         self._cache = saved(h.shape)
@@ -312,7 +314,9 @@ class DenseNet(Module):
 
     def load_state_dict(self, state_dict, strict=True):
         """torchvision-compatible loading: old ``norm.1``-style keys are renamed first."""
-        return super().load_state_dict(rename_old_keys(state_dict), strict=strict)
+        if hasattr(state_dict, "items"):                # anything else: Module's TypeError
+            state_dict = rename_old_keys(state_dict)
+        return super().load_state_dict(state_dict, strict=strict)
 
     def checked(self, x):
         """``x`` checked: (N, in_channels, H, W) in the model's dtype."""

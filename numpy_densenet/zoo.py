@@ -10,12 +10,14 @@ import inspect
 
 import numpy as np
 
+from .data.files import format_bytes, physical_memory
 from .fast import DenseNet as FastDenseNet
 from .model import DenseNet as PlainDenseNet
+from .model import check_config, transition_width
 
 __all__ = ["DenseNet", "densenet121", "densenet161", "densenet169", "densenet201", "densenet_bc", "densenet",
            "MODELS", "MODEL_NAMES", "CIFAR_MODELS", "DEFAULT_DEPTH", "DEFAULT_GROWTH_RATE", "default_depth",
-           "build_model"]
+           "build_model", "architecture", "state_size", "check_model_size"]
 
 #: the CIFAR-style models take a depth and a growth rate; torchvision's have fixed architectures
 CIFAR_MODELS = ("densenet_bc", "densenet")
@@ -49,9 +51,60 @@ def DenseNet(*args, fast=True, memory_efficient=True, **kwargs):  # noqa: N802 -
     """
     if not isinstance(fast, (bool, np.bool_)):
         raise TypeError(f"DenseNet: fast must be True or False, got {fast!r}")
+    check_model_size(*args, **kwargs)
     if fast:
         return FastDenseNet(*args, memory_efficient=memory_efficient, **kwargs)
     return PlainDenseNet(*args, **kwargs)
+
+
+def state_size(config):
+    """The number of floating-point values in the ``state_dict`` of ``DenseNet(**config)`` (parameters and
+    running statistics), computed from the architecture alone, without building anything.
+
+    ``config``: the architecture's arguments as ``DenseNet.config`` holds them (growth_rate, block_config,
+    num_init_features, bn_size, num_classes, compression, stem, in_channels). A dense layer reading c channels
+    holds a BatchNorm (4c values) and a 1x1 conv to bn_size*k (then a BatchNorm and a 3x3 conv to k), or a 3x3
+    conv to k; the channels of a block's layers grow as c0, c0 + k, ..., so each block is summed in closed form.
+    """
+    k, bn = config["growth_rate"], config["bn_size"]
+    c = config["num_init_features"]
+    kernel = 49 if config["stem"] == "imagenet" else 9
+    total = c * config["in_channels"] * kernel + (4 * c if config["stem"] == "imagenet" else 0)
+    for i, n in enumerate(config["block_config"]):
+        read = n * c + k * n * (n - 1) // 2                       # the channels all n layers read, summed
+        total += 4 * read + (bn * k * read + n * (4 * bn * k + 9 * bn * k * k) if bn is not None else 9 * k * read)
+        c += n * k
+        if i != len(config["block_config"]) - 1:
+            out = transition_width(config["compression"], c, i + 1)
+            total += 4 * c + out * c
+            c = out
+    return total + 4 * c + config["num_classes"] * (c + 1)
+
+
+def check_model_size(*args, dtype=np.float32, **kwargs):
+    """Refuse, before anything is allocated, the arguments of a :func:`DenseNet` whose parameters and gradients
+    would not fit in this machine's memory (:func:`numpy_densenet.data.files.physical_memory`): a ValueError
+    naming the size (``--depth 1000000000`` is refused at once, not after gigabytes). Bad arguments raise the
+    ValueError ``DenseNet`` would."""
+    try:
+        bound = inspect.signature(PlainDenseNet).bind(*args, dtype=dtype, **kwargs)
+    except TypeError:
+        return                                           # DenseNet itself reports the bad call
+    bound.apply_defaults()
+    arguments = {k: v for k, v in bound.arguments.items() if k not in ("dtype", "seed")}
+    config = check_config(**arguments)
+    values = state_size(config)
+    try:
+        itemsize = np.dtype(dtype).itemsize
+    except TypeError:
+        itemsize = 8                                     # DenseNet itself reports the bad dtype
+    nbytes, memory = 2 * values * itemsize, physical_memory()
+    if nbytes > memory:
+        blocks = config["block_config"]
+        shown = blocks if len(blocks) <= 8 else f"({', '.join(map(str, blocks[:8]))}, ... {len(blocks)} blocks)"
+        raise ValueError(f"DenseNet(growth_rate={config['growth_rate']}, block_config={shown}) would hold "
+                         f"{values:,} values, {format_bytes(nbytes)} with their gradients, more than this machine's "
+                         f"memory ({format_bytes(memory)}); choose a smaller depth or growth rate")
 
 
 _plain_parameters = list(inspect.signature(PlainDenseNet).parameters.values())
@@ -73,7 +126,7 @@ def _torchvision_factory(name):
     growth_rate, block_config, num_init_features = _TORCHVISION[name]
 
     def factory(num_classes=1000, **kwargs):
-        return DenseNet(growth_rate, block_config, num_init_features, num_classes=num_classes, **kwargs)
+        return DenseNet(**{**architecture(name), **kwargs}, num_classes=num_classes)
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = (f"torchvision's {name}: k={growth_rate}, blocks {block_config}, {num_init_features} "
@@ -95,12 +148,8 @@ def densenet_bc(depth=DEFAULT_DEPTH["densenet_bc"], growth_rate=DEFAULT_GROWTH_R
     The stem is one 3x3 conv to 2k channels. BC-100-12, BC-250-24 and BC-190-40 are the paper's models.
     Keyword arguments go to :func:`DenseNet`.
     """
-    if not isinstance(depth, (int, np.integer)) or depth < 10 or (depth - 4) % 6:
-        raise ValueError(f"densenet_bc: depth must be 6n + 4 with n >= 1 (e.g. 40, 100, 190, 250), got {depth!r}")
-    n = (depth - 4) // 6
-    kwargs.setdefault("stem", "cifar")
-    return DenseNet(growth_rate, (n, n, n), 2 * growth_rate, bn_size=4, num_classes=num_classes,
-                    compression=0.5, **kwargs)
+    arch = architecture("densenet_bc", depth, growth_rate)
+    return DenseNet(**{**arch, **kwargs}, num_classes=num_classes)
 
 
 def densenet(depth=DEFAULT_DEPTH["densenet"], growth_rate=DEFAULT_GROWTH_RATE, num_classes=10, **kwargs):
@@ -109,11 +158,29 @@ def densenet(depth=DEFAULT_DEPTH["densenet"], growth_rate=DEFAULT_GROWTH_RATE, n
     The stem is one 3x3 conv to 16 channels. L=40 k=12, L=100 k=12 and L=100 k=24 are the paper's models.
     Keyword arguments go to :func:`DenseNet`.
     """
-    if not isinstance(depth, (int, np.integer)) or depth < 7 or (depth - 4) % 3:
-        raise ValueError(f"densenet: depth must be 3n + 4 with n >= 1 (e.g. 40, 100), got {depth!r}")
-    n = (depth - 4) // 3
-    kwargs.setdefault("stem", "cifar")
-    return DenseNet(growth_rate, (n, n, n), 16, bn_size=None, num_classes=num_classes, compression=1.0, **kwargs)
+    arch = architecture("densenet", depth, growth_rate)
+    return DenseNet(**{**arch, **kwargs}, num_classes=num_classes)
+
+
+def architecture(name, depth=None, growth_rate=None):
+    """The :func:`DenseNet` arguments that make the named model: growth_rate, block_config, num_init_features,
+    bn_size, compression and stem (a dict; no model is built). ``depth`` and ``growth_rate`` (default the
+    paper's) for the CIFAR-style models only; a ValueError names a bad one."""
+    if name not in CIFAR_MODELS:
+        growth, blocks, init = _TORCHVISION[name]
+        return dict(growth_rate=growth, block_config=blocks, num_init_features=init, bn_size=4, compression=0.5,
+                    stem="imagenet")
+    depth = DEFAULT_DEPTH[name] if depth is None else depth
+    k = DEFAULT_GROWTH_RATE if growth_rate is None else growth_rate
+    per_layer, example = (6, "40, 100, 190, 250") if name == "densenet_bc" else (3, "40, 100")
+    if not isinstance(depth, (int, np.integer)) or depth < 4 + per_layer or (depth - 4) % per_layer:
+        raise ValueError(f"{name}: depth must be {per_layer}n + 4 with n >= 1 (e.g. {example}), got {depth!r}")
+    n = (depth - 4) // per_layer
+    if name == "densenet_bc":
+        return dict(growth_rate=k, block_config=(n, n, n), num_init_features=2 * k, bn_size=4, compression=0.5,
+                    stem="cifar")
+    return dict(growth_rate=k, block_config=(n, n, n), num_init_features=16, bn_size=None, compression=1.0,
+                stem="cifar")
 
 
 MODELS = {"densenet121": densenet121, "densenet161": densenet161, "densenet169": densenet169,

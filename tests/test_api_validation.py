@@ -68,9 +68,15 @@ def test_load_state_dict_refuses_negative_running_variance_and_names_it():
     np.testing.assert_array_equal(bn.running_var, np.ones(3, dtype=np.float32))
 
 
-def test_load_state_dict_accepts_integer_values_for_float_tensors_as_torch_does():
+def test_load_state_dict_refuses_integer_values_for_float_tensors_instead_of_casting():
+    """Issue 22: an int64 tensor in a converted file was cast silently, then refused by the file's reader after
+    the file was written; integers are refused where floats belong (and the model is left unchanged)."""
     bn = nn.BatchNorm2d(2)
-    bn.load_state_dict({"weight": np.array([2, 3]), "bias": np.zeros(2), "running_mean": np.zeros(2),
+    with pytest.raises(ValueError, match=r"weight: dtype int64 cannot be loaded into a float32 tensor"):
+        bn.load_state_dict({"weight": np.array([2, 3]), "bias": np.zeros(2), "running_mean": np.zeros(2),
+                            "running_var": np.ones(2), "num_batches_tracked": np.array(4)})
+    assert bn.weight.data.tolist() == [1.0, 1.0]
+    bn.load_state_dict({"weight": np.array([2.0, 3.0]), "bias": np.zeros(2), "running_mean": np.zeros(2),
                         "running_var": np.ones(2), "num_batches_tracked": np.array(4)})
     assert bn.weight.data.dtype == np.float32 and bn.weight.data.tolist() == [2.0, 3.0]
 

@@ -18,6 +18,8 @@ How the blocks are run:
   weights in torchvision's old key style, which needs PyTorch; a synthetic picture). Without PyTorch that block
   and every later block naming one of the files it names are left out, the others still run, and the test
   ends as skipped, naming the blocks left out;
+* a block preceded by ``<!-- needs: MODULE -->`` (a name without a file extension: ``torch``, ``jax``) uses an
+  optional package; without it the block is left out the same way;
 * ```console blocks (command and output) are the walk-through's: tests/test_flow.py runs them and compares the
   output; blocks without a language are printed output, not code.
 """
@@ -118,11 +120,14 @@ def test_every_code_block_runs(doc, tmp_path, shim):
         if lang not in ("bash", "python") or marker.startswith("not run"):
             continue
         needs = marker[len("needs:"):].split() if marker.startswith("needs:") else []
-        if (not have_torch and any(n.endswith(".pth") for n in needs)) or unavailable & set(FILE_NAME.findall(body)):
+        files = [n for n in needs if "." in n]
+        missing = [n for n in needs if "." not in n and importlib.util.find_spec(n) is None]
+        if (not have_torch and any(n.endswith(".pth") for n in files)) or missing \
+                or unavailable & set(FILE_NAME.findall(body)):
             unavailable |= set(FILE_NAME.findall(body))
             left_out.append(number)
             continue
-        for name in needs:
+        for name in files:
             make_stand_in(name, work)
         code = runnable(body)
         if marker == "slow" and not slow:
@@ -137,7 +142,8 @@ def test_every_code_block_runs(doc, tmp_path, shim):
         ran += 1
     assert ran or doc.name != "README.md"
     if left_out:
-        pytest.skip(f"{doc.name}: ran {ran} code blocks; blocks {left_out} need PyTorch (for the stand-in weights)")
+        pytest.skip(f"{doc.name}: ran {ran} code blocks; blocks {left_out} need an optional package (PyTorch for "
+                    f"the stand-in weights, or the package their marker names)")
 
 
 def test_setup_lines_and_shortening():

@@ -722,11 +722,19 @@ def test_non_module_is_a_type_error(module):
         gradcheck(module, np.ones((2, 2)))
 
 
-@pytest.mark.parametrize("arg", ["samples", "directions", "locate_samples"])
-@pytest.mark.parametrize("value", [0, -3, 2.5])
+@pytest.mark.parametrize("arg, value", [(arg, value) for arg in ("samples", "directions") for value in (0, -3, 2.5)]
+                         + [("locate_samples", -3), ("locate_samples", 2.5)])  # locate_samples=0: test below
 def test_non_positive_counts_are_value_errors(arg, value):
-    with pytest.raises(ValueError, match=f"{arg} must be a positive int"):
+    kind = "non-negative" if arg == "locate_samples" else "positive"
+    with pytest.raises(ValueError, match=f"{arg} must be a {kind} int"):
         gradcheck(nn.ReLU(), np.ones((2, 2)), **{arg: value})
+
+
+def test_locate_samples_zero_reports_the_failing_direction_as_it_is():
+    result = gradcheck(_subtle_module(), SUBTLE_X, mode="directional", locate_samples=0)
+    r = row(result, "input")
+    assert r.status == "FAIL" and r.probes == 3 and str(r.worst).startswith("dir ")
+    assert "not located coordinate by coordinate" in r.note
 
 
 @pytest.mark.parametrize("k", [1, 2, 4, 8])

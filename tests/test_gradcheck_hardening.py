@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from numpy_densenet import fast, gradcheck, nn
+from numpy_densenet import check_backward, fast, gradcheck, nn
 from numpy_densenet.nn.module import Module
 
 MODES = ("full", "sampled", "directional")
@@ -359,6 +359,31 @@ def test_tie_convention_first_requires_pytorchs_first_maximum(mode):
 def test_tie_convention_is_validated():
     with pytest.raises(ValueError, match="tie_convention must be one of"):
         gradcheck(nn.ReLU(), np.ones((2, 2)), tie_convention="last")
+    with pytest.raises(ValueError, match="check_backward: tie_convention must be one of"):
+        check_backward(lambda x: (x, None), lambda d, c: d, np.ones(3), tie_convention="last")
+
+
+def _row_max(first):
+    """A NumPy max over the last axis whose backward routes to the first (or the last) maximum of a row."""
+    def forward(x):
+        return x.max(axis=-1), x
+
+    def backward(dout, x):
+        at = np.argmax(x, axis=-1) if first else x.shape[-1] - 1 - np.argmax(x[..., ::-1], axis=-1)
+        dx = np.zeros_like(x)
+        np.put_along_axis(dx, at[..., None], dout[..., None], axis=-1)
+        return dx
+    return forward, backward
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tie_convention_reaches_check_backward(mode):
+    """The front doors take tie_convention too: a NumPy max routed to the last of tied maxima passes "any" and
+    fails "first"; routed to the first, it passes both."""
+    x = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, -1.0], [0.5, 4.0, 1.0, 4.0]])
+    assert check_backward(*_row_max(first=False), x, mode=mode).passed
+    assert not check_backward(*_row_max(first=False), x, mode=mode, tie_convention="first").passed
+    assert check_backward(*_row_max(first=True), x, mode=mode, tie_convention="first").passed
 
 
 def _symmetric_integers(seed):

@@ -21,7 +21,7 @@ ROOT = "numpy_densenet"
 RANK = {"nn": 0, "data": 0, "optim": 0, "model": 1, "fast": 2, "zoo": 3, "io": 4,
         "gradcheck": 5, "training": 5, "study": 5, "hub": 5, ROOT: 6, "cli": 7, "__main__": 8}
 # Imports allowed inside a function: optional dependencies, imported only when used.
-OPTIONAL = {"matplotlib", "PIL", "mpi4py", "torch", "dask", "distributed", "threadpoolctl", "sklearn", "ray"}
+OPTIONAL = {"matplotlib", "PIL", "mpi4py", "torch", "jax", "dask", "distributed", "threadpoolctl", "sklearn", "ray"}
 
 
 def module_name(path):

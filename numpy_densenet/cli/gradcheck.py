@@ -26,6 +26,9 @@ def register(sub):
     p.add_argument("--float32", action="store_true",
                    help="also run each module in float32 and compare its gradients with float64's at the same "
                         "point (float32 rows reported separately)")
+    p.add_argument("--locate", action="store_true",
+                   help="when a check fails, check every submodule alone on the inputs it received in the "
+                        "model's forward and name the innermost wrong ones first (costs nothing on a pass)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=positive_int, default=None, metavar="N",
                        help="evaluate the probes on N local worker processes (one thread each); same results")
@@ -49,13 +52,15 @@ def cmd_gradcheck(args):
     with executor as pool:                    # None: serial; else the probes run on the pool's workers
         for case in cases:
             t0 = time.perf_counter()
-            result = run_case(case, mode=mode, seed=args.seed, executor=pool, float32=args.float32)
+            result = run_case(case, mode=mode, seed=args.seed, executor=pool, float32=args.float32,
+                              locate=args.locate)
             extra = ", ".join(f"{k}={v}" for k, v in case.options.items())
             print(f"== {case.label}{f' ({extra})' if extra else ''}  ({time.perf_counter() - t0:.2f} s)")
             print(result.table())
             print()
             if not result.passed:
-                failed.append(case.label)
+                culprits = f" (in {', '.join(repr(c) for c in result.culprits)})" if result.culprits else ""
+                failed.append(case.label + culprits)
     what = "models" if args.model else "layers"
     print(f"{len(cases) - len(failed)} passed, {len(failed)} failed: {len(cases)} {what} checked in float64"
           f"{' and float32' if args.float32 else ''}, "

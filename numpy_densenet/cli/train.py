@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+
+import numpy as np
 
 from ..data import DATASET_NAMES, DatasetError, channel_stats, load_dataset
+from ..hub import pixel_range_warning
 from ..io import WeightsFileError, json_entry, load_model_file, load_npz, load_weights
 from ..training import TrainConfig, TrainingError, evaluate, train
-from ..training.distributed import get_comm
 from ..training.options import config_from_checkpoint
+from ..training.run import WHERE_FIELDS
+from ..zoo import architecture
 from .common import UserError, add_model_args, build_model, finite_float, nonneg_int, positive_int
 from .distributed import train_entry
 
@@ -99,7 +104,6 @@ def _add_data_args(p):
 
 OPTION_FIELDS = ("dataset", "data_dir", "model", "depth", "growth_rate", "drop_rate", "epochs", "batch_size", "lr",
                  "momentum", "weight_decay", "schedule", "augment", "seed", "dtype", "out", "val_fraction")
-_WHERE_FIELDS = ("out", "data_dir")           # where things are, not what the run is: may change on resume
 
 
 def _flag(field, value=None):
@@ -124,7 +128,7 @@ def cmd_train(args):
                                        "weights-only files can be evaluated, not resumed")
             saved = config_from_checkpoint(arrays, resume)
             conflicts = [f"{_flag(k, v)} (the checkpoint has {_flag(k, saved[k])})" for k, v in given.items()
-                         if k not in _WHERE_FIELDS and v != saved[k]]
+                         if k not in WHERE_FIELDS and v != saved[k]]
             if conflicts:
                 raise UserError(f"{resume} was made with different options: " + "; ".join(conflicts) + ". A resumed run "
                                 "keeps its options: drop them to continue it, or start a new run with another --out")
@@ -138,61 +142,107 @@ def cmd_train(args):
               given_options=sorted(given), overwrite=getattr(args, "overwrite", False),
               **(dict(distributed=rank.options) if rank else {}))
     except (TrainingError, WeightsFileError) as e:
+        if getattr(e, "every_rank", False):     # MPI ranks that disagree: raised (and printed by rank 0) alike
+            raise
         raise UserError(str(e)) from None
     return 0
 
 
 def _train_entry(args):
     """cmd_train, on every MPI rank with --distributed (numpy_densenet.cli.distributed.train_entry)."""
-    if not getattr(args, "distributed", False):
-        if not getattr(args, "sync_bn", True):
-            raise UserError("--no-sync-bn applies to --distributed training only")
-        return cmd_train(args)
+    if not getattr(args, "distributed", False) and not getattr(args, "sync_bn", True):
+        raise UserError("--no-sync-bn applies to --distributed training only")
     try:
-        get_comm()
+        return train_entry(cmd_train, args, expected=(UserError, WeightsFileError, TrainingError))
     except ImportError as e:
         raise UserError(str(e)) from None
-    return train_entry(cmd_train, args, expected=(UserError, WeightsFileError))
 
 
 def _load_for_eval(args, dataset):
-    """(model, mean, std, trained_on) for ``evaluate``: from the file's own description, else from --model."""
+    """(model, mean, std, trained_on, inputs) for ``evaluate``: from the file's own description (options that
+    contradict it refused), else from --model."""
     keys = load_npz(args.weights, keys={"_model_config", "_train_config"})
     if "_model_config" in keys:
         model, meta = load_model_file(args.weights)
-        trained_on = None
-        if "_train_config" in keys:
-            trained_on = json_entry(keys, "_train_config", args.weights, kind=dict).get("dataset")
-        return model, meta["mean"], meta["std"], trained_on
+        trained = json_entry(keys, "_train_config", args.weights, kind=dict) if "_train_config" in keys else {}
+        _refuse_conflicting_options(args, model.config, trained)
+        return model, meta["mean"], meta["std"], trained.get("dataset"), meta["inputs"]
     if not args.model:
         raise UserError(f"{args.weights} has no model description: give --model (and --depth / --growth-rate)")
     model = build_model(args.model, args.depth, args.growth_rate, num_classes=dataset.num_classes,
                         in_channels=dataset.in_channels, dataset=dataset.name)   # train's default depth there
     load_weights(model, args.weights)
     mean, std = channel_stats(dataset.x_train)
-    return model, mean, std, None
+    return model, mean, std, None, None
+
+
+def _refuse_conflicting_options(args, config, trained):
+    """--model / --depth / --growth-rate given with a file that describes its model must describe the same one
+    (the file wins otherwise, silently): a UserError naming both."""
+    given = [f for f in ("model", "depth", "growth_rate") if getattr(args, f, None) is not None]
+    if not given:
+        return
+    options = " ".join(_flag(f, getattr(args, f)) for f in given)
+    held = (f"DenseNet(growth_rate={config['growth_rate']}, block_config={config['block_config']}, "
+            f"num_init_features={config['num_init_features']}, bn_size={config['bn_size']}, stem={config['stem']!r})")
+    name = args.model or trained.get("model")
+    if name is None:
+        raise UserError(f"{args.weights} describes its own model, {held}; {options} means nothing without --model: "
+                        f"drop it")
+    try:
+        expected = architecture(name, args.depth if args.depth is not None else trained.get("depth"),
+                                args.growth_rate if args.growth_rate is not None else config["growth_rate"])
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if any(config[k] != v for k, v in expected.items()):
+        raise UserError(f"{options} describes DenseNet(growth_rate={expected['growth_rate']}, block_config="
+                        f"{expected['block_config']}, ...), but {args.weights} holds {held}: drop {options} (the "
+                        f"file describes its own model) or give the weights you meant")
 
 
 MAX_PRINTED_CLASSES = 100     # evaluate prints the confusion matrix up to this many classes
 
 
 def cmd_evaluate(args):
-    """Accuracy, loss, per-class accuracy and the confusion matrix of saved weights on a test split."""
+    """Accuracy, loss, per-class accuracy and the confusion matrix of saved weights on a test split, after
+    predict's checks: the model's classes, channels and training image size, and the pixel range."""
     try:
         data = load_dataset(args.dataset, args.data_dir)
     except DatasetError as e:
         raise UserError(str(e)) from None
-    model, mean, std, trained_on = _load_for_eval(args, data)
+    model, mean, std, trained_on, inputs = _load_for_eval(args, data)
     if trained_on and trained_on != data.name:
         print(f"note: {args.weights} was trained on {trained_on}; evaluating it on {data.name}")
     if model.config["num_classes"] != data.num_classes or model.in_channels != data.in_channels:
         raise UserError(f"{args.weights} is a model for {model.config['num_classes']} classes of "
                         f"{model.in_channels}-channel images; {data.name} has {data.num_classes} classes of "
                         f"{data.in_channels}-channel images")
-    r = evaluate(model, data.x_test, data.y_test, batch_size=args.batch_size, mean=mean, std=std)
+    _check_test_images(args.weights, data, inputs)
+    try:
+        r = evaluate(model, data.x_test, data.y_test, batch_size=args.batch_size, mean=mean, std=std)
+    except ValueError as e:
+        raise UserError(f"{args.weights}: the model cannot take the {data.name} test images "
+                        f"({data.image_size[0]}x{data.image_size[1]}): {e}") from None
     print(f"{data.name} test set: {len(data.y_test)} images, accuracy {r['acc']:.4f}, loss {r['loss']:.4f}")
     _print_per_class(data.classes, r)
     return 0
+
+
+def _check_test_images(weights, data, inputs):
+    """predict's checks on a data set's test images for a model from train (``inputs``: its ``_inputs``): the
+    training image size (refused otherwise) and the pixel range (a warning)."""
+    if inputs is None:
+        return
+    size = tuple(inputs["image_size"])
+    if data.image_size != size:
+        raise UserError(f"{weights} is a model trained on {size[0]}x{size[1]} images; the {data.name} test images "
+                        f"are {data.image_size[0]}x{data.image_size[1]}: evaluate it on data of its image size")
+    x = data.x_test
+    scale = 255.0 if x.dtype.kind in "ui" else 1.0
+    warning = pixel_range_warning(np.array([x.min(), x.max()]) / scale, f"the {data.name} test set",
+                                  inputs["pixel_range"])
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def _print_per_class(names, r):

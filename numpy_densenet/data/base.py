@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import MAX_CLASSES, MAX_IMAGE_PIXELS, os_problem
+from .files import MAX_CLASSES, MAX_IMAGE_PIXELS, digest_arrays, os_problem
 
 __all__ = ["DatasetError", "Dataset", "to_float"]
+
+SPLIT_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
 
 class DatasetError(Exception):
@@ -52,6 +54,12 @@ class Dataset:
         Test labels.
     x_val, y_val : ndarray or None
         The data set's official validation split, when it has one (``train`` then selects on it); None otherwise.
+    augmentation : dict
+        What ``--augment`` means for these images: the ``pad`` (zero padding before the random crop back to
+        H x W) and ``flip`` (random horizontal mirroring) of :class:`~numpy_densenet.data.BatchIterator`.
+        Default ``{"pad": 4, "flip": True}``, the paper's for 32x32 CIFAR; MNIST ``{"pad": 2, "flip": False}``
+        (a mirrored digit is another glyph), Fashion-MNIST ``{"pad": 2, "flip": True}`` (clothes are roughly
+        left-right symmetric; measured in benchmarks/README.md).
     num_classes : int
         Number of classes.
     classes : tuple of str
@@ -71,8 +79,10 @@ class Dataset:
     classes: tuple = field(default=())
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
+    augmentation: dict = field(default_factory=lambda: dict(DEFAULT_AUGMENTATION))
 
     def __post_init__(self):
+        _check_augmentation(self.augmentation)
         if not isinstance(self.num_classes, (int, np.integer)) or isinstance(self.num_classes, bool) or \
                 not 1 <= self.num_classes <= MAX_CLASSES:
             raise ValueError(f"num_classes must be an integer in 1..{MAX_CLASSES}, got {self.num_classes!r}")
@@ -103,6 +113,12 @@ class Dataset:
     def image_size(self) -> tuple:
         return (int(self.x_train.shape[2]), int(self.x_train.shape[3]))
 
+    def digest(self) -> str:
+        """A SHA-256 (hex) of the images, labels and class names of every split: the same data gives the same
+        digest wherever it was read from (a resumed run and the MPI ranks of one compare it)."""
+        return digest_arrays([(name, getattr(self, name)) for name in SPLIT_ARRAYS]
+                             + [("classes", np.array(self.classes, dtype=str))])
+
     def as_float(self, dtype=np.float32) -> "Dataset":
         """Return a copy whose images are ``dtype`` values in [0, 1] (see :func:`to_float`); labels are shared."""
         return replace(self, x_train=to_float(self.x_train, dtype), x_test=to_float(self.x_test, dtype),
@@ -112,6 +128,18 @@ class Dataset:
         c, (h, w) = self.in_channels, self.image_size
         return (f"Dataset(name={self.name!r}, train={self.x_train.shape[0]}, test={self.x_test.shape[0]}, "
                 f"image={c}x{h}x{w} {self.x_train.dtype}, num_classes={self.num_classes})")
+
+
+DEFAULT_AUGMENTATION = {"pad": 4, "flip": True}   # the paper's "+" augmentation of 32x32 CIFAR
+
+
+def _check_augmentation(augmentation):
+    """Raise ValueError unless ``augmentation`` is ``{"pad": int >= 0, "flip": bool}``."""
+    ok = (isinstance(augmentation, dict) and set(augmentation) == {"pad", "flip"}
+          and isinstance(augmentation["pad"], (int, np.integer)) and not isinstance(augmentation["pad"], bool)
+          and augmentation["pad"] >= 0 and isinstance(augmentation["flip"], bool))
+    if not ok:
+        raise ValueError(f"augmentation must be a dict {{'pad': int >= 0, 'flip': bool}}, got {augmentation!r}")
 
 
 def _describe(a):

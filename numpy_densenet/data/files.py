@@ -18,24 +18,27 @@ Limits (documented in ``docs/robustness.md``):
     100 times its compressed size (real data compresses 2 to 10 times; a zip bomb 1000 times).
 :func:`memory_budget`
     The most bytes one file's arrays may hold in memory: the environment variable
-    ``NUMPY_DENSENET_MAX_BYTES`` if set, else half the physical memory (4 GiB when unknown).
+    ``NUMPY_DENSENET_MAX_BYTES`` if set, else half the physical memory (:func:`physical_memory`).
 """
 from __future__ import annotations
 
 import ast
 import errno
 import gzip
+import hashlib
 import os
 import stat
 import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import numpy as np
 
 __all__ = ["MAX_CLASSES", "MAX_IMAGE_PIXELS", "MAX_COMPRESSION_RATIO", "FileFormatError", "memory_budget",
-           "check_regular_file", "read_npy", "read_npz", "read_gzip", "open_image", "format_bytes"]
+           "physical_memory", "check_regular_file", "check_budget", "check_compression", "read_npy", "npy_header",
+           "read_npy_rows", "read_npz", "read_gzip", "open_image", "format_bytes", "digest_arrays"]
 
 MAX_CLASSES = 2 ** 16
 MAX_IMAGE_PIXELS = 1024 * 1024
@@ -64,6 +67,20 @@ def format_bytes(n):
     return f"{n:.1f} EiB"  # pragma: no cover
 
 
+def digest_arrays(named):
+    """A SHA-256 (hex) of ``(name, array or None)`` pairs: names, dtypes, shapes and values, so the same
+    arrays give the same digest wherever they were read from, and any changed value another one."""
+    h = hashlib.sha256()
+    for name, a in named:
+        if a is None:
+            h.update(f"{name}:none;".encode())
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{name}:{a.dtype.str}{a.shape};".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
 def memory_budget():
     """The most bytes the arrays read from one file may take: ``$NUMPY_DENSENET_MAX_BYTES``, else half of RAM."""
     value = os.environ.get("NUMPY_DENSENET_MAX_BYTES")
@@ -75,10 +92,15 @@ def memory_budget():
         if budget < 1:
             raise FileFormatError(f"NUMPY_DENSENET_MAX_BYTES must be positive, got {budget}")
         return budget
+    return physical_memory() // 2
+
+
+def physical_memory():
+    """The machine's physical memory in bytes (8 GiB when it cannot be found)."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return 4 * 2 ** 30
+        return 8 * 2 ** 30
 
 
 def os_problem(exc):
@@ -174,7 +196,7 @@ def read_npy_header(f, where):
     return shape, fortran, dtype, nbytes
 
 
-def _check_budget(where, shape, dtype, nbytes, budget, already=0):
+def check_budget(where, shape, dtype, nbytes, budget, already=0):
     if already + nbytes > budget:
         raise FileFormatError(
             f"{where} declares an array of shape {shape} {dtype} ({format_bytes(nbytes)}), more than the memory "
@@ -284,49 +306,104 @@ def _npz_headers(archive, chosen, budget, where):
             state = "truncated" if header_bytes + nbytes > info.file_size else "longer than declared"
             raise FileFormatError(f"{member} is {state}: its header declares shape {shape} {dtype}, "
                                   f"{nbytes} bytes of data, the archive holds {info.file_size - header_bytes}")
-        if info.compress_type != zipfile.ZIP_STORED and nbytes > RATIO_CHECK_BYTES and \
-                nbytes > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
-            raise FileFormatError(
-                f"{member} declares shape {shape} {dtype}, {format_bytes(nbytes)}, compressed into "
-                f"{format_bytes(info.compress_size)}, a ratio over {MAX_COMPRESSION_RATIO}: refused as "
-                "a likely zip bomb; store such data uncompressed (np.savez)")
-        _check_budget(member, shape, dtype, nbytes, budget, total)
+        check_compression(info, nbytes, f"{member} declares shape {shape} {dtype}, {format_bytes(nbytes)},",
+                          "store such data uncompressed (np.savez)")
+        check_budget(member, shape, dtype, nbytes, budget, total)
         total += nbytes
         headers.append((name, info, shape, fortran, dtype, nbytes))
     return headers
+
+
+def check_compression(info, nbytes, declared, advice):
+    """Refuse a zip member (``info``, a ZipInfo) that would expand ``nbytes`` (above ``RATIO_CHECK_BYTES``) more
+    than ``MAX_COMPRESSION_RATIO`` times its compressed size: a likely zip bomb. ``declared`` starts the
+    message ("<file> declares ..."), ``advice`` ends it."""
+    if info.compress_type != zipfile.ZIP_STORED and nbytes > RATIO_CHECK_BYTES and \
+            nbytes > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+        raise FileFormatError(f"{declared} compressed into {format_bytes(info.compress_size)}, a ratio over "
+                              f"{MAX_COMPRESSION_RATIO}: refused as a likely zip bomb; {advice}")
 
 
 def read_npy(path, what="file", budget=None, mmap=False):
     """Read a single ``.npy`` array, its declared size checked against the file's size and the budget.
 
     With ``mmap=True`` the data is memory-mapped read-only (nothing is read until used), so any size that
-    the file really holds is fine.
+    the file really holds is fine - but a file truncated while it is mapped kills the process (SIGBUS) when a
+    lost page is touched: the command line reads inputs in pieces instead (:func:`read_npy_rows`).
     """
     path = os.fspath(path)
-    size = check_regular_file(path, what)
     where = f"{what} {path!r}"
+    size = check_regular_file(path, what)                 # before opening: a FIFO would block open()
+    with _opened(path, where) as f:
+        shape, fortran, dtype, nbytes = _checked_npy_header(f, size, where)
+        if mmap and nbytes:
+            return np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
+                             order="F" if fortran else "C")
+        check_budget(where, shape, dtype, nbytes, memory_budget() if budget is None else budget)
+        return _read_into(f, shape, fortran, dtype, nbytes, where)
+
+
+def npy_header(path, what="file"):
+    """The header of a single ``.npy`` file, checked against the file's size, without reading its data:
+    ``(shape, fortran_order, dtype, data_offset)``, for :func:`read_npy_rows`."""
+    path = os.fspath(path)
+    where = f"{what} {path!r}"
+    size = check_regular_file(path, what)
+    with _opened(path, where) as f:
+        shape, fortran, dtype, _ = _checked_npy_header(f, size, where)
+        return shape, fortran, dtype, f.tell()
+
+
+def read_npy_rows(path, header, start, stop, what="file"):
+    """Rows ``start:stop`` of the first axis of a C-order ``.npy`` file (``header`` from :func:`npy_header`),
+    read - not memory-mapped - so that a file truncated or shortened meanwhile raises :class:`FileFormatError`
+    naming it instead of killing the process."""
+    path = os.fspath(path)
+    where = f"{what} {path!r}"
+    shape, fortran, dtype, offset = header
+    if fortran and len(shape) > 1:
+        raise ValueError("read_npy_rows reads C-order arrays only")
+    row = dtype.itemsize * int(np.prod(shape[1:], dtype=object))
+    out = np.empty((stop - start) * row, dtype=np.uint8)
+    check_regular_file(path, what)
+    with _opened(path, where) as f:
+        f.seek(offset + start * row)
+        got = f.readinto(memoryview(out)) if out.size else 0
+    if got != out.size:
+        raise FileFormatError(f"{where} changed while it was read: rows {start}..{stop - 1} of its header's "
+                              f"{shape[0]} are not all there any more (the file is {got + offset + start * row} "
+                              f"bytes or less)")
+    return out.view(dtype).reshape((stop - start,) + tuple(shape[1:]))
+
+
+@contextmanager
+def _opened(path, where):
+    """``path`` opened for binary reading, an OSError becoming a :class:`FileFormatError` naming it."""
     try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-            if magic[:2] == b"PK":
-                raise FileFormatError(f"{where} is a .npz archive (a zip of arrays), not a single .npy array; "
-                                      "save one array with np.save")
-            f.seek(0)
-            shape, fortran, dtype, nbytes = read_npy_header(f, where)
-            offset = f.tell()
-            if offset + nbytes != size:
-                state = "truncated" if offset + nbytes > size else "longer than its header declares"
-                raise FileFormatError(f"{where} is {state}: its header declares shape {shape} {dtype}, "
-                                      f"{nbytes} bytes of data, the file holds {size - offset}")
-            if mmap and nbytes:
-                return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
-                                 order="F" if fortran else "C")
-            _check_budget(where, shape, dtype, nbytes, memory_budget() if budget is None else budget)
-            return _read_into(f, shape, fortran, dtype, nbytes, where)
-    except FileFormatError:
-        raise
+        f = open(path, "rb")
     except OSError as e:
         raise FileFormatError(f"{where} {os_problem(e)}") from None
+    try:
+        yield f
+    except OSError as e:
+        raise FileFormatError(f"{where} {os_problem(e)}") from None
+    finally:
+        f.close()
+
+
+def _checked_npy_header(f, size, where):
+    magic = f.read(6)
+    if magic[:2] == b"PK":
+        raise FileFormatError(f"{where} is a .npz archive (a zip of arrays), not a single .npy array; "
+                              "save one array with np.save")
+    f.seek(0)
+    shape, fortran, dtype, nbytes = read_npy_header(f, where)
+    offset = f.tell()
+    if offset + nbytes != size:
+        state = "truncated" if offset + nbytes > size else "longer than its header declares"
+        raise FileFormatError(f"{where} is {state}: its header declares shape {shape} {dtype}, "
+                              f"{nbytes} bytes of data, the file holds {size - offset}")
+    return shape, fortran, dtype, nbytes
 
 
 # -- gzip ---------------------------------------------------------------------------------------------------------
@@ -386,9 +463,42 @@ def _pixels(limit):
     return f"{limit:,}" + (" (1024x1024)" if limit == MAX_IMAGE_PIXELS else "")
 
 
+#: Pillow's modes of more than 8 bits per pixel: 16-bit integers (PNG, TIFF), 32-bit integers, 32-bit floats
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _decoded(img, mode, where, as_array):
+    """The pixels of an open PIL image in ``mode``: 8-bit images as uint8; wider ones by their real range."""
+    if img.mode not in WIDE_MODES:
+        converted = img.convert(mode)
+        return np.asarray(converted, dtype=np.uint8) if as_array else converted
+    a = np.asarray(img)
+    if img.mode == "F":                                  # floats: in [0, 1], as float arrays are
+        if not np.isfinite(a).all():
+            raise FileFormatError(f"{where} holds NaN or infinite pixel values (a {img.mode}-mode image)")
+        values = a.astype(np.float64)
+    else:                                                # 16-bit (or 32-bit holding 16-bit) integers: / 65535
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise FileFormatError(f"{where} holds 32-bit integer pixels in {a.min()}..{a.max()}; only 8- and 16-bit "
+                                  f"images (0..65535) are read: convert it to 16 bits first")
+        values = a / 65535.0
+    if not as_array:                                     # an 8-bit PIL image, for the photo preprocessing
+        if values.size and (values.min() < 0 or values.max() > 1):
+            raise FileFormatError(f"{where} holds floating-point pixels in [{values.min():.4g}, {values.max():.4g}]; "
+                                  f"float images must hold values in [0, 1]")
+        from PIL import Image
+        return Image.fromarray(np.rint(values * 255).astype(np.uint8), "L").convert(mode)
+    return values if mode == "L" else np.repeat(values[:, :, None], 3, axis=2)
+
+
 def open_image(path, mode, what="image", max_pixels=MAX_IMAGE_PIXELS, as_array=True):
     """Decode an image file with Pillow into a uint8 array (H, W) for ``mode="L"`` or (H, W, 3) for ``"RGB"``
     (or, with ``as_array=False``, a PIL image in ``mode``).
+
+    Images of more than 8 bits per pixel (:data:`WIDE_MODES`) are scaled by their real range, never clipped:
+    16-bit integers become float64 values / 65535 in [0, 1] (32-bit integer images must hold 16-bit values);
+    32-bit float images are taken as [0, 1] values, as float arrays are, and refused when they hold NaN or
+    inf. As a PIL image (``as_array=False``) they become 8-bit images of the same range.
 
     The width x height is checked against ``max_pixels`` (default ``MAX_IMAGE_PIXELS``, 1024x1024) from the
     header, before decoding, with Pillow's decompression-bomb guard set to the same value; text chunks are
@@ -411,8 +521,7 @@ def open_image(path, mode, what="image", max_pixels=MAX_IMAGE_PIXELS, as_array=T
                 if width * height > max_pixels:
                     raise FileFormatError(f"{where} is {width}x{height} = {width * height:,} pixels, more than the "
                                           f"limit of {_pixels(max_pixels)}; resize it first")
-                converted = img.convert(mode)
-                return np.asarray(converted, dtype=np.uint8) if as_array else converted
+                return _decoded(img, mode, where, as_array)
     except FileFormatError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -9,7 +9,7 @@ import numpy as np
 from .base import Dataset, DatasetError, check_labels, existing_dir, fail
 from .files import MAX_IMAGE_PIXELS, FileFormatError, read_gzip
 
-__all__ = ["MNIST_CLASSES", "FASHION_MNIST_CLASSES", "load_mnist"]
+__all__ = ["MNIST_CLASSES", "FASHION_MNIST_CLASSES", "load_mnist", "find_mnist_folder", "mnist_subfolders", "mnist_url"]
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -32,6 +32,11 @@ _MNIST_VARIANTS = {
                       "https://github.com/zalandoresearch/fashion-mnist"),
 }
 
+# What --augment means for the 28x28 images: a random 28x28 crop of the image zero-padded by 2 pixels (+-2 pixels
+# of shift, the 4-of-32 of CIFAR scaled down), and for Fashion-MNIST a random horizontal flip too (clothes are
+# roughly left-right symmetric; a mirrored digit is another glyph). The evidence is in benchmarks/README.md.
+MNIST_AUGMENTATION = {"mnist": {"pad": 2, "flip": False}, "fashion-mnist": {"pad": 2, "flip": True}}
+
 
 def load_mnist(data_dir, variant="mnist") -> Dataset:
     """MNIST or Fashion-MNIST from the official IDX files.
@@ -48,7 +53,8 @@ def load_mnist(data_dir, variant="mnist") -> Dataset:
     Returns
     -------
     Dataset
-        uint8 images (60000, 1, 28, 28) and (10000, 1, 28, 28); 10 classes.
+        uint8 images (60000, 1, 28, 28) and (10000, 1, 28, 28); 10 classes; ``augmentation`` pad 2, flip only
+        for Fashion-MNIST (see ``MNIST_AUGMENTATION``).
 
     Raises
     ------
@@ -60,8 +66,7 @@ def load_mnist(data_dir, variant="mnist") -> Dataset:
         raise ValueError(f"variant must be one of {sorted(_MNIST_VARIANTS)}, got {variant!r}")
     title, name, classes, subdirs, url = _MNIST_VARIANTS[variant]
     root = existing_dir(data_dir, title)
-    folder = next((d for d in (root, *(root / s for s in subdirs)) if _find_idx(d, _MNIST_FILES["train"][0])),
-                  root)
+    folder = find_mnist_folder(root, variant) or root
     splits = []
     for split, (images_name, labels_name) in _MNIST_FILES.items():
         paths = []
@@ -82,7 +87,37 @@ def load_mnist(data_dir, variant="mnist") -> Dataset:
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DatasetError(f"{folder}: training images are {x_train.shape[2:]} but test images are "
                            f"{x_test.shape[2:]} pixels; the files come from different data sets.")
-    return Dataset(name, x_train, y_train, x_test, y_test, 10, classes)
+    return Dataset(name, x_train, y_train, x_test, y_test, 10, classes,
+                   augmentation=dict(MNIST_AUGMENTATION[variant]))
+
+
+def mnist_subfolders(variant):
+    """The sub-folder names searched below a data directory for ``variant``, e.g. ``("mnist", "MNIST", ...)``."""
+    return _MNIST_VARIANTS[variant][3]
+
+
+def mnist_url(variant):
+    """Where ``variant``'s IDX files are published (named in error messages; nothing is downloaded)."""
+    return _MNIST_VARIANTS[variant][4]
+
+
+def find_mnist_folder(root, variant="mnist"):
+    """The folder holding ``variant``'s training images: ``root`` itself or one of its sub-folders, or None.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+    variant : {"mnist", "fashion-mnist"}
+
+    Returns
+    -------
+    pathlib.Path or None
+        The first of ``root``, ``root / sub`` (``sub`` in :func:`mnist_subfolders`) where
+        ``train-images-idx3-ubyte`` (gzipped or not) exists; None when there is none. Only the training images
+        file is looked for: a folder that has it but lacks another file is found, and reading it names the file.
+    """
+    candidates = (root, *(root / sub for sub in _MNIST_VARIANTS[variant][3]))
+    return next((d for d in candidates if _find_idx(d, _MNIST_FILES["train"][0])), None)
 
 
 def _find_idx(folder, stem):

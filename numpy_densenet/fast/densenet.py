@@ -75,7 +75,7 @@ class DenseLayer(ChannelMajor, model.DenseLayer):
     def forward_cnhw(self, x, stats=None, workspace=None):
         """x: (C_in, N, H, W), [x0, ..., x(l-1)] as a view of the block buffer -> (k, N, H, W).
 
-        ``stats``: the batch (mean, var) of x's channels, if the block already has them (train mode).
+        ``stats``: the batch (mean, var, count) of x's channels, if the block already has them (train mode).
         ``workspace``: with ``memory_efficient``, an array of x's shape shared by the block's layers, where the
         first BN -> ReLU output is written (forward) and recomputed (backward) instead of a new array each.
         """
@@ -95,13 +95,13 @@ class DenseLayer(ChannelMajor, model.DenseLayer):
         super().clear_cache()
         self._recompute = None
 
-    def backward_cnhw(self, dnew, workspace=None):
-        """dnew: (k, N, H, W), the gradient of the new features -> gradient of the input (C_in, N, H, W).
+    def backward_cnhw(self, dout, workspace=None):
+        """dout: (k, N, H, W), the gradient of the new features -> gradient of the input (C_in, N, H, W).
 
         ``workspace``: a C-contiguous array of the input's shape where the input gradient is computed and
         returned, instead of new arrays (the block shares one between its layers).
         """
-        d = swap01(self.dropout.backward(swap01(dnew))) if self.drop_rate > 0 else dnew
+        d = swap01(self.dropout.backward(swap01(dout))) if self.drop_rate > 0 else dout
         if self.bottleneck:
             d = self.norm2.backward_cnhw(self.conv2.backward_cnhw(d))
         dinput = workspace

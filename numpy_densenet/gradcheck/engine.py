@@ -34,12 +34,14 @@
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
 
 from ..nn.module import Module
 from .float32 import float32_rows
+from .locate import locate_culprits
 from .parallel import ParallelLosses
 from .probe import Probe, nonfinite
 from .probing import check_coordinates, coordinate_requests, directional_row, merge_rows, nonfinite_row
@@ -51,7 +53,8 @@ TIE_CONVENTIONS = ("any", "first")
 
 def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8, samples=16, directions=3,
               sampled_directions=1, locate_samples=64, exhaustive_limit=4096, clear_limit=20000, float32=False,
-              raise_exception=False, check_inputs=True, check_params=True, executor=None, tie_convention="any"):
+              raise_exception=False, check_inputs=True, check_params=True, executor=None, tie_convention="any",
+              locate=False):
     """Check ``module.backward`` against central finite differences in float64.
 
     Parameters
@@ -59,7 +62,8 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
     module : Module
         Any module following the layer protocol (``forward(*x)``, ``backward(dout)``, parameters with
         ``.data``/``.grad``); it is deep-copied and converted to float64, so the original (and its running
-        statistics, random generators and ``.grad``) is left untouched.
+        statistics, random generators and ``.grad``) is left untouched. (Other code: :func:`check_backward`
+        for a NumPy forward/backward pair, ``check_torch`` and ``check_jax`` for PyTorch and JAX functions.)
     x : ndarray or tuple of ndarrays
         The input(s) of ``module(*x)``, any shapes. Integer inputs (class labels) are passed through but not
         checked.
@@ -80,7 +84,8 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
         A probe passes when |analytic - numeric| <= atol' + rtol * |numeric|, where atol' is ``atol`` plus
         the rounding-noise floor of the finite difference (shown in the report's atol column).
     samples, directions, sampled_directions, locate_samples : int
-        Probe counts (``sampled_directions`` may be 0).
+        Probe counts (``sampled_directions`` may be 0; ``locate_samples`` 0: a failing direction is reported as
+        it is, not located coordinate by coordinate).
     exhaustive_limit, clear_limit : int
         See ``mode``.
     float32 : bool
@@ -100,6 +105,13 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
         Evaluate the perturbed losses on this executor's workers (a process pool, loky, Dask's
         ``Client.get_executor()``; see :mod:`numpy_densenet.gradcheck.parallel`), in coarse tasks, each worker on
         one thread. The result is bit-identical to a serial run with ``numpy_densenet.set_num_threads(1)``.
+    locate : bool or {"full", "sampled", "directional"}
+        When the check fails, name the wrong backward: every submodule is checked alone (in directional mode,
+        or the mode given), bottom up, on the very inputs it received in one recorded forward of the model, and
+        ``result.culprits`` lists the qualified names (``named_modules()``) of the innermost ones that fail,
+        printed first in the report with their own rows. The whole model's failing directions are then not
+        located coordinate by coordinate (the culprits' rows are, at a submodule's cost). Nothing extra runs
+        when the check passes.
 
     Returns
     -------
@@ -108,17 +120,37 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
         with its analytic and numeric values, the effective tolerances, the smallest relative error the row
         could detect, and the status, then the protocol checks and a legend.
     """
-    check_options(module, mode, eps, rtol, atol, samples=samples, directions=directions,
-                  locate_samples=locate_samples, sampled_directions=sampled_directions,
-                  exhaustive_limit=exhaustive_limit, clear_limit=clear_limit)
-    if tie_convention not in TIE_CONVENTIONS:
-        raise ValueError(f"gradcheck: tie_convention must be one of {TIE_CONVENTIONS}, got {tie_convention!r}")
-    probe = Probe(module, x, seed)
+    options = dict(locals())                     # the options, as the front doors take them too
+    for name in ("module", "x", "raise_exception", "locate"):
+        del options[name]
+    __tracebackhide__ = True                     # pytest shows the report, not the engine's frames
+    if not isinstance(module, Module):
+        raise TypeError(f"gradcheck: module must be a numpy_densenet Module, got {type(module).__name__} (for a "
+                        f"NumPy forward/backward pair use check_backward; for PyTorch, check_torch)")
+    check_options("gradcheck", options)
+    check_something_to_check(module, x, check_inputs, check_params)
+    where = locate_mode(locate)
+    whole = dict(options, locate_samples=0) if where else options     # the culprits' rows locate the entries
+    result = check_probe(Probe(module, x, seed), type(module).__name__, module, **whole)
+    if where and not result.passed:
+        def check_alone(sub, inputs):
+            return gradcheck(sub, inputs, **dict(options, mode=where, check_inputs=True))
+        locate_culprits(result, module, x, check_alone)
+    return finish(result, raise_exception)
+
+
+def check_probe(probe, label, module=None, *, mode, seed, eps, rtol, atol, samples, directions, sampled_directions,
+                locate_samples, exhaustive_limit, clear_limit, float32, check_inputs, check_params, executor,
+                tie_convention):
+    """The decision logic every front door shares: one row per checked tensor in the given mode, the protocol
+    checks and the float32 rows of ``probe`` (a :class:`~.probe.BaseProbe`; ``module`` for the float32 copies
+    of a :class:`~.probe.Probe`) -> GradcheckResult, not raised. The options are gradcheck's, checked."""
     probe.tie_convention = tie_convention
     if executor is not None:
         probe.parallel = ParallelLosses(executor, probe)
-    result = GradcheckResult(type(module).__name__, mode, eps, seed)
-    module_values = sum(a.size for a in probe.inputs) + sum(p.size for _, p in probe.params)
+    result = GradcheckResult(label, mode, eps, seed)
+    module_values = (sum(a.size for a in probe.inputs if isinstance(a, np.ndarray))
+                     + sum(p.size for _, p in probe.params))
     if module_values > clear_limit:
         exhaustive_limit = 0            # too costly to probe a tensor coordinate by coordinate
     rng = np.random.default_rng([seed, 1])
@@ -140,30 +172,79 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
                 row = merge_rows(row, other)
         result.rows.append(row)
     result.reentrant, result.accumulates = probe.reentrant, probe.accumulates
-    result.upstream_intact = probe.upstream_intact
+    result.upstream_intact, result.inputs_intact = probe.upstream_intact, probe.inputs_intact
     result.notes += probe.notes
     if float32:
         result.float32_rows = float32_rows(module, probe, check_inputs, check_params)
+    return result
+
+
+def finish(result, raise_exception):
+    """``result``, or :class:`GradcheckError` carrying it when it failed and ``raise_exception`` asks."""
+    __tracebackhide__ = True
     if raise_exception and not result.passed:
         raise GradcheckError(result)
     return result
 
 
-def check_options(module, mode, eps, rtol, atol, **counts):
-    """A clear error for a bad argument of :func:`gradcheck`, naming it."""
-    if not isinstance(module, Module):
-        raise TypeError(f"gradcheck: module must be a numpy_densenet Module, got {type(module).__name__}")
+def options_for(door, given):
+    """gradcheck's keyword options as a front door (``check_backward``, ``check_torch``) takes them: ``given``
+    checked by name and value, the others at gradcheck's defaults (its signature is the one place for them).
+    Returns (options, raise_exception)."""
+    defaults = {name: p.default for name, p in inspect.signature(gradcheck).parameters.items()
+                if p.kind is p.KEYWORD_ONLY and name != "locate"}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TypeError(f"{door}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                        f"the options are {', '.join(defaults)}")
+    options = {**defaults, **given}
+    raise_exception = options.pop("raise_exception")
+    check_options(door, options)
+    return options, raise_exception
+
+
+def locate_mode(locate):
+    """The mode submodules are checked in (None: do not locate)."""
+    if locate is False or locate is None:
+        return None
+    if locate is True:
+        return "directional"
+    if locate in MODES:
+        return locate
+    raise ValueError(f"gradcheck: locate must be True, False or one of {MODES}, got {locate!r}")
+
+
+def check_options(door, options):
+    """A clear error for a bad option of :func:`gradcheck` (or of the front door ``door``), naming it."""
+    mode, eps = options["mode"], options["eps"]
     if mode not in MODES:
-        raise ValueError(f"gradcheck: mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"{door}: mode must be one of {MODES}, got {mode!r}")
     if not eps > 0:
-        raise ValueError(f"gradcheck: eps must be positive, got {eps!r}")
+        raise ValueError(f"{door}: eps must be positive, got {eps!r}")
     for name in ("samples", "directions", "locate_samples", "sampled_directions", "exhaustive_limit", "clear_limit"):
-        v, low = counts[name], (1 if name in ("samples", "directions", "locate_samples") else 0)
+        v, low = options[name], (1 if name in ("samples", "directions") else 0)
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
-            raise ValueError(f"gradcheck: {name} must be a {'positive' if low else 'non-negative'} int, got {v!r}")
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if not v >= 0:
-            raise ValueError(f"gradcheck: {name} must be non-negative, got {v!r}")
+            raise ValueError(f"{door}: {name} must be a {'positive' if low else 'non-negative'} int, got {v!r}")
+    if options["tie_convention"] not in TIE_CONVENTIONS:
+        raise ValueError(f"{door}: tie_convention must be one of {TIE_CONVENTIONS}, got {options['tie_convention']!r}")
+    for name in ("rtol", "atol"):
+        if not options[name] >= 0:
+            raise ValueError(f"{door}: {name} must be non-negative, got {options[name]!r}")
+
+
+def check_something_to_check(module, x, check_inputs, check_params):
+    """A clear ValueError instead of a vacuous pass: both checks off, an empty float input, or nothing left."""
+    inputs = [np.asarray(a) for a in (x if isinstance(x, tuple) else (x,))]
+    empty = [i for i, a in enumerate(inputs) if a.dtype.kind == "f" and a.size == 0]
+    if empty:
+        raise ValueError(f"gradcheck: input {empty[0]} is empty (shape {inputs[empty[0]].shape}): there is no "
+                         f"gradient to check; give at least one value")
+    values = (sum(a.size for a in inputs if a.dtype.kind == "f") if check_inputs else 0) + \
+        (sum(p.data.size for p in module.parameters()) if check_params else 0)
+    if values == 0:
+        raise ValueError("gradcheck: nothing to check: " + ("check_inputs and check_params are both False" if not
+                         (check_inputs or check_params) else f"check_inputs={check_inputs} and check_params="
+                         f"{check_params} leave no float input or parameter of {type(module).__name__}"))
 
 
 def check_targets(probe, check_inputs, check_params):

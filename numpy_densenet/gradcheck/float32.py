@@ -23,33 +23,32 @@ def float32_rows(module, probe, check_inputs, check_params):
 
     Tolerance per tensor: |a32 - a64| <= atol32 + rtol32 * |a64|, rtol32 = eps32 (2 + F sqrt(K)) with K the
     number of values the computation touches (inputs, output, parameters), atol32 = rtol32 * max(kappa * max|a64|,
-    S / (entries * mean|value|)); F = 8 for a module with children, 0.3 for a single layer (measured:
-    FLOAT32_LAYER_FACTOR).
+    S / (entries * mean|value|)); F = 8 for a module with children or a function (``module`` None), 0.3 for a
+    single layer (measured: FLOAT32_LAYER_FACTOR).
 
     kappa = S / sum|g y| is the cancellation factor of the float64 noise estimate (large when the module
     subtracts large values, as a convolution then a BatchNorm on 1e4 + N(0, 1) does: the convolution's output
-    is rounded at 1e4 before the BatchNorm subtracts its mean). Only a module with children gets it: a single
-    layer's inputs and parameters are exact in float32 and it has no rounded intermediate the checker could
-    blame, so its gradients must keep float32's precision whatever its inputs (kappa = 1, S = sum|g y|, and the
-    measured factor). A BatchNorm whose mean loses its rounding (half a unit in the last place of 1e4) fails there.
-    A module with children also carries its children's forward rounding into the gradients (a ReLU mask flipped
-    by a rounded BatchNorm output, a convolution's output rounded before a BatchNorm subtracts its mean), which the
-    checker cannot attribute: hence the wider factor.
+    is rounded at 1e4 before the BatchNorm subtracts its mean). Only a module with children (or a function) gets
+    it: a single layer's inputs and parameters are exact in float32 and it has no rounded intermediate the checker
+    could blame, so its gradients must keep float32's precision whatever its inputs (kappa = 1, S = sum|g y|, and
+    the measured factor). A BatchNorm whose mean loses its rounding (half a unit in the last place of 1e4) fails
+    there. A module with children also carries its children's forward rounding into the gradients (a ReLU mask
+    flipped by a rounded BatchNorm output, a convolution's output rounded before a BatchNorm subtracts its mean),
+    which the checker cannot attribute: hence the wider factor.
 
-    Output entries that float32 cannot resolve (a BatchNorm -> ReLU output within float32's rounding of its
-    kink, whose mask then differs between the runs) get a zero upstream gradient in both runs, when they are at
-    most 1 % of the output.
+    Output entries of a module that float32 cannot resolve (a BatchNorm -> ReLU output within float32's rounding
+    of its kink, whose mask then differs between the runs) get a zero upstream gradient in both runs, when they
+    are at most 1 % of the output.
+
+    ``module`` None: a function's probe runs its own float32 and float64 copies
+    (``probe.float32_gradients``, in :mod:`.functions`).
     """
-    m32 = copy.deepcopy(module).float()
-    ref = copy.deepcopy(m32).double()            # float32-rounded parameters, held in float64
-    _draw_in_float32(ref)
-    x32 = [a.astype(np.float32) if a.dtype.kind == "f" else a for a in probe.inputs]
-    x64 = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in x32]
-    g32 = _resolvable(_forward(m32, x32), _forward(ref, x64), probe.g.astype(np.float32))
-    grads32 = _backward(m32, x32, g32, check_inputs, check_params)
-    grads64 = _backward(ref, x64, g32.astype(np.float64), check_inputs, check_params)
-    k = probe.g.size + sum(a.size for a in probe.inputs if a.dtype.kind == "f") + sum(p.size for _, p in probe.params)
-    leaf = next(iter(module.children()), None) is None
+    if module is None:
+        grads32, grads64 = probe.float32_gradients(check_inputs, check_params)
+    else:
+        grads32, grads64 = module_gradients(module, probe, check_inputs, check_params)
+    k = probe.g.size + sum(probe.inputs[i].size for i in probe.float_inputs) + sum(p.size for _, p in probe.params)
+    leaf = module is not None and next(iter(module.children()), None) is None
     rtol32 = EPS32 * (ROUNDINGS + (FLOAT32_LAYER_FACTOR if leaf else FLOAT32_FACTOR) * math.sqrt(k))
     plain = float(np.nansum(np.abs(probe.g * probe.forward())))
     size = plain + abs(probe.L0) if leaf and math.isfinite(probe.L0) else probe.size
@@ -58,6 +57,20 @@ def float32_rows(module, probe, check_inputs, check_params):
         [p.data for _, p in probe.params] if check_params else [])
     return [_row(name, a32, a64, value, rtol32, kappa, size)
             for (name, a32), (_, a64), value in zip(grads32, grads64, values)]
+
+
+def module_gradients(module, probe, check_inputs, check_params):
+    """[(name, gradient)] of a float32 copy of ``module`` and of a float64 copy at the same float32-rounded point
+    (its Dropout masks drawn in float32), with a zero upstream gradient at the outputs float32 cannot resolve."""
+    m32 = copy.deepcopy(module).float()
+    ref = copy.deepcopy(m32).double()            # float32-rounded parameters, held in float64
+    _draw_in_float32(ref)
+    x32 = [a.astype(np.float32) if a.dtype.kind == "f" else a for a in probe.inputs]
+    x64 = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in x32]
+    g32 = _resolvable(_forward(m32, x32), _forward(ref, x64), probe.g.astype(np.float32))
+    grads32 = _backward(m32, x32, g32, check_inputs, check_params)
+    grads64 = _backward(ref, x64, g32.astype(np.float64), check_inputs, check_params)
+    return grads32, grads64
 
 
 def _draw_in_float32(m):

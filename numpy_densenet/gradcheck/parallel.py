@@ -77,8 +77,9 @@ class ParallelLosses:
     Parameters
     ----------
     executor : concurrent.futures.Executor or anything with ``submit(fn, *args) -> future``
-    probe : numpy_densenet.gradcheck.probe.Probe
-        Built in this process; its module copy, inputs, upstream gradient and saved states are shipped.
+    probe : numpy_densenet.gradcheck.probe.BaseProbe
+        Built in this process; its module copy (or function), inputs, upstream gradient and saved states are
+        shipped.
     probes_per_task : int, optional
         Probes (each two forwards, at +delta and -delta) per task; default: the probes split into about
         ``TASKS_PER_WORKER`` tasks per worker, at least ``MIN_PROBES_PER_TASK`` each.
@@ -105,13 +106,16 @@ class ParallelLosses:
     def payload(self):
         """The pickled probe without what only the caller needs (made once)."""
         if self._payload is None:
-            for m in self.probe.module.modules():                    # no forward caches in the payload
-                m.clear_cache()
+            self.probe.clear_caches()                                # no forward caches in the payload
             shipped = copy.copy(self.probe)                          # shallow: shares the module, inputs, ...
             for name in _PARENT_ONLY:
                 shipped.__dict__.pop(name, None)
             shipped.targets = targets(self.probe)
-            self._payload = pickle.dumps(shipped, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                self._payload = pickle.dumps(shipped, protocol=pickle.HIGHEST_PROTOCOL)
+            except (pickle.PicklingError, AttributeError, TypeError) as e:
+                raise TypeError(f"executor: what is checked must be picklable to reach the workers (functions "
+                                f"defined at module level, not lambdas or closures); pickling failed: {e}") from None
         return self._payload
 
     def losses(self, requests):

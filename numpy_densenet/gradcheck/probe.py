@@ -1,5 +1,9 @@
-"""The probe: a float64 copy of the module, evaluated at perturbed points with its state reset, and the steps its
-finite differences take."""
+"""The probe: what the engine evaluates and differentiates, and the steps its finite differences take.
+
+:class:`BaseProbe` is the interface every front door's probe implements (a Module here, a NumPy forward/backward
+pair or a PyTorch or JAX function in :mod:`.functions` and :mod:`.frameworks`): the engine, the float32 rows and
+the executors use nothing else. :class:`Probe` is the module's: a float64 copy of the module, evaluated at
+perturbed points with its state reset."""
 from __future__ import annotations
 
 import copy
@@ -29,29 +33,29 @@ class Float32Draws:
         return getattr(self._generator, name)
 
 
-class Probe:
-    """Holds the float64 copy of the module and evaluates L = sum(g * module(x)) with state reset."""
+class BaseProbe:
+    """What the engine needs of a probe, whatever it checks: L = sum(g * f(inputs, params)) at perturbed points,
+    the analytic gradients and the protocol checks.
 
-    def __init__(self, module, x, seed):
-        self.module = copy.deepcopy(module).double()
-        inputs = x if isinstance(x, (tuple, list)) else (x,)
-        self.inputs = []
-        for i, a in enumerate(inputs):
-            if not isinstance(a, np.ndarray):
-                raise TypeError(f"gradcheck: input {i} must be a NumPy array, got {type(a).__name__}")
-            self.inputs.append(np.array(a, dtype=np.float64) if a.dtype.kind == "f" else a.copy())
-        self.float_inputs = [i for i, a in enumerate(self.inputs) if a.dtype.kind == "f"]
-        self.params = list(self.module.named_parameters())
-        self.notes = []
-        self.parallel = None                        # parallel.ParallelLosses when given an executor
-        self.tie_convention = "any"                 # or "first": see gradcheck's tie_convention
-        # Everything forward may change is saved once and restored before each evaluation.
-        self.generators = [(m, m.generator) for m in self.module.modules()
-                           if isinstance(getattr(m, "generator", None), np.random.Generator)]
-        self.generator_states = [copy.deepcopy(g.bit_generator.state) for _, g in self.generators]
-        self.buffers = [(m, name, np.array(getattr(m, name), copy=True))
-                        for m in self.module.modules() for name, _ in m.named_buffers(recurse=False)]
+    A subclass sets, before calling :meth:`start`:
 
+    * ``inputs`` - the call's inputs; the checked ones (indices ``float_inputs``) are float64 arrays that the
+      engine perturbs in place between evaluations;
+    * ``params`` - ``(name, holder)`` pairs, ``holder.data`` a float64 array perturbed in place (``.size``);
+    * ``notes`` (a list) and ``parallel`` (None);
+
+    and defines ``forward(inputs=None)`` (the float64 output at the current values), ``_analytic()`` (sets
+    ``input_grads``, one per checked input, ``param_grads`` and the protocol flags ``reentrant``,
+    ``accumulates`` (None: not applicable), ``upstream_intact``, ``inputs_intact`` (None: not checked)) and
+    ``float32_gradients(check_inputs, check_params)`` (or is a :class:`Probe`, whose module float32.py copies).
+    """
+
+    accumulates = True
+    inputs_intact = None
+    tie_convention = "any"                          # or "first": see gradcheck's tie_convention (set by the engine)
+
+    def start(self, seed):
+        """Draw the upstream gradient g, evaluate L and the analytic gradients, and bound L's rounding error."""
         out = self.forward()
         self.g = np.random.default_rng([seed, 0]).standard_normal(np.shape(out))  # non-uniform upstream grad
         bad = nonfinite(out)
@@ -70,6 +74,45 @@ class Probe:
         self.size += abs(self.L0) if math.isfinite(self.L0) else 0.0
         self.noise = NOISE_FACTOR * EPS64 * (self.size + 1e-300)          # |error of one evaluation of L|
 
+    def loss(self):
+        return float(np.dot(self.g.ravel(), self.forward().ravel()))
+
+    def input_name(self, i):
+        """The row name of input ``i``: "input" when it is the only checked one, else "input[i]"."""
+        return f"input[{i}]" if len(self.float_inputs) > 1 else "input"
+
+    def input_targets(self):
+        for slot, i in enumerate(self.float_inputs):
+            yield self.input_name(i), self.inputs[i], self.input_grads[slot]
+
+    def clear_caches(self):
+        """Drop whatever the last evaluation left behind (before the probe is pickled for an executor)."""
+
+
+class Probe(BaseProbe):
+    """Holds the float64 copy of the module and evaluates L = sum(g * module(x)) with state reset."""
+
+    def __init__(self, module, x, seed):
+        self.module = copy.deepcopy(module).double()
+        inputs = x if isinstance(x, (tuple, list)) else (x,)
+        self.inputs = []
+        for i, a in enumerate(inputs):
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"gradcheck: input {i} must be a NumPy array, got {type(a).__name__}")
+            self.inputs.append(np.array(a, dtype=np.float64) if a.dtype.kind == "f" else a.copy())
+        self.float_inputs = [i for i, a in enumerate(self.inputs) if a.dtype.kind == "f"]
+        self.params = list(self.module.named_parameters())
+        self.notes = []
+        self.parallel = None                        # parallel.ParallelLosses when given an executor
+        # Everything forward may change is saved once and restored before each evaluation.
+        self.generators = [(m, m.generator) for m in self.module.modules()
+                           if isinstance(getattr(m, "generator", None), np.random.Generator)]
+        self.generator_states = [copy.deepcopy(g.bit_generator.state) for _, g in self.generators]
+        self.buffers = [(m, name, np.array(getattr(m, name), copy=True))
+                        for m in self.module.modules() for name, _ in m.named_buffers(recurse=False)]
+
+        self.start(seed)
+
     def _reset(self):
         for (_, g), state in zip(self.generators, self.generator_states):
             g.bit_generator.state = copy.deepcopy(state)
@@ -82,9 +125,6 @@ class Probe:
         inputs = self.inputs if inputs is None else inputs
         out = self.module(*[a.copy() if a.dtype.kind == "f" else a for a in inputs])
         return np.asarray(out, dtype=np.float64)
-
-    def loss(self):
-        return float(np.dot(self.g.ravel(), self.forward().ravel()))
 
     def _backward(self, g=None, inputs=None):
         """One forward and backward; returns (input grads, param grads, upstream intact, returned view)."""
@@ -130,10 +170,9 @@ class Probe:
                               + ": other consumers of the same gradient would see the corruption")
         self.module.zero_grad()
 
-    def input_targets(self):
-        many = len(self.float_inputs) > 1
-        for slot, i in enumerate(self.float_inputs):
-            yield (f"input[{i}]" if many else "input"), self.inputs[i], self.input_grads[slot]
+    def clear_caches(self):
+        for m in self.module.modules():
+            m.clear_cache()
 
 
 def close(a, b):

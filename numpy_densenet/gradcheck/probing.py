@@ -270,6 +270,9 @@ def directional_row(probe, name, array, analytic, eps, rtol, atol, directions, l
         located.note = (f"(directions cross kinks and pass within the hull of nearby derivatives; located "
                         f"over all {located.probes} coordinates)" + (f" {located.note}" if located.note else ""))
         return located
+    if not locate_samples:              # gradcheck(..., locate=True): the culprits' own rows locate it
+        report.note = "(a failing direction, not located coordinate by coordinate)"
+        return report
     # Locate the wrong entries coordinate by coordinate (every coordinate when the failing directions crossed
     # non-differentiable points and the tensor is small enough). The direction's failure stands either way: it
     # was a smooth mismatch, or its value lies outside the hull of the derivatives at nearby points, which no

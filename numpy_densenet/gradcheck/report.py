@@ -43,7 +43,13 @@ class TensorReport:
 
 @dataclass
 class GradcheckResult:
-    """The outcome of :func:`gradcheck`. ``passed`` is True when no row failed and the protocol checks held."""
+    """The outcome of :func:`gradcheck` (and of ``check_backward``, ``check_torch``, ``check_jax``). ``passed`` is
+    True when no row failed and the protocol checks held.
+
+    ``accumulates`` is None where there is no ``.grad`` to accumulate into (a function), ``inputs_intact`` None
+    where it is not checked (a module, whose every forward gets fresh copies). With ``locate``, ``culprits`` holds
+    the qualified names (as in ``named_modules()``, "" for the model itself) of the innermost submodules whose own
+    backward fails, and ``located`` the result of every submodule checked alone, by name."""
     module: str
     mode: str
     eps: float
@@ -54,10 +60,14 @@ class GradcheckResult:
     accumulates: bool = True
     upstream_intact: bool = True
     notes: list = field(default_factory=list)
+    inputs_intact: bool = None
+    culprits: list = field(default_factory=list)
+    located: dict = field(default_factory=dict)
 
     @property
     def passed(self):
-        return (self.reentrant and self.accumulates and self.upstream_intact
+        return (self.reentrant and self.accumulates is not False and self.upstream_intact
+                and self.inputs_intact is not False
                 and all(r.passed for r in self.rows) and all(r.passed for r in self.float32_rows))
 
     @property
@@ -65,20 +75,45 @@ class GradcheckResult:
         return [r for r in self.rows + self.float32_rows if not r.passed]
 
     def table(self):
-        lines = [f"gradcheck {self.module}: mode={self.mode}, float64, eps={self.eps:g} (relative step), "
-                 f"seed={self.seed}"]
-        lines += format_rows(self.rows, ("analytic", "numeric"))
+        lines = self.culprit_lines()
+        lines += [f"gradcheck {self.module}: mode={self.mode}, float64, eps={self.eps:g} (relative step), "
+                  f"seed={self.seed}"]
+        lines += self.body()
+        lines += LEGEND
+        lines.append("PASSED" if self.passed else "FAILED")
+        return "\n".join(lines)
+
+    def body(self):
+        """The rows, float32 rows, protocol checks and notes."""
+        lines = format_rows(self.rows, ("analytic", "numeric"))
         if self.float32_rows:
             lines.append("float32 run: analytic float32 gradients vs the float64 ones at the same float32-rounded "
                          "point")
             lines += format_rows(self.float32_rows, ("float32", "float64"))
-        lines.append(f"reentrant (backward twice, same gradients): {'yes' if self.reentrant else 'NO'}; "
-                     f"accumulates into .grad (+=): {'yes' if self.accumulates else 'NO'}; "
-                     f"upstream gradient left unchanged: {'yes' if self.upstream_intact else 'NO'}")
-        lines += self.notes
-        lines += LEGEND
-        lines.append("PASSED" if self.passed else "FAILED")
-        return "\n".join(lines)
+        checks = [f"reentrant (backward twice, same gradients): {yes(self.reentrant)}"]
+        if self.accumulates is not None:
+            checks.append(f"accumulates into .grad (+=): {yes(self.accumulates)}")
+        checks.append(f"upstream gradient left unchanged: {yes(self.upstream_intact)}")
+        if self.inputs_intact is not None:
+            checks.append(f"inputs left unchanged by forward and backward: {yes(self.inputs_intact)}")
+        return lines + ["; ".join(checks)] + self.notes
+
+    def culprit_lines(self):
+        """With ``locate``: the culprits first, each with its own rows, as checked alone."""
+        if not self.located and not self.culprits:
+            return []
+        lines = [f"located: the wrong backward is in {', '.join(repr(n) for n in self.culprits) or 'no submodule'} "
+                 f"({len(self.located)} submodules checked alone, each on the inputs it received in the model's "
+                 f"forward; innermost failures only)"]
+        for name in self.culprits:
+            if name not in self.located:
+                lines.append(f"== '{name}' (the model itself, {self.module}): every submodule passes alone, so the "
+                             f"code joining them is wrong; its rows are below")
+                continue
+            sub = self.located[name]
+            lines.append(f"== '{name}' ({sub.module}), mode={sub.mode}:")
+            lines += ["   " + line for line in sub.body()]
+        return lines
 
     __str__ = table
 
@@ -92,6 +127,10 @@ LEGEND = (
     "  anywhere fails. kink: L is not differentiable at the probe, and a lies in the hull of the derivatives at",
     "  nearby differentiable points.",
 )
+
+
+def yes(flag):
+    return "yes" if flag else "NO"
 
 
 def format_rows(rows, value_heads):

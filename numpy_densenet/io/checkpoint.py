@@ -11,8 +11,9 @@ A ``checkpoint.npz`` holds, besides a weights file's metadata (:mod:`numpy_dense
     per-epoch history (the rows of ``metrics.jsonl``), the selection of ``best.npz``, and the random generators'
     states.
 
-Versions: 1, 2 (``given_options``, the options given on the command line) and 3 (validation: ``best_loss``,
-``best_epoch``, and val_loss / val_acc in every history row) are read; 3 is written.
+Versions: 1, 2 (``given_options``, the options given on the command line), 3 (validation: ``best_loss``,
+``best_epoch``, and val_loss / val_acc in every history row) and 4 (``data_digest``, the SHA-256 of the data the
+run trains on, which a resume must read again) are read; 4 is written.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .weights import check_metadata_keys
 __all__ = ["CHECKPOINT_VERSION", "METRIC_KEYS", "RUN_STATE_KEYS", "checkpoint_arrays", "read_checkpoint",
            "run_state_from_arrays"]
 
-CHECKPOINT_VERSION = 3
+CHECKPOINT_VERSION = 4
 METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds"}
 OLD_METRIC_KEYS = METRIC_KEYS - {"val_loss", "val_acc"}          # rows of checkpoints before version 3
 RUN_STATE_KEYS = {"version", "epoch", "step", "sums", "history", "best_acc", "epoch_rng_state",
@@ -66,7 +67,8 @@ def run_state_from_arrays(arrays, path):
     if version > CHECKPOINT_VERSION:
         raise WeightsFileError(f"{where} is checkpoint version {version}, written by a newer numpy_densenet; this "
                                f"one reads versions 1 to {CHECKPOINT_VERSION}: upgrade to resume it")
-    required = RUN_STATE_KEYS | ({"best_loss", "best_epoch"} if version >= 3 else set())
+    required = RUN_STATE_KEYS | ({"best_loss", "best_epoch"} if version >= 3 else set()) | \
+        ({"data_digest"} if version >= 4 else set())
     known = required | ({"given_options"} if version >= 2 else set())
     unknown, missing = sorted(set(state) - known), sorted(required - set(state))
     if unknown or missing:
@@ -83,7 +85,8 @@ def _counters_ok(state):
             and state["step"] >= 0 and isinstance(state["sums"], list) and len(state["sums"]) == 3
             and all(isinstance(v, (int, float)) for v in state["sums"])
             and isinstance(state["best_acc"], (int, float)) and isinstance(state["epoch_rng_state"], dict)
-            and isinstance(state["dropout_rng_states"], list))
+            and isinstance(state["dropout_rng_states"], list)
+            and isinstance(state.get("data_digest", ""), str))
 
 
 def _history_ok(state, version):

@@ -14,14 +14,16 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tempfile
 
 import numpy as np
 
 from ..data.files import FileFormatError, read_npz
 
-__all__ = ["WeightsFileError", "TEMP_MARK", "atomic_write", "remove_stale_temp_files", "save_npz", "load_npz",
-           "json_array", "json_entry", "label", "check_state_values", "OS_ERROR_HINTS", "os_error_hint", "describe_os_error"]
+__all__ = ["WeightsFileError", "TEMP_PREFIX", "temp_prefix", "pid_running", "atomic_write", "remove_stale_temp_files",
+           "save_npz", "load_npz", "json_array", "json_entry", "label", "printable", "check_state_values",
+           "OS_ERROR_HINTS", "os_error_hint", "describe_os_error"]
 
 
 class WeightsFileError(ValueError):
@@ -32,23 +34,24 @@ class WeightsFileError(ValueError):
 
 
 # -- writing ------------------------------------------------------------------------------------------------------
-TEMP_MARK = ".tmp-"            # temporary files are ".<name>.tmp-<pid>-<random>" next to their target
+TEMP_PREFIX = ".numpy_densenet-tmp-"   # temporary files: ".numpy_densenet-tmp-<pid>-<random>.<name>" beside the target
+_TEMP_NAME = re.compile(r"^\.numpy_densenet-tmp-(\d+)-[A-Za-z0-9_]+\.")
 
 
 def atomic_write(path, write, mode="wb"):
     """Write a file atomically: ``write(f)`` fills a temporary file in the same folder, then it is renamed.
 
-    The temporary name, ``.<name>.tmp-<pid>-<random>``, is unique per process and per call, so concurrent
-    writers never share one. The data is flushed to disk before the rename; a failure or a kill at any point
-    leaves the previous file intact (a kill may leave the temporary file, which :func:`remove_stale_temp_files`
-    removes). An ``OSError`` (disk full, read-only file system, ...) is re-raised naming ``path``, not the
-    temporary file.
+    The temporary name, ``.numpy_densenet-tmp-<pid>-<random>.<name>``, names the writing process and is unique
+    per call, so concurrent writers never share one. The data is flushed to disk before the rename; a failure or
+    a kill at any point leaves the previous file intact (a kill may leave the temporary file, which
+    :func:`remove_stale_temp_files` removes once its writer is dead). An ``OSError`` (disk full, read-only file
+    system, ...) is re-raised naming ``path``, not the temporary file.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{TEMP_MARK}{os.getpid()}-", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=f".{os.path.basename(path)}", dir=folder)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)                                   # mkstemp makes 0600; use the usual mode
@@ -70,12 +73,30 @@ def atomic_write(path, write, mode="wb"):
                 pass
 
 
-def remove_stale_temp_files(folder):
-    """Remove the temporary files that killed writers left in ``folder``; returns their names.
+def temp_prefix(pid=None):
+    """How this process's temporary files start: ``.numpy_densenet-tmp-<pid>-`` (``pid`` default: this one)."""
+    return f"{TEMP_PREFIX}{os.getpid() if pid is None else pid}-"
 
-    Only call it while no other process writes there (``train`` holds the folder's lock). Matches this
-    module's ``.<name>.tmp-*`` names and the names of earlier versions (``.tmp-*.npz``, ``*.tmp``,
-    ``*.tmp.png``).
+
+def pid_running(pid):
+    """Whether a process ``pid`` exists on this machine (one owned by another user counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:                                   # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder):
+    """Remove the temporary files that killed writers of this package left in ``folder``; returns their names.
+
+    Only names this module makes (:func:`temp_prefix`: ``.numpy_densenet-tmp-<pid>-...``) whose process ``pid``
+    is no longer running are removed, and only regular files (not links): a live writer's file, or another
+    program's, is never touched.
     """
     removed = []
     try:
@@ -83,10 +104,11 @@ def remove_stale_temp_files(folder):
     except OSError:
         return removed
     for name in names:
-        stale = (name.startswith(".") and TEMP_MARK in name) or name.startswith(".tmp-") or \
-            name in ("metrics.jsonl.tmp", "curves.png.tmp.png")
+        m = _TEMP_NAME.match(name)
+        if not m or int(m.group(1)) == os.getpid() or pid_running(int(m.group(1))):
+            continue
         full = os.path.join(folder, name)
-        if stale and os.path.isfile(full) and not os.path.islink(full):
+        if os.path.isfile(full) and not os.path.islink(full):
             try:
                 os.unlink(full)
                 removed.append(name)
@@ -118,6 +140,13 @@ def load_npz(path, what="weights file", keys=None):
 def label(path, what):
     """How a message names a file: ``what 'path'``."""
     return f"{what} {os.fspath(path)!r}"
+
+
+def printable(name):
+    """``name`` as it can be printed on one line: itself, or, when it holds a newline, another control
+    character or bytes that are not text, escaped as Python writes them (``'a\\nb.png'``)."""
+    name = os.fspath(name)
+    return name if name.isprintable() else repr(name)
 
 
 def check_state_values(state, path, what="weights file", dtype=None):

@@ -28,12 +28,12 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..zoo import DenseNet
+from ..zoo import DenseNet, state_size
 from .files import WeightsFileError, check_state_values, json_array, json_entry, label, load_npz, save_npz
 
 __all__ = ["MODEL_CONFIG_KEYS", "METADATA_KEYS", "metadata_arrays", "describe_inputs", "check_metadata_keys",
            "model_config_from_arrays", "load_model_file", "save_weights", "load_weights", "load_weights_arrays",
-           "weights_only"]
+           "weights_only", "check_state_size"]
 
 MODEL_CONFIG_KEYS = ("growth_rate", "block_config", "num_init_features", "bn_size", "drop_rate", "num_classes",
                      "compression", "stem", "in_channels")
@@ -182,6 +182,17 @@ def _pin_config_to_tensors(cfg, arrays, where, prefix):
     pin("num_classes", cfg["num_classes"], "classifier.weight", shape("classifier.weight")[0])
 
 
+def check_state_size(config, state, where):
+    """Refuse a description of more values than ``state`` holds, before the model is built: a model is never
+    larger than the file (or state dict) it is loaded from (:func:`numpy_densenet.zoo.state_size`)."""
+    described = state_size(config)
+    held = sum(int(np.size(v)) for k, v in state.items() if not k.endswith("num_batches_tracked"))
+    if described > held:
+        raise WeightsFileError(f"{where} describes a model of {described:,} values (block_config "
+                               f"{tuple(config['block_config'])}, growth_rate {config['growth_rate']}) but holds "
+                               f"{held:,}; the description does not fit the weights")
+
+
 def inputs_entry(arrays, path):
     """``_inputs``: {"image_size": [H, W], "pixel_range": [lo, hi]}, checked."""
     v = json_entry(arrays, "_inputs", path, kind=dict)
@@ -269,6 +280,7 @@ def load_model_file(path, dtype=None, fast=True):
     cfg = model_config_from_arrays(arrays, path, prefix=prefix)
     state = weights_only(arrays, prefix)
     check_state_values(state, path)
+    check_state_size(cfg, state, label(path, "weights file"))
     stored = arrays[prefix + "classifier.weight"].dtype
     dt = np.dtype(dtype) if dtype else (stored if stored in (np.float32, np.float64) else np.dtype(np.float32))
     meta = normalisation_entries(arrays, path, cfg["in_channels"])

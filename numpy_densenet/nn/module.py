@@ -255,9 +255,10 @@ class Module:
 
         Everything is checked before anything changes: with ``strict=True`` every missing key, unexpected
         key and shape mismatch is reported in one ``ValueError``; with ``strict=False`` missing and
-        unexpected keys are returned (shape mismatches still raise). Values must be real numbers (a float
-        parameter or buffer takes float or integer values, never complex, boolean, text or objects) and
-        finite, and a ``running_var`` must be >= 0. A missing ``num_batches_tracked`` is set to 0, as
+        unexpected keys are returned (shape mismatches still raise). Values must be real numbers of the
+        right kind (a float parameter or buffer takes floats, rounded to its precision; an integer buffer takes
+        integers; never complex, boolean, text or objects, and integers are not cast to floats) and finite,
+        and a ``running_var`` must be >= 0. A missing ``num_batches_tracked`` is set to 0, as
         PyTorch does for old checkpoints. Returns ``(missing_keys, unexpected_keys)``.
         """
         if not hasattr(state_dict, "items"):
@@ -336,8 +337,8 @@ def _convert(value, dtype, is_variance=False):
         array = np.asarray(value)
     except Exception as exc:                                     # ragged lists and the like
         return f"not an array ({exc})", None
-    if array.dtype.kind not in "fiu" or (dtype.kind in "iu" and array.dtype.kind == "f"):
-        return f"dtype {array.dtype} cannot be loaded into a {dtype} tensor", None
+    if array.dtype.kind not in "fiu" or (array.dtype.kind == "f") != (dtype.kind == "f"):
+        return f"dtype {array.dtype} cannot be loaded into a {dtype} tensor (values are not cast)", None
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         return f"{int(np.size(array) - np.isfinite(array).sum())} non-finite value(s) (NaN or inf)", None
     if is_variance and array.size and (array < 0).any():

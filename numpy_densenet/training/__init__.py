@@ -21,6 +21,7 @@ The package, in the order a run uses it:
 * :mod:`.steps` - the model, one training step, evaluation;
 * :mod:`.run` - :class:`Run`, the state of a run, one epoch at a time, and its checkpoint;
 * :mod:`.folder` - the locked output folder, and writes that never damage the last checkpoint;
+* :mod:`.stopping` - signals (SIGINT, SIGTERM, SIGHUP) and a closed output as a clean stop: :class:`RunInterrupted`;
 * :mod:`.report` - the progress bar, ``metrics.jsonl``, the closing line and the curves;
 * :mod:`.loop` - :func:`train`, the whole run;
 * :mod:`.distributed` - data-parallel training over MPI with synchronised BatchNorm.
@@ -31,6 +32,7 @@ from .options import TrainConfig, TrainingError
 from .report import Progress, closing_line, plot_curves, write_metrics
 from .run import Run
 from .steps import Diverged, evaluate, make_model, train_step
+from .stopping import RunInterrupted
 
-__all__ = ["TrainConfig", "TrainingError", "OutputError", "Diverged", "train", "evaluate", "train_step", "Run",
-           "OutputFolder", "Progress", "closing_line", "plot_curves", "write_metrics", "make_model"]
+__all__ = ["TrainConfig", "TrainingError", "OutputError", "Diverged", "RunInterrupted", "train", "evaluate",
+           "train_step", "Run", "OutputFolder", "Progress", "closing_line", "plot_curves", "write_metrics", "make_model"]

@@ -46,8 +46,10 @@ cluster build mpi4py against the site's MPI instead.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 
@@ -55,10 +57,11 @@ import numpy as np
 
 from .. import fast
 from ..nn import BatchNorm2d
+from .options import TrainingError
 from .steps import evaluate as evaluate_one
 
 __all__ = ["DataParallel", "convert_sync_batchnorm", "local_statistics", "get_comm", "threads_per_rank", "shard",
-           "evaluate", "abort_on_error"]
+           "evaluate", "abort_on_error", "RanksDisagree", "agree", "wait_for_every_rank", "rank_timeout", "finish_mpi"]
 
 
 def get_comm(comm=None):
@@ -343,6 +346,13 @@ class DataParallel:
         """True on every rank if ``flag`` is true on any (e.g. a stop request, so that all stop at one step)."""
         return bool(self.sum_over_ranks([1.0 if flag else 0.0])[0] > 0)
 
+    def max_over_ranks(self, values):
+        """The largest of a few numbers over the ranks, element-wise: a float64 array, the same on every rank
+        (a stop request and the signal behind it, so that all stop after one step for one reason)."""
+        total = np.array(values, dtype=np.float64).ravel()
+        self.comm.Allreduce(_mpi().IN_PLACE, total, op=_mpi().MAX)
+        return total
+
     def _owner(self, dotted):
         *path, attr = dotted.split(".")
         owner = self.module
@@ -408,11 +418,94 @@ def threads_per_rank(comm=None, cores=None):
     return max(1, len(mine) // sharing)
 
 
+# -- checks that every rank runs the same thing, with a timeout ---------------------------------------------------
+class RanksDisagree(TrainingError):
+    """The ranks of a run were started with different options, read different data or resumed from different
+    checkpoints. Raised on every rank at once (``every_rank``), so the job ends with rank 0's one message and no
+    rank is left waiting; ``quiet`` on the other ranks."""
+
+    def __init__(self, message, quiet=False):
+        super().__init__(message)
+        self.every_rank, self.quiet = True, quiet
+
+
+def finish_mpi():
+    """``MPI_Finalize``, when every rank ends at the same point with one outcome (ranks that disagree, a stop
+    they agreed on): the job then ends with the ranks' exit status and no launcher's abort message."""
+    MPI = _mpi()
+    if not MPI.Is_finalized():
+        MPI.Finalize()
+
+
+def rank_timeout():
+    """How long (seconds) a rank waits for the others at a check: ``$NUMPY_DENSENET_MPI_TIMEOUT``, default 120."""
+    text = os.environ.get("NUMPY_DENSENET_MPI_TIMEOUT", "")
+    try:
+        value = float(text) if text else 120.0
+    except ValueError:
+        raise TrainingError(f"NUMPY_DENSENET_MPI_TIMEOUT must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise TrainingError(f"NUMPY_DENSENET_MPI_TIMEOUT must be positive, got {text!r}")
+    return value
+
+
+def wait_for_every_rank(comm, what, timeout=None):
+    """A barrier with a timeout (a non-blocking ``Ibarrier``, polled): returns once every rank of ``comm`` has
+    arrived; raises :class:`TrainingError` on this rank after ``timeout`` seconds (:func:`rank_timeout`), when a
+    rank failed or runs something else. ``what`` names what the ranks meet to compare ("command lines")."""
+    timeout = rank_timeout() if timeout is None else timeout
+    request = comm.Ibarrier()
+    deadline = time.monotonic() + timeout
+    while not request.Test():
+        if time.monotonic() > deadline:
+            raise TrainingError(f"rank {comm.Get_rank()} of {comm.Get_size()} waited {timeout:g} s for the other "
+                                f"ranks to compare their {what}, in vain: every rank must run the same command with "
+                                f"--distributed (a rank that failed, or runs something else, leaves the others "
+                                f"waiting); set NUMPY_DENSENET_MPI_TIMEOUT to wait longer")
+        time.sleep(0.002)
+
+
+def _broadcast_text(comm, text, root):
+    """``text`` (a str on rank ``root``) on every rank, through the buffer interface (no pickling)."""
+    data = np.frombuffer((text or "").encode(), dtype=np.uint8) if comm.Get_rank() == root else None
+    size = np.array([0 if data is None else data.size], dtype=np.int64)
+    comm.Bcast(size, root=root)
+    buffer = data.copy() if data is not None else np.empty(int(size[0]), dtype=np.uint8)
+    comm.Bcast(buffer, root=root)
+    return buffer.tobytes().decode()
+
+
+def agree(comm, description, what, timeout=None):
+    """Check that every rank of ``comm`` has rank 0's ``description`` (a dict of JSON values, keyed by what
+    they are, e.g. ``"--epochs"``), after :func:`wait_for_every_rank`. When any rank differs, every rank
+    raises :class:`RanksDisagree` with one message naming the first differing entry of the lowest such rank and
+    both values; nothing else is exchanged, so no rank waits."""
+    wait_for_every_rank(comm, what, timeout)
+    rank, size = comm.Get_rank(), comm.Get_size()
+    root = json.loads(_broadcast_text(comm, json.dumps(description), 0))
+    keys = list(root) + [k for k in description if k not in root]
+    differ = next((k for k in keys if description.get(k) != root.get(k)), None)
+    first = np.array([rank if differ is not None else size], dtype=np.int64)
+    comm.Allreduce(_mpi().IN_PLACE, first, op=_mpi().MIN)
+    if first[0] == size:
+        return
+    mine = None if differ is None else f"rank {rank} has {_entry(differ, description)}, rank 0 has {_entry(differ, root)}"
+    message = _broadcast_text(comm, mine, int(first[0]))
+    raise RanksDisagree(f"the ranks of this --distributed run differ in their {what}: {message}; every rank must run "
+                        f"the same command and read the same data", quiet=rank != 0)
+
+
+def _entry(key, description):
+    return f"{key} {json.dumps(description[key])}" if key in description else f"no {key}"
+
+
 @contextmanager
 def abort_on_error(comm=None, stream=None, expected=()):
     """Inside the block, an exception on any rank prints its message (with the traceback, unless it is of one
-    of the ``expected`` types) tagged with the rank, and calls ``MPI_Abort``, which ends every rank of the job:
-    the others would otherwise wait forever in their next collective. ``SystemExit(0)`` passes through."""
+    of the ``expected`` types or an interrupt) tagged with the rank, and calls ``MPI_Abort``, which ends every
+    rank of the job: the others would otherwise wait forever in their next collective. ``SystemExit(0)`` and
+    exceptions raised by every rank at once (``every_rank``: a stop all ranks agreed on, ranks that
+    disagree) pass through."""
     comm = get_comm(comm)
     try:
         yield
@@ -420,11 +513,19 @@ def abort_on_error(comm=None, stream=None, expected=()):
         if e.code in (0, None):
             raise
         _abort(comm, f"exited with status {e.code}", int(e.code) if isinstance(e.code, int) else 1, stream)
-    except expected as e:
-        _abort(comm, f"error: {e}", 2, stream)
-    except BaseException as e:  # noqa: BLE001 - any failure must end the whole job
-        text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-        _abort(comm, f"{type(e).__name__}: {e}\n{text}", 1, stream)
+    except BaseException as e:  # noqa: BLE001
+        if getattr(e, "every_rank", False):             # raised by every rank at once: nobody waits, no abort
+            raise
+        if isinstance(e, KeyboardInterrupt):            # a signal on this rank only, before the ranks could agree
+            _abort(comm, f"{e or 'interrupted'}", getattr(e, "exit_status", 130), stream)
+        elif isinstance(e, expected):
+            _abort(comm, f"error: {e}", 2, stream)
+        else:
+            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            _abort(comm, f"{type(e).__name__}: {e}\n{text}", 1, stream)
+
+
+ABORT_GRACE = 0.5      # seconds between a rank's last words and MPI_Abort
 
 
 def _abort(comm, message, code, stream=None):
@@ -432,4 +533,5 @@ def _abort(comm, message, code, stream=None):
     stream.write(f"[rank {comm.Get_rank()} of {comm.Get_size()}] {message.rstrip()}\n"
                  f"[rank {comm.Get_rank()}] aborting the MPI job\n")
     stream.flush()
+    time.sleep(ABORT_GRACE)     # the launcher relays a rank's output on its own: an abort at once may lose it
     comm.Abort(code)

@@ -3,14 +3,14 @@ Ctrl-C and resumable bit-identically (the loop behind ``numpy-densenet train``).
 from __future__ import annotations
 
 import os
-import signal
-import threading
 import time
 
+from .distributed import get_comm
 from .folder import OutputFolder, existing_run_files, write_or_explain
-from .options import TrainConfig, TrainingError
+from .options import TrainConfig, TrainingError, check_options
 from .report import Progress, closing_line, plot_curves, write_metrics
 from .run import Run
+from .stopping import SIGPIPE, StopRequest
 
 __all__ = ["train"]
 
@@ -47,42 +47,63 @@ def train(config: TrainConfig, resume=None, log=print, progress=None, on_step=No
 
     Raises
     ------
-    KeyboardInterrupt
-        After Ctrl-C (SIGINT), once the current step is finished and a checkpoint saved.
+    RunInterrupted
+        A ``KeyboardInterrupt`` with ``signum`` and ``exit_status`` (128 + signum): after SIGINT (Ctrl-C),
+        SIGTERM or SIGHUP, or a write to a closed pipe (``log`` raising BrokenPipeError: SIGPIPE's number),
+        once the current step is finished and a checkpoint saved (:mod:`numpy_densenet.training.stopping`);
+        over MPI every rank stops after the same step. Before training starts, at once.
     TrainingError
-        Bad options, unusable data, a model that does not fit the data, divergence, an output folder that
-        holds an earlier run, or one that cannot be used (:class:`OutputError`: locked by another run,
-        read-only, full); the last checkpoint is never damaged.
+        Bad options, unusable data, a model that does not fit the data, divergence (:class:`Diverged`: a
+        non-finite loss, gradient, weight or output; nothing of the epoch is saved, the last checkpoint holds
+        the last finite state), an output folder that holds an earlier run, or one that cannot be used
+        (:class:`OutputError`: locked by another run, read-only, full, a lock file that is a link), different
+        options or data on the MPI ranks (:class:`~numpy_densenet.training.distributed.RanksDisagree`); the
+        last checkpoint is never damaged. The output folder is locked before anything in it is looked at, and
+        until the last write.
     """
-    earlier = [] if resume else existing_run_files(config.out)
+    stop = StopRequest()
+    with stop.installed():
+        log = stop.guarded(log)
+        check_options(config.resolved())
+        root = distributed is None or get_comm(distributed.get("comm")).Get_rank() == 0
+        folder = OutputFolder(config.out, log) if root else None   # over MPI only rank 0 locks and writes
+        if folder is not None:
+            folder.acquire()                          # before any look at what the folder holds
+        try:
+            earlier = _earlier_run(config.out, resume, overwrite) if root else []
+            run = Run(config, log, distributed)
+            if resume:
+                run.load_checkpoint(resume)
+            if given_options is not None and not resume:
+                run.given_options = list(given_options)
+            if folder is not None:
+                arrays = run.state_arrays()
+                folder.probe(2 * sum(a.nbytes for a in arrays.values()) + 2 ** 20)   # a checkpoint, a best.npz
+                del arrays
+                for name in earlier:        # --overwrite: no file of the earlier run may mix with the new one
+                    os.remove(os.path.join(config.out, name))
+            return _train_locked(run, resume, log, progress, on_step, stop)
+        finally:
+            if folder is not None:
+                folder.release(remove_empty=True)
+
+
+def _earlier_run(out, resume, overwrite):
+    """The files of an earlier run in ``out`` that this run would replace (called holding the lock): refused
+    unless ``overwrite``; none when resuming into the checkpoint's own folder."""
+    if resume and os.path.realpath(out) == os.path.dirname(os.path.realpath(resume)):
+        return []
+    earlier = existing_run_files(out)
     if earlier and not overwrite:
-        checkpoint = os.path.join(config.out, "checkpoint.npz")
+        checkpoint = os.path.join(out, "checkpoint.npz")
         how = (f"Continue it with --resume {checkpoint}, replace it" if "checkpoint.npz" in earlier else
                "It has no checkpoint to resume (it was stopped before its first one): replace it")
-        raise TrainingError(f"--out {config.out!r} already holds a run ({', '.join(earlier)}); nothing was changed. "
+        raise TrainingError(f"--out {out!r} already holds a run ({', '.join(earlier)}); nothing was changed. "
                             f"{how} with --overwrite, or choose another --out")
-    run = Run(config, log, distributed)
-    cfg = run.config
-    if resume:
-        run.load_checkpoint(resume)
-    if given_options is not None and not resume:
-        run.given_options = list(given_options)
-    if not run.is_root:                 # over MPI only rank 0 locks, probes and writes the output folder
-        return _train_locked(run, resume, log, progress, on_step)
-    folder = OutputFolder(cfg.out, log)
-    arrays = run.state_arrays()
-    probe = 2 * sum(a.nbytes for a in arrays.values()) + 2 ** 20          # a checkpoint, a best.npz and a margin
-    del arrays
-    folder.acquire(probe)
-    try:
-        for name in earlier:            # --overwrite: no file of the earlier run may mix with the new one
-            os.remove(os.path.join(cfg.out, name))
-        return _train_locked(run, resume, log, progress, on_step)
-    finally:
-        folder.release()
+    return earlier
 
 
-def _train_locked(run, resume, log, progress, on_step):
+def _train_locked(run, resume, log, progress, on_step, stop):
     cfg = run.config
     checkpoint = os.path.join(cfg.out, "checkpoint.npz")
     if resume:
@@ -95,33 +116,40 @@ def _train_locked(run, resume, log, progress, on_step):
     log(f"training {cfg.model} ({run.model.num_parameters():,} parameters) on {d.name}: {len(run.y_train)} train / "
         f"{run.split.size} validation / {len(d.y_test)} test images {d.in_channels}x{d.image_size[0]}x{d.image_size[1]}, {cfg.epochs} epochs, "
         f"batch {cfg.batch_size}, {cfg.dtype}, augment={'on' if cfg.augment else 'off'}; output in {cfg.out}")
-    interrupted = []
 
-    def on_sigint(signum, frame):       # finish the current step, then save and stop
-        interrupted.append(True)
+    def stop_requested():               # [signal number or 0, 1 if on_step asks for a stop], after every step
+        asked = 0 if stop.requested else int(bool(on_step and on_step(run)))
+        return [stop.signum or (SIGPIPE if stop.error else 0), asked]
 
-    def stop_requested():
-        return bool(interrupted) or bool(on_step and on_step(run))
-
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
-    try:
-        if not _epochs(run, progress, stop_requested, checkpoint, log):
-            if interrupted:
-                raise KeyboardInterrupt
-            return run.history
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+    with stop.deferred():
+        stopped = _epochs(run, progress, stop_requested, checkpoint, log)
+    agreed = run.stop[0] if run.stop else 0         # over MPI: the signal any rank received, the same on every rank
+    if agreed and stop.error is None:
+        stop.signum = agreed
+    if stopped:
+        if stop.requested:
+            raise _stopped(stop, run, stopped)
+        return run.history
     log(closing_line(run.history, run.best_epoch, os.path.join(cfg.out, "best.npz")))
     if run.is_root:
         curves = os.path.join(cfg.out, "curves.png")
         write_or_explain(curves, lambda: plot_curves(run.history, curves, log), checkpoint)
+    if stop.requested:                  # a signal during the last epoch's end: the run is complete
+        raise _stopped(stop, run, f"the run had finished: every file is written ({checkpoint})")
     return run.history
 
 
+def _stopped(stop, run, where):
+    """The exception that ends a stopped run, marked for MPI: raised by every rank at once, printed by rank 0."""
+    e = stop.exception(where)
+    e.every_rank = run.dp is not None
+    e.quiet = not run.is_root
+    return e
+
+
 def _epochs(run, progress, stop_requested, checkpoint, log):
-    """Run the remaining epochs, logging one line each; False when stopped early (the checkpoint saved)."""
+    """Run the remaining epochs, logging one line each; when stopped early (the checkpoint saved), the line
+    saying where, else None."""
     cfg = run.config
     while run.epoch < cfg.epochs:
         start = time.perf_counter()
@@ -129,9 +157,10 @@ def _epochs(run, progress, stop_requested, checkpoint, log):
         progress.end_line()
         if not finished:
             run.save_checkpoint(checkpoint)
-            log(f"stopped at epoch {run.epoch + 1}, step {run.step}: checkpoint saved to {checkpoint}; continue "
-                f"with --resume {checkpoint}")
-            return False
+            where = (f"stopped at epoch {run.epoch + 1}, step {run.step}: checkpoint saved to {checkpoint}; "
+                     f"continue with --resume {checkpoint}")
+            log(where)
+            return where
         row = run.finish_epoch(time.perf_counter() - start)
         val = (f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  " if row["val_acc"] is not None
                else "")
@@ -139,7 +168,8 @@ def _epochs(run, progress, stop_requested, checkpoint, log):
             f"acc {row['train_acc']:.4f}  {val}test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
             f"{row['seconds']:.1f}s")
         if run.stop and run.epoch < cfg.epochs:     # requested during the epoch's last step
-            log(f"stopped after epoch {run.epoch}: checkpoint saved to {checkpoint}; continue with "
-                f"--resume {checkpoint}")
-            return False
-    return True
+            where = f"stopped after epoch {run.epoch}: checkpoint saved to {checkpoint}; continue with --resume " \
+                    f"{checkpoint}"
+            log(where)
+            return where
+    return None

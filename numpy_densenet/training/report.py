@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 from ..io.files import atomic_write
@@ -53,8 +54,12 @@ def closing_line(history, best_epoch, best_path):
 
 
 def write_metrics(path, history):
-    """Rewrite metrics.jsonl (one JSON object per epoch) atomically."""
-    text = "".join(json.dumps(row) + "\n" for row in history)
+    """Rewrite metrics.jsonl (one JSON object per epoch) atomically; strict JSON: a non-finite number is
+    written as null (never NaN or Infinity, which strict parsers refuse)."""
+    def strict(v):
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    text = "".join(json.dumps({k: strict(v) for k, v in row.items()}, allow_nan=False) + "\n" for row in history)
     atomic_write(path, lambda f: f.write(text.encode()))
 
 

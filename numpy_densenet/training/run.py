@@ -10,20 +10,23 @@ from dataclasses import asdict
 import numpy as np
 
 from ..data import BatchIterator, DatasetError, channel_stats, load_dataset
+from ..data.files import digest_arrays
 from ..data.splits import validation_split
 from ..io.checkpoint import checkpoint_arrays, read_checkpoint
 from ..io.files import WeightsFileError, check_state_values, save_npz
 from ..io.weights import describe_inputs, metadata_arrays
 from ..nn import CrossEntropyLoss
 from ..optim import SGD, CosineAnnealingLR, paper_schedule
-from .distributed import DataParallel
+from .distributed import DataParallel, agree, get_comm
 from .distributed import evaluate as evaluate_shared
 from .folder import write_or_explain
 from .options import TrainConfig, TrainingError, check_options, config_from_checkpoint
 from .report import write_metrics
 from .steps import Diverged, check_fits, evaluate, make_model, train_step
 
-__all__ = ["Run"]
+__all__ = ["Run", "WHERE_FIELDS"]
+
+WHERE_FIELDS = ("out", "data_dir")      # where things are, not what the run is: may differ on resume and on ranks
 
 
 def dropout_generators(model):
@@ -49,6 +52,8 @@ class Run:
         self._prepare_data(config)
         self.model = make_model(config, self.data.in_channels, self.data.num_classes)
         check_fits(self.model, self.data.x_train.shape[1:])
+        if distributed is not None:     # the same options and data on every rank, before any other collective
+            agree(get_comm(distributed.get("comm")), self.description(distributed), "options and data")
         self.dp = DataParallel(self.model, **distributed) if distributed is not None else None   # over MPI
         self.is_root = self.dp is None or self.dp.is_root                 # the process that writes files
         self.criterion = CrossEntropyLoss()
@@ -61,7 +66,7 @@ class Run:
         self.best_acc = -1.0            # the selection score of best.npz: validation accuracy
         self.best_loss = math.inf       # its validation loss (breaks ties)
         self.best_epoch = 0
-        self.stop = False               # a stop (Ctrl-C, on_step) was requested
+        self.stop = None                # a stop was requested: [signal number or 0, 1 if by on_step]
         self.given_options = []         # the options the run was started with explicitly (recorded, version 2)
 
     def _prepare_data(self, config):
@@ -72,6 +77,7 @@ class Run:
         except (DatasetError, ValueError) as e:
             raise TrainingError(str(e)) from None
         self.x_train, self.y_train = self.split.x_train, self.split.y_train
+        self.data_digest = self.data.digest()                           # recorded: a resume must read the same
         self.mean, self.std = channel_stats(self.x_train)                # per channel, training images only
         self.inputs = describe_inputs(self.x_train)                     # for predict's checks
         if (self.std == 0).any():                                        # a constant channel carries nothing:
@@ -91,11 +97,18 @@ class Run:
             self.scheduler = (paper_schedule(self.optimizer, config.epochs) if config.schedule == "step"
                               else CosineAnnealingLR(self.optimizer, config.epochs))
             self.batches = BatchIterator(self.x_train, self.y_train, config.batch_size, shuffle=True,
-                                         augment=config.augment, mean=self.mean, std=self.std,
+                                         augment=config.augment, **self.data.augmentation, mean=self.mean,
+                                         std=self.std,
                                          dtype=np.dtype(config.dtype), seed=np.random.default_rng([config.seed, 1]),
                                          drop_last=drop_last)
         except ValueError as e:
             raise TrainingError(f"{e} (check --lr, --momentum, --weight-decay, --batch-size)") from None
+
+    def description(self, distributed):
+        """What every MPI rank must have alike: the options (not where things are), the data's digest and the
+        BatchNorm mode."""
+        options = {f"--{k.replace('_', '-')}": v for k, v in asdict(self.config).items() if k not in WHERE_FIELDS}
+        return {**options, "--sync-bn": distributed.get("sync_bn", True), "data (SHA-256)": self.data_digest[:16]}
 
     # -- state as plain arrays --------------------------------------------------------------------------------
     def metadata(self):
@@ -109,7 +122,7 @@ class Run:
                          best_acc=self.best_acc, best_loss=self.best_loss, best_epoch=self.best_epoch,
                          epoch_rng_state=self.epoch_rng_state,
                          dropout_rng_states=[g.bit_generator.state for g in dropout_generators(self.model)],
-                         given_options=list(self.given_options))
+                         given_options=list(self.given_options), data_digest=self.data_digest)
         return checkpoint_arrays(self.model.state_dict(), self.optimizer.state_dict(), self.scheduler.state_dict(),
                                  run_state, self.metadata())
 
@@ -134,12 +147,21 @@ class Run:
         arrays, state = read_checkpoint(path)
         saved = config_from_checkpoint(arrays, path)
         mine = asdict(self.config)
-        differ = [k for k in mine if k not in ("out", "data_dir") and saved.get(k) != mine[k]]
+        differ = [k for k in mine if k not in WHERE_FIELDS and saved.get(k) != mine[k]]
         if differ:
             raise TrainingError(f"checkpoint {os.fspath(path)!r} was made with different options: "
                                 + ", ".join(f"{k}={saved.get(k)!r} (now {mine[k]!r})" for k in differ))
+        if state.get("data_digest", self.data_digest) != self.data_digest:        # recorded since version 4
+            where = f" from {self.config.data_dir!r}" if self.config.data_dir else ""
+            raise TrainingError(f"checkpoint {os.fspath(path)!r} was made on other data (SHA-256 "
+                                f"{state['data_digest'][:12]}...) than the {self.data.name} data read now{where} "
+                                f"(SHA-256 {self.data_digest[:12]}...): resume with the data it was made on, or "
+                                f"start a new run")
         check_state_values({k: v for k, v in arrays.items() if k.startswith("model.")}, path, "checkpoint")
         self._check_fits_this_run(state, path)
+        if self.dp is not None:        # every rank resumes from the same state
+            agree(self.dp.comm, {"checkpoint (epoch, step)": [state["epoch"], state["step"]],
+                                 "checkpoint (SHA-256)": digest_arrays(sorted(arrays.items()))[:16]}, "checkpoints")
         gens = dropout_generators(self.model)
 
         def part(prefix):
@@ -190,8 +212,7 @@ class Run:
             try:
                 loss, correct = train_step(model, self.criterion, self.optimizer, xb, yb)
             except Diverged as e:
-                raise Diverged(f"training diverged at epoch {self.epoch + 1}, step {i + 1}: {e}. Try a lower --lr")\
-                    from None
+                raise self.diverged(f"at epoch {self.epoch + 1}, step {i + 1}", e) from None
             batch = [loss * len(yb), correct, len(yb)]
             if self.dp is not None:
                 batch = self.dp.sum_over_ranks(batch)                   # the whole batch's loss, correct, count
@@ -201,14 +222,22 @@ class Run:
             self.step = i + 1
             progress.update(self, i + 1, total, time.perf_counter() - start, i + 1 - first_step,
                             self.sums[2] - first_seen)
-            stop = stop_requested()
+            stop = stop_requested()                                     # [signal number or 0, 0 or 1]
             if self.dp is not None:
-                stop = self.dp.any_rank(stop)                           # all ranks stop after the same step
-            if stop:
-                self.stop = True
+                stop = self.dp.max_over_ranks(stop).astype(int).tolist()  # all ranks stop after the same step
+            if any(stop):
+                self.stop = stop
                 if self.step < total:
                     return False
         return True
+
+    def diverged(self, where, e):
+        """The :class:`Diverged` that ends a run: where, why, and that the last checkpoint is kept."""
+        checkpoint = os.path.join(self.config.out, "checkpoint.npz")
+        kept = (f"the last checkpoint, {checkpoint}, is kept: it holds the last finite state" if
+                os.path.exists(checkpoint) else "no checkpoint was written")
+        return Diverged(f"training diverged {where}: {e}; nothing of it was saved, {kept}. Start again with a "
+                        f"lower --lr (with --overwrite, or another --out)")
 
     def finish_epoch(self, seconds):
         cfg = self.config
@@ -219,8 +248,11 @@ class Run:
         else:
             def score(x, y):
                 return evaluate(self.model, x, y, mean=self.mean, std=self.std)
-        val = score(split.x_val, split.y_val) if split.size else dict(loss=None, acc=None)
-        test = score(self.data.x_test, self.data.y_test)
+        try:
+            val = score(split.x_val, split.y_val) if split.size else dict(loss=None, acc=None)
+            test = score(self.data.x_test, self.data.y_test)
+        except Diverged as e:
+            raise self.diverged(f"in epoch {self.epoch + 1} (evaluating it)", e) from None
         loss_sum, correct, seen = self.sums
         row = dict(epoch=self.epoch + 1, lr=self.optimizer.lr, train_loss=loss_sum / max(seen, 1),
                    train_acc=correct / max(seen, 1), val_loss=val["loss"], val_acc=val["acc"],

@@ -41,11 +41,12 @@ def check_fits(model, image_shape):
 
 
 class Diverged(TrainingError):
-    pass
+    """The model produced a non-finite value: a loss, a gradient, a weight after an update, or an output."""
 
 
 def train_step(model, criterion, optimizer, x, y):
-    """Forward, loss, backward, update. Returns (loss, number correct); raises :class:`Diverged` on NaN/inf."""
+    """Forward, loss, backward, update. Returns (loss, number correct); raises :class:`Diverged` on a NaN or
+    inf loss or gradient, or when the update makes a weight non-finite."""
     optimizer.zero_grad()
     logits = model(x)                                                     # (B, K)
     loss = float(criterion(logits, y))
@@ -56,6 +57,9 @@ def train_step(model, criterion, optimizer, x, y):
         if not np.isfinite(p.grad).all():
             raise Diverged(f"the gradient of {name} became non-finite (the first such layer in backward order)")
     optimizer.step()
+    for name, p in model.named_parameters():
+        if not np.isfinite(p.data).all():
+            raise Diverged(f"the update made {name} non-finite (the loss was {loss:.4g}; the step was too large)")
     return loss, int((logits.argmax(axis=1) == y).sum())
 
 
@@ -84,6 +88,12 @@ def evaluate(model, x, y, batch_size=256, mean=None, std=None, num_classes=None)
     -------
     dict with loss, acc, per_class_acc (K,), per_class_count (K,) and confusion: (K, K) counts, rows = true
     class, or None when K is above ``MAX_CONFUSION_CLASSES`` (memory grows as K**2).
+
+    Raises
+    ------
+    Diverged
+        When the model's outputs for an image are not finite (NaN or inf weights or statistics): a loss and an
+        accuracy computed from them would mean nothing.
     """
     was_training = model.training
     model.eval()
@@ -97,6 +107,10 @@ def evaluate(model, x, y, batch_size=256, mean=None, std=None, num_classes=None)
         for xb, yb in it:
             with no_grad():
                 logits = model(xb)
+            if not np.isfinite(logits).all():
+                first = int(counts.sum()) + int(np.flatnonzero(~np.isfinite(logits).all(axis=1))[0])
+                raise Diverged(f"the model's outputs for image {first} of the {len(y)} evaluated are not finite "
+                               f"(NaN or inf): its weights or statistics are unusable")
             total_loss += float(criterion(logits, yb))
             predicted = logits.argmax(axis=1)
             counts += np.bincount(yb, minlength=K)
