@@ -43,6 +43,12 @@ INPUTS = {
 }
 
 
+#: a correct layer that loses float32 precision by design, left out of the largest and reported apart: the plain
+#: tier's textbook BatchNorm in train mode, whose float32 mean is off by up to half a unit in its last place, which
+#: xhat = (x - mean) / std carries into every value (the default cases check it on 1e4 + N(0, 1) in float64 only)
+TEXTBOOK = ("plain BatchNorm2d train",)
+
+
 def _bn(cls, c, rng, train=True):
     bn = cls(c)
     bn.weight.data[...] = rng.uniform(0.5, 1.5, c)
@@ -133,6 +139,8 @@ def default_case_values(pkg, seeds):
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         for case in cases.layer_cases(rng) + cases.model_cases(rng):
+            if case.options.get("float32") is False:        # a case checked in float64 only (TEXTBOOK)
+                continue
             result = cases.run_case(case, mode="directional", directions=1, exhaustive_limit=0, float32=True,
                                     seed=seed)
             leaf = next(iter(case.module.children()), None) is None
@@ -163,14 +171,15 @@ def mutant_values(tmp, pkg_dir, seeds):
 
 
 def report(correct, composite, defaults, mutants, factors, seeds, seconds):
-    worst = max(max(v) for v in correct.values())
+    worst = max(max(v) for (name, _), v in correct.items() if name not in TEXTBOOK)
     lines = [f"float32 rows, measured over {seeds} seeds: the largest err/tol of a check's float32 rows (a row passes "
              f"when it is <= 1), with FLOAT32_LAYER_FACTOR = {factors[0]:g} (single layers) and FLOAT32_FACTOR = "
              f"{factors[1]:g} (modules with children). {seconds:.0f} s.", "",
              "| single layers | " + " | ".join(INPUTS) + " |", "|---|" + "---|" * len(INPUTS)]
     for name in dict.fromkeys(n for n, _ in correct):
         lines.append(f"| {name} | " + " | ".join(f"{max(correct[(name, k)]):.3g}" for k in INPUTS) + " |")
-    lines += ["", f"Largest over the single layers: {worst:.3g}, a margin of {1 / worst:.1f}x.", "",
+    lines += ["", f"Largest over the single layers but {', '.join(TEXTBOOK)} (the textbook's float32 mean, by design): "
+                  f"{worst:.3g}, a margin of {1 / worst:.1f}x.", "",
               "| modules with children (cancellation credit) | " + " | ".join(INPUTS) + " |",
               "|---|" + "---|" * len(INPUTS)]
     for name in dict.fromkeys(n for n, _ in composite):

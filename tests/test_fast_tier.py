@@ -232,17 +232,17 @@ def test_fast_maxpool_equals_plain_for_windows_of_more_than_256_offsets(kernel):
     compare(nn.MaxPool2d(kernel, stride=(1, 2)), fast.MaxPool2d(kernel, stride=(1, 2)), (x,), np.float64, rng)
 
 
-@pytest.mark.parametrize("layer", ["BatchNorm2d", "fast BatchNorm2d", "fast BatchNormReLU2d"])
+@pytest.mark.parametrize("layer", ["fast BatchNorm2d", "fast BatchNormReLU2d"])
 @pytest.mark.parametrize("offset", [1e4, -3e3])
 def test_float32_batchnorm_far_from_zero_keeps_float32_precision(layer, offset):
     """On offset + N(0, 1), a float32 mean is off by up to half a unit in its last place (5e-4 at 1e4), which
-    xhat = (x - mean) / std would carry into every value; the statistics and the backward keep their rounding
-    correction, so the float32 gradients stay within the tolerance of the float64 ones at the same point."""
+    xhat = (x - mean) / std would carry into every value; the fast tier's statistics and backward keep their
+    rounding correction, so its float32 gradients stay within the tolerance of the float64 ones at the same
+    point. (The plain tier is the textbook and loses the mean's rounding: see the next test.)"""
     rng = np.random.default_rng(1)
     x = (offset + rng.standard_normal((4, 3, 5, 5))).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
-    make = {"BatchNorm2d": nn.BatchNorm2d, "fast BatchNorm2d": fast.BatchNorm2d,
-            "fast BatchNormReLU2d": fast.BatchNormReLU2d}[layer]
+    make = {"fast BatchNorm2d": fast.BatchNorm2d, "fast BatchNormReLU2d": fast.BatchNormReLU2d}[layer]
     layer32, layer64 = make(3, dtype=np.float32), make(3, dtype=np.float64)
     for layer_ in (layer32, layer64):
         layer_.weight.data[...] = [0.5, 1.0, 1.5]
@@ -255,6 +255,29 @@ def test_float32_batchnorm_far_from_zero_keeps_float32_precision(layer, offset):
     for name in ("weight", "bias"):
         assert_close(getattr(layer32, name).grad, getattr(layer64, name).grad.astype(np.float32), np.float32,
                      f"{name}.grad", size)
+
+
+@pytest.mark.parametrize("offset", [1e4, -3e3])
+def test_float32_textbook_batchnorm_far_from_zero_loses_only_the_means_rounding(offset):
+    """The plain tier's float32 BatchNorm is the textbook: its float32 mean is off from the exact one by some
+    delta (about half a unit in its last place, 5e-4 at 1e4), which shifts every xhat by -delta * invstd; so its
+    d weight = sum(dy * xhat) is the float64 one at the same point minus delta * invstd * sum(dy), within the
+    usual rounding, and nothing else is lost. (The fast tier keeps the rounding correction: the test above.)"""
+    rng = np.random.default_rng(1)
+    x = (offset + rng.standard_normal((4, 3, 5, 5))).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    grads = {}
+    for dtype in (np.float32, np.float64):
+        bn = nn.BatchNorm2d(3, dtype=dtype)
+        bn(x.astype(dtype))
+        bn.backward(dy.astype(dtype))
+        grads[dtype] = bn.weight.grad.astype(np.float64)
+    x64 = x.astype(np.float64)
+    delta = x.mean(axis=(0, 2, 3)).astype(np.float64) - x64.mean(axis=(0, 2, 3))        # (C,) the mean's error
+    expected = grads[np.float64] - delta / x64.std(axis=(0, 2, 3)) * dy.astype(np.float64).sum(axis=(0, 2, 3))
+    assert np.abs(delta).max() > 0                   # the inputs do make the float32 mean round
+    assert_close(grads[np.float32].astype(np.float32), expected.astype(np.float32), np.float32, "weight.grad",
+                 touched(x, x, dy, bn.weight.data, bn.bias.data))
 
 
 @given(data=st.data())

@@ -136,8 +136,12 @@ def _batchnorm(rng, tier, relu, train, inputs):
     bn.running_mean[...] = rng.standard_normal(3)
     bn.running_var[...] = rng.uniform(0.5, 2.0, 3)
     layer = nn.Sequential(bn, nn.ReLU()) if relu and tier == "plain" else bn     # the fused layer's spec
-    if inputs == "1e4 + N(0, 1)":           # float32 must keep the deviations' precision (not lose the mean's)
-        return layer.train(train), 1e4 + rng.standard_normal((4, 3, 3, 3)), {"float32": True}
+    if inputs == "1e4 + N(0, 1)":
+        # The fast tier's float32 must keep the deviations' precision (its statistics keep the mean's rounding
+        # correction). The plain tier is the textbook: its float32 mean is off by up to half a unit in its last
+        # place (5e-4 at 1e4), which xhat = (x - mean) / std carries into every value, and its float32 row
+        # rightly says so; it is checked there in float64 only.
+        return layer.train(train), 1e4 + rng.standard_normal((4, 3, 3, 3)), {"float32": tier == "fast"}
     return layer.train(train), 2 * rng.standard_normal((4, 3, 3, 3)) + 1
 
 

@@ -72,25 +72,20 @@ class BatchNorm2d(Module):
         """x: (N, C, H, W) -> y: (N, C, H, W)."""
         x = self.checked(x)
         if self.training:
-            mean, var, M = self.batch_statistics(x)                         # float64 (C,), (C,); values per channel
+            mean, var, M = self.batch_statistics(x)                         # (C,), (C,), values per channel
             self.update_running_stats(mean, var, M)
         else:
             mean, var, M = self.running_mean, self.running_var, None        # constants: no M in backward
         invstd = 1.0 / np.sqrt(var + x.dtype.type(self.eps))                # (C,)
-        xhat = ((x - mean[:, None, None]) * invstd[:, None, None]).astype(x.dtype, copy=False)   # (N, C, H, W)
+        xhat = (x - mean[:, None, None]) * invstd[:, None, None]            # (N, C, H, W)
         y = self.weight.data[:, None, None] * xhat + self.bias.data[:, None, None]
-        self._cache = saved((xhat, invstd.astype(x.dtype, copy=False), M))
+        self._cache = saved((xhat, invstd, M))
         return y
 
     def batch_statistics(self, x):
-        """x: (N, C, H, W) -> (mean, var, M): the per-channel batch mean and biased variance, float64 (C,) each
-        whatever x's dtype, over M = N*H*W values per channel.
-
-        float64, as PyTorch's CPU kernels accumulate them: with a float32 mean, whose rounding alone is up to
-        half a unit in its last place, xhat = (x - mean) / std would be off by that much for every value, so a
-        float32 batch far from zero (1e4 + N(0, 1)) would lose 3e-4 of d weight; this way xhat keeps float32's
-        precision."""
-        mean = x.mean(axis=(0, 2, 3), dtype=np.float64)                     # (C,)
+        """x: (N, C, H, W) -> (mean, var, M): the per-channel batch mean and biased variance, each (C,), over
+        M = N*H*W values per channel."""
+        mean = x.mean(axis=(0, 2, 3))                                       # (C,)
         var = ((x - mean[:, None, None]) ** 2).mean(axis=(0, 2, 3))         # (C,) biased
         return mean, var, x.size // self.num_features
 
