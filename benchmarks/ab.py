@@ -57,6 +57,23 @@ def summarise(srcs, runs):
     return lines
 
 
+def resources(srcs, details):
+    """Lines of the report on what each snapshot's runs used: median CPU seconds per step (user + system, which
+    move far less with the machine's load than wall time; train mode only), minor page faults per step, peak
+    memory above the baseline, and the load averages the runs ended at."""
+    lines = []
+    for s in srcs:
+        mine = [d for d in details if d["src"] == s]
+        loads = [d["load"][0] for d in mine if d.get("load")]
+        line = f"{s}: peak {statistics.median(d['delta_mb'] for d in mine):.0f} MB above baseline"
+        if all(d.get("sys_s") is not None for d in mine):
+            line += (f", CPU {statistics.median(d['cpu_s'] for d in mine):.3f} s/step (system "
+                     f"{statistics.median(d['sys_s'] for d in mine):.3f}), "
+                     f"{statistics.median(d['minor_faults'] for d in mine):.0f} minor faults/step")
+        lines.append(line + (f", load average {min(loads):.1f}-{max(loads):.1f}" if loads else ""))
+    return lines
+
+
 def _commit(src):
     """The commit a snapshot was archived from, if its COMMIT file says (see "How to run" in README.md)."""
     try:
@@ -111,14 +128,17 @@ def main(argv=None):
                 raise SystemExit(f"ab.py: the run meant for {s} imported {res['library']}")
             runs.append((r, s, res["median_s"]))
             details.append(dict(round=r, src=s, median_s=res["median_s"], times=res["times"],
-                                load=res.get("loadavg_after")))
+                                load=res.get("loadavg_after"), cpu_s=res.get("cpu_user_s", 0) + res.get("cpu_sys_s", 0),
+                                sys_s=res.get("cpu_sys_s"), minor_faults=res.get("minor_faults"),
+                                delta_mb=res["delta_mb"]))
             print(f"round {r + 1}/{a.rounds}  {s}: {res['median_s']:.3f} s", flush=True)
     print()
-    for line in summarise(srcs, runs):
+    summary = summarise(srcs, runs) + resources(srcs, details)
+    for line in summary:
         print(line)
     if a.json_out:
         with open(a.json_out + ".tmp", "w") as f:
-            json.dump(dict(env=env, args=vars(a), runs=details, summary=summarise(srcs, runs)), f, indent=1)
+            json.dump(dict(env=env, args=vars(a), runs=details, summary=summary), f, indent=1)
         os.replace(a.json_out + ".tmp", a.json_out)
         print(f"wrote {a.json_out}")
 

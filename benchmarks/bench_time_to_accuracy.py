@@ -78,12 +78,17 @@ targets = "0.90,0.92,0.93"  # validation accuracies whose time is reported
 limit = 0                   # >0: train on this many (seeded random) training images only (smoke runs)
 eval_limit = 0              # >0 with --limit: this many test images
 json_out = ""               # write everything to this JSON file
-timeout = 4 * 3600          # seconds per worker process
+numpy_out = ""              # the numpy run's output folder (metrics.jsonl, curves.png, ...; the last round's
+                            # run); "": a temporary one
+timeout = 4 * 3600          # seconds per worker process (a run past it is an error)
+budget = ""                 # "": every run does all its epochs; "first": a run stops after the epoch at which
+                            # it has taken as long as the round's first run took in all (time to accuracy is then
+                            # "not reached in that time"); a number: that many wall seconds
 # ------------------------------------------------------------------------------------------------------------
 
 SETTINGS = ("dataset", "data_dir", "model", "depth", "growth_rate", "epochs", "batch_size", "lr", "momentum",
             "weight_decay", "schedule", "augment", "val_fraction", "seed", "threads", "libs", "rounds", "torch_init",
-            "targets", "limit", "eval_limit", "json_out", "timeout")
+            "targets", "limit", "eval_limit", "json_out", "timeout", "budget", "numpy_out")
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAG = "@@tta "                # worker -> parent lines
 
@@ -138,7 +143,8 @@ def numpy_worker(spec, clock):
                       depth=spec["depth"], growth_rate=spec["growth_rate"], epochs=spec["epochs"],
                       batch_size=spec["batch_size"], lr=spec["lr"], momentum=spec["momentum"],
                       weight_decay=spec["weight_decay"], schedule=spec["schedule"], augment=spec["augment"],
-                      seed=spec["seed"], out=os.path.join(spec["tmp"], "numpy_run"), val_fraction=spec["val_fraction"])
+                      seed=spec["seed"], out=spec["numpy_out"] or os.path.join(spec["tmp"], "numpy_run"),
+                      val_fraction=spec["val_fraction"])
     holder = {}
 
     def on_step(run):
@@ -293,8 +299,9 @@ def limited_npz(a, tmp):
     return path
 
 
-def run_worker(spec, a):
-    """One library's whole run in a fresh process; its epoch rows as they arrive (echoed), or an error."""
+def run_worker(spec, a, budget=None):
+    """One library's whole run in a fresh process; its epoch rows as they arrive (echoed), or an error. With a
+    ``budget`` (wall seconds) the run is stopped after the first epoch that ends past it (``stopped``)."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads),
                MKL_NUM_THREADS=str(a.threads))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
@@ -313,6 +320,13 @@ def run_worker(spec, a):
                   f"val {fmt_acc(msg['val_acc'])} "
                   f"test {fmt_acc(msg['test_acc'])}  {msg['wall']:.1f} s wall ({msg['train_seconds']:.1f} s train), "
                   f"{msg['cpu']:.1f} s CPU, {msg['rss_mb']:.0f} MB peak, {msg['cum_wall']:.0f} s so far", flush=True)
+            if budget is not None and msg["cum_wall"] >= budget and msg["epoch"] < spec["epochs"]:
+                result.update(stopped=dict(budget=budget, epoch=msg["epoch"], cum_wall=msg["cum_wall"],
+                                           cum_cpu=msg["cum_cpu"], rss_mb=msg["rss_mb"]))
+                print(f"  {spec['lib']} round {spec['round'] + 1}: stopped after epoch {msg['epoch']}, past its "
+                      f"budget of {budget:.0f} s", flush=True)
+                proc.kill()
+                break
         else:
             result[kind] = msg
         if time.time() > deadline:
@@ -321,7 +335,9 @@ def run_worker(spec, a):
     stderr = proc.stderr.read()
     proc.wait()
     result["loadavg_after"] = os.getloadavg()
-    if proc.returncode != 0 or result["done"] is None:
+    if "stopped" in result:
+        result["done"] = result["stopped"]
+    elif proc.returncode != 0 or result["done"] is None:
         result["error"] = f"exit code {proc.returncode}: {stderr.strip()[-2000:]}"
         print(f"  {spec['lib']} round {spec['round'] + 1} FAILED: {result['error']}", flush=True)
     return result
@@ -365,13 +381,21 @@ def target_table(results, targets):
         best, last = summary(r)
         reach = [time_to(r, t) for t in targets]
         done = r.get("done") or {}
-        rows.append([r["lib"], r["round"] + 1] + [f"{s:.0f} ({e})" if s is not None else "not reached"
+        missed = (f"not reached in {r['epochs'][-1]['cum_wall']:.0f} s ({r['epochs'][-1]['epoch']} epochs"
+                  + (", stopped at its budget)" if "stopped" in r else ")")) if r["epochs"] else "not reached"
+        rows.append([r["lib"], r["round"] + 1] + [f"{s:.0f} ({e})" if s is not None else missed
                                                   for s, e in reach]
                     + [f"{best['val_acc']:.4f} ({best['epoch']})" if best else "-",
                        fmt_acc(best["test_acc"]) if best else "-", fmt_acc(last["test_acc"]) if last else "-",
                        f"{done.get('cum_wall', float('nan')):.0f}", f"{done.get('cum_cpu', float('nan')):.0f}",
                        f"{done.get('rss_mb', float('nan')):.0f}"])
     return markdown_table(headers, rows)
+
+
+def ratio_bound(n, torch_result):
+    """numpy reached a target in n seconds, torch not within its run: the ratio is below n / torch's run time."""
+    rows = torch_result["epochs"]
+    return f"< {n / rows[-1]['cum_wall']:.2f} (torch not there in {rows[-1]['cum_wall']:.0f} s)" if rows else "-"
 
 
 def ratio_table(results, targets):
@@ -386,7 +410,7 @@ def ratio_table(results, targets):
         cells = []
         for t in targets:
             (n, _), (p, _) = time_to(pair["numpy"], t), time_to(pair["torch"], t)
-            cells.append(f"{n / p:.2f}" if n and p else "-")
+            cells.append(f"{n / p:.2f}" if n and p else ratio_bound(n, pair["torch"]) if n else "-")
             if n and p:
                 ratios[t].append(n / p)
         rows.append([rnd + 1] + cells)
@@ -418,6 +442,7 @@ def main(argv=None):
     a = parse_args(argv)
     if a.worker:
         return worker(a.worker)
+    check_budget(a.budget)
     targets = [float(t) for t in a.targets.split(",") if t.strip()]
     libs = [lib.strip() for lib in a.libs.split(",") if lib.strip()]
     unknown = [lib for lib in libs if lib not in ("numpy", "torch")]
@@ -430,13 +455,17 @@ def main(argv=None):
     results = []
     with tempfile.TemporaryDirectory(prefix="tta-") as tmp:
         spec = {name: getattr(a, name) for name in SETTINGS}
+        spec["numpy_out"] = os.path.abspath(a.numpy_out) if a.numpy_out else ""
         if a.limit:
             spec.update(dataset="npz", data_dir=limited_npz(a, tmp))
         for rnd in range(a.rounds):
             for lib in (libs if rnd % 2 == 0 else libs[::-1]):
                 work = tempfile.mkdtemp(dir=tmp, prefix=f"{lib}{rnd}-")
                 print(f"# {lib}, round {rnd + 1}: load average {os.getloadavg()[0]:.1f}", flush=True)
-                results.append(run_worker(dict(spec, lib=lib, round=rnd, tmp=work), a))
+                first = [r for r in results if r["round"] == rnd]
+                budget = (None if not a.budget else float(a.budget) if a.budget != "first"
+                          else first[0]["done"]["cum_wall"] if first and first[0].get("done") else None)
+                results.append(run_worker(dict(spec, lib=lib, round=rnd, tmp=work), a, budget))
     for r in results:
         print(f"\n## {r['lib']}, round {r['round'] + 1} (load average {r['loadavg_before'][0]:.1f} before, "
               f"{r['loadavg_after'][0]:.1f} after; first step ended at "
@@ -455,6 +484,18 @@ def main(argv=None):
         os.replace(tmp_path, a.json_out)
         print(f"\n# written {a.json_out}")
     return 1 if any("error" in r for r in results) else 0
+
+
+def check_budget(value):
+    """--budget: "", "first" or a number of seconds."""
+    if value in ("", "first"):
+        return value
+    try:
+        if float(value) > 0:
+            return value
+    except ValueError:
+        pass
+    raise SystemExit(f"--budget must be empty, 'first' or a number of seconds > 0, got {value!r}")
 
 
 if __name__ == "__main__":

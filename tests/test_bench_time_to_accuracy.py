@@ -23,7 +23,7 @@ def test_help_lists_every_setting():
     for option in ("--dataset", "--data-dir", "--model", "--depth", "--growth-rate", "--epochs", "--batch-size",
                    "--lr", "--momentum", "--weight-decay", "--schedule", "--augment", "--no-augment",
                    "--val-fraction", "--seed", "--threads", "--libs", "--rounds", "--torch-init", "--targets",
-                   "--limit", "--eval-limit", "--json", "--timeout", "--src"):
+                   "--limit", "--eval-limit", "--json", "--timeout", "--budget", "--src"):
         assert option in proc.stdout, option
 
 
@@ -49,3 +49,23 @@ def test_smoke_run_on_digits(tmp_path):
     if HAVE_TORCH:                                  # the same schedule in both libraries: the same
         a, b = report["results"]                     # learning rates
         assert [row["lr"] for row in a["epochs"]] == [row["lr"] for row in b["epochs"]] == [0.1, 0.05]
+
+
+def test_budget_stops_a_run_after_the_epoch_that_passes_it(tmp_path):
+    """A budget of a millisecond: every run is past it when its first epoch ends, so it stops there, and the
+    report says the targets were not reached in that time (not an error)."""
+    out = tmp_path / "tta.json"
+    proc = run("--dataset", "digits", "--epochs", "3", "--limit", "120", "--eval-limit", "40", "--depth", "10",
+               "--growth-rate", "4", "--batch-size", "32", "--threads", "1", "--libs", "numpy",
+               "--targets", "0.999", "--budget", "0.001", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (r,) = json.loads(out.read_text())["results"]
+    assert "error" not in r and [row["epoch"] for row in r["epochs"]] == [1]
+    assert r["stopped"]["epoch"] == 1 and r["stopped"]["budget"] == 0.001
+    assert "stopped after epoch 1" in proc.stdout and "stopped at its budget" in proc.stdout
+
+
+def test_budget_must_be_first_or_seconds():
+    proc = run("--budget", "soon")
+    assert proc.returncode != 0 and "--budget must be empty, 'first' or a number of seconds > 0, got 'soon'" \
+        in proc.stderr

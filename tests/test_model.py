@@ -354,7 +354,7 @@ def test_dropout_model_really_drops_in_gradcheck():
 class OverwritingDenseBlock(fast.DenseBlock):
     """Broken: assigns the gradient of the channels a layer read instead of adding it (grad[:start] = ...)."""
 
-    def backward_cnhw(self, dout):
+    def backward_cnhw(self, dout, out=None):
         shape, dtype = self._cache
         self._cache = None
         grad = np.array(dout, dtype=dtype, copy=True)
@@ -368,7 +368,7 @@ class OverwritingDenseBlock(fast.DenseBlock):
 class DroppingDenseBlock(fast.DenseBlock):
     """Broken: forgets one consumer -- the second layer's gradient is never added to the features it read."""
 
-    def backward_cnhw(self, dout):
+    def backward_cnhw(self, dout, out=None):
         shape, dtype = self._cache
         self._cache = None
         grad = np.array(dout, dtype=dtype, copy=True)

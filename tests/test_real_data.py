@@ -115,7 +115,7 @@ def test_mnist_variants_carry_their_augmentation(tmp_path):
     write_mnist(tmp_path / "m", np.random.default_rng(7), gz=False)
     write_mnist(tmp_path / "f", np.random.default_rng(8), gz=False)
     assert load_dataset("mnist", tmp_path / "m").augmentation == {"pad": 2, "flip": False}
-    assert load_dataset("fashion-mnist", tmp_path / "f").augmentation == {"pad": 2, "flip": True}
+    assert load_dataset("fashion-mnist", tmp_path / "f").augmentation == {"pad": 2, "flip": False}
     assert load_dataset("digits").augmentation == {"pad": 4, "flip": True}      # the default, CIFAR's
 
 
@@ -184,9 +184,9 @@ def test_train_uses_the_data_sets_augmentation(tmp_path):
     from numpy_densenet.training import Run, TrainConfig
     root = tmp_path / "fashion"
     write_mnist(root, np.random.default_rng(13), gz=True, n_train=40, n_test=4, rows=28, cols=28)
-    for augment, dataset, pad, flip in ((True, "fashion-mnist", 2, True), (True, "mnist", 2, False),
-                                        (False, "fashion-mnist", 2, True)):
-        run = Run(TrainConfig(dataset=dataset, data_dir=str(root), depth=10, growth_rate=2, epochs=1,
+    for augment, dataset, pad, flip in ((True, "fashion-mnist", 2, False), (True, "mnist", 2, False),
+                                        (False, "fashion-mnist", 2, False), (True, "digits", 4, True)):
+        run = Run(TrainConfig(dataset=dataset, data_dir=None if dataset == "digits" else str(root), depth=10, growth_rate=2, epochs=1,
                               augment=augment, out=str(tmp_path / "out")), log=lambda *a: None)
         it = run.batches
         assert (it.augment, it.pad, it.flip) == (augment, pad, flip)
@@ -211,14 +211,15 @@ def test_real_fashion_mnist_files_are_found_and_read(monkeypatch, tmp_path):
     assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_test.shape == (10000, 1, 28, 28)
     assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int64
     assert np.bincount(ds.y_train).tolist() == [6000] * 10 and np.bincount(ds.y_test).tolist() == [1000] * 10
-    assert ds.classes[0] == "T-shirt/top" and ds.augmentation == {"pad": 2, "flip": True}
+    assert ds.classes[0] == "T-shirt/top" and ds.augmentation == {"pad": 2, "flip": False}
 
 
 @needs_debian_fashion
 def test_real_fashion_mnist_trains_resumes_and_evaluates(tmp_path):
-    """A tiny DenseNet-BC for 2 x 20 steps of batch 64 with --augment (a sixth of an epoch), stopped after 20
-    steps and resumed: the weights equal those of an uninterrupted 40 steps bit for bit; then evaluated on 2,000
-    test images (40 steps also settle BatchNorm's running statistics, which eval mode uses)."""
+    """A tiny DenseNet-BC for 2 x 40 steps of batch 64 with --augment (about a tenth of an epoch), stopped after
+    40 steps and resumed: the weights equal those of an uninterrupted 80 steps bit for bit; then evaluated on
+    2,000 test images (80 steps also settle BatchNorm's running statistics, which eval mode uses: after 40 steps
+    seed 0's were still far off, eval loss 10, accuracy at chance, while seeds 1 and 2 were at 0.50 and 0.42)."""
     from numpy_densenet.io import load_model_file
     from numpy_densenet.training import TrainConfig, evaluate, train
 
@@ -230,9 +231,9 @@ def test_real_fashion_mnist_trains_resumes_and_evaluates(tmp_path):
         return lambda run: run.step >= steps
 
     quiet = lambda *a: None  # noqa: E731
-    train(config("whole"), on_step=stop_at(40), log=quiet)
-    train(config("parts"), on_step=stop_at(20), log=quiet)
-    train(config("parts"), resume=str(tmp_path / "parts" / "checkpoint.npz"), on_step=stop_at(40), log=quiet)
+    train(config("whole"), on_step=stop_at(80), log=quiet)
+    train(config("parts"), on_step=stop_at(40), log=quiet)
+    train(config("parts"), resume=str(tmp_path / "parts" / "checkpoint.npz"), on_step=stop_at(80), log=quiet)
     whole, _ = load_model_file(tmp_path / "whole" / "checkpoint.npz")
     parts, meta = load_model_file(tmp_path / "parts" / "checkpoint.npz")
     for (name, a), (_, b) in zip(whole.state_dict().items(), parts.state_dict().items()):
@@ -240,5 +241,5 @@ def test_real_fashion_mnist_trains_resumes_and_evaluates(tmp_path):
     ds = load_dataset("fashion-mnist")
     result = evaluate(parts, ds.x_test[:2000], ds.y_test[:2000], mean=meta["mean"], std=meta["std"])
     assert result["per_class_count"].sum() == 2000 and np.isfinite(result["loss"])
-    print(f"test accuracy after 40 steps: {result['acc']:.3f}")
+    print(f"test accuracy after 80 steps: {result['acc']:.3f}")
     assert result["acc"] > 0.3                    # chance is 0.1

@@ -62,7 +62,7 @@ def _add_recipe_args(p):
     aug = p.add_mutually_exclusive_group()
     aug.add_argument("--augment", dest="augment", action="store_true",
                      help="4-pixel zero-pad random crop + horizontal flip (default on for CIFAR and npz, off for "
-                          "digits and MNIST)")
+                          "digits and MNIST); for MNIST and Fashion-MNIST a 2-pixel one and no flip")
     aug.add_argument("--no-augment", dest="augment", action="store_false", help="no data augmentation")
     p.add_argument("--val-fraction", type=_fraction, metavar="F",
                    help="share of the training images held out (stratified, seeded by --seed) to choose the best "

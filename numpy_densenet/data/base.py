@@ -57,9 +57,9 @@ class Dataset:
     augmentation : dict
         What ``--augment`` means for these images: the ``pad`` (zero padding before the random crop back to
         H x W) and ``flip`` (random horizontal mirroring) of :class:`~numpy_densenet.data.BatchIterator`.
-        Default ``{"pad": 4, "flip": True}``, the paper's for 32x32 CIFAR; MNIST ``{"pad": 2, "flip": False}``
-        (a mirrored digit is another glyph), Fashion-MNIST ``{"pad": 2, "flip": True}`` (clothes are roughly
-        left-right symmetric; measured in benchmarks/README.md).
+        Default ``{"pad": 4, "flip": True}``, the paper's for 32x32 CIFAR; MNIST and Fashion-MNIST
+        ``{"pad": 2, "flip": False}`` (a mirrored digit is another glyph; for clothes the flip cost accuracy in
+        short runs, as measured in benchmarks/README.md).
     num_classes : int
         Number of classes.
     classes : tuple of str

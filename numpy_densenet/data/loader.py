@@ -4,8 +4,8 @@ The DenseNet paper (Huang et al., 2017) trains "C10+" / "C100+" with the standar
 each image is zero-padded by 4 pixels on every side, a random 32x32 crop is taken, and the crop is mirrored
 horizontally with probability 1/2. :class:`BatchIterator` does exactly that, vectorised over the batch, with the
 padding and the flip as options: ``train`` takes them from the data set (``Dataset.augmentation``), so for the
-28x28 grayscale MNIST and Fashion-MNIST ``--augment`` is a random crop of the image zero-padded by 2 pixels, with
-the flip for Fashion-MNIST's clothes only. The steps:
+28x28 grayscale MNIST and Fashion-MNIST ``--augment`` is a random crop of the image zero-padded by 2 pixels,
+without the flip. The steps:
 
 1. gather the batch's images in their stored form (uint8 0..255 or float in [0, 1]);
 2. augmentation in *raw pixel space*: the zero padding is a black border, as in the paper, and not the

@@ -13,7 +13,9 @@ geometries. What the fast tier adds:
 * BatchNorm fused with the following ReLU, statistics computed once per feature map and shared by all its
   consumers, and the memory-efficient recomputation of Pleiss et al. (:mod:`.norm`, :mod:`.densenet`);
 * the library's own threads for element-wise passes and split matrix products, and inference in pieces of
-  the batch (:mod:`.threads`).
+  the batch (:mod:`.threads`);
+* the train step's large arrays kept from one step to the next instead of mapped afresh each time, and the
+  backward pass computing its gradients over forward arrays it no longer needs (:mod:`.reuse`).
 
 :class:`DenseNet` is the network built from these layers; ``numpy_densenet.DenseNet(..., fast=True)`` (the
 default) builds it, ``fast=False`` the plain :class:`numpy_densenet.model.DenseNet` it subclasses.

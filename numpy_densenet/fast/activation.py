@@ -5,7 +5,7 @@ import numpy as np
 
 from ..nn import activation as plain
 from ..nn.checks import check_grad, take_cache
-from ..nn.module import saved
+from ..nn.module import is_grad_enabled, saved
 from .threads import elementwise
 
 _ZEROS = {}                          # dtype -> a read-only block of zeros for relu_into
@@ -32,9 +32,19 @@ def relu_into(x, out):
     return out
 
 
+def relu_backward(dout, y, out):
+    """``dout * (y > 0)`` written into ``out`` (which may be y, not dout): the comparison written as 1.0 / 0.0 in
+    dout's dtype, then one product - the same values as multiplying by the boolean mask, which NumPy first
+    converts element by element (about twice as slow)."""
+    np.greater(y, 0, out=out, casting="unsafe")
+    return np.multiply(dout, out, out=out)
+
+
 class ReLU(plain.ReLU):
     """:class:`numpy_densenet.nn.ReLU` (its specification), its passes shared between the threads. Layout-free:
-    ``forward_cnhw`` is ``forward``.
+    ``forward_cnhw`` is ``forward``. With ``inplace=True`` it keeps for backward where its output is positive
+    (one byte a value) rather than the output itself, whose memory its caller may then let go (the ImageNet
+    stem's relu0 output, once max-pooled).
 
     Shapes: any -> same.
     """
@@ -42,15 +52,24 @@ class ReLU(plain.ReLU):
     def forward(self, x):
         x = plain.check_float_array(self, x)
         y = x if self.inplace else np.empty_like(x)                          # same dtype as x
-        elementwise(relu_into, x, y)
-        self._cache = saved(y)
+        if self.inplace and is_grad_enabled():
+            positive = np.empty(x.shape, dtype=bool)
+            elementwise(lambda a, b, p: np.greater(relu_into(a, b), 0, out=p), x, y, positive)
+            self._cache = saved((positive, x.dtype))
+        else:
+            elementwise(relu_into, x, y)
+            self._cache = saved((y, y.dtype))
         return y
 
-    def backward(self, dout):
-        y = take_cache(self)
-        dout = check_grad(self, dout, y.shape, y.dtype)
-        dx = np.empty_like(y)
-        elementwise(lambda d, y_, dx_: np.multiply(d, y_ > 0, out=dx_), dout, y, dx)
+    def backward(self, dout, out=None):
+        """dout -> dx, written into ``out`` if given: an array of dout's shape and dtype, which may be dout."""
+        kept, dtype = take_cache(self)                                      # the output, or where it is > 0
+        dout = check_grad(self, dout, kept.shape, dtype)
+        if out is not None and (out.shape != kept.shape or out.dtype != dtype):
+            raise ValueError(f"ReLU.backward: out must be an array of shape {kept.shape} and dtype {dtype}, "
+                             f"got {out.shape} {out.dtype}")
+        dx = np.empty_like(dout) if out is None else out
+        elementwise(lambda d, k, dx_: np.multiply(d, k if k.dtype == bool else k > 0, out=dx_), dout, kept, dx)
         return dx
 
     forward_cnhw = forward

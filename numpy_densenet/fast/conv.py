@@ -27,6 +27,7 @@ from .layout import ChannelMajor
 from .threads import MIN_ELEMENTS_TO_SPLIT, blas_single_threaded, get_num_threads, matmul, parallel_for, split
 
 SHIFT_CHUNK_ELEMENTS = 1 << 18      # shift algorithm: about this many offset-matrix values per chunk of images
+IM2COL_CHUNK_ELEMENTS = 1 << 18     # im2col algorithm: about this many patch-matrix values per chunk of images
 
 
 conv_output_size = plain.conv_output_size
@@ -42,12 +43,25 @@ def _chunkwise(function, chunks):
         return parallel_for(function, chunks)
 
 
-def _into(out, array):
-    """``array``, copied into ``out`` if one was given."""
+def image_chunks(N, per_image, elements):
+    """Slices of a batch of N images, a few images each, so that a chunk's matrix of ``per_image`` values an
+    image (the shift algorithm's offset matrix, im2col's patch matrix) holds about ``elements``; a single
+    slice of all N if that gives fewer chunks than threads, whose products are then split between the threads
+    instead. Depends only on the shapes and the thread count."""
+    chunks = split(N, max(1, N * per_image // elements))
+    return chunks if len(chunks) >= get_num_threads() else [slice(0, N)]
+
+
+def check_out(layer, out, shape, x):
+    """Raise a ValueError naming ``layer`` unless ``out`` is None or a C-contiguous array of ``shape`` and x's
+    dtype that does not overlap x (which the layer reads while writing out)."""
     if out is None:
-        return array
-    out[...] = array
-    return out
+        return
+    if out.shape != tuple(shape) or out.dtype != x.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"{type(layer).__name__}: out must be a C-contiguous array of shape {tuple(shape)} and "
+                         f"dtype {x.dtype}, got {out.shape} {out.dtype}")
+    if np.may_share_memory(out, x):
+        raise ValueError(f"{type(layer).__name__}: out must not overlap the input")
 
 
 def pad_cnhw(x, padding, value=0.0):
@@ -152,37 +166,38 @@ class Conv2d(ChannelMajor, plain.Conv2d):
         return tuple(conv_output_size(s, k, st, p, d) for s, k, st, p, d in
                      zip((H, W), self.kernel_size, self.stride, self.padding, self.dilation))
 
-    def forward_cnhw(self, x, keep_input=True):
+    def forward_cnhw(self, x, keep_input=True, out=None):
         """x: (C_in, N, H, W) -> y: (C_out, N, Ho, Wo).
 
         With ``keep_input=False`` the input is not cached and ``backward_cnhw`` must be handed it again
-        (the memory-efficient dense layer recomputes it instead of storing it).
+        (the memory-efficient dense layer recomputes it instead of storing it). ``out``, a C-contiguous array
+        of y's shape and dtype not overlapping x, receives y instead of a new array.
         """
         x = check_input(self, x, 4, "(C, N, H, W)", self.weight.dtype)
         C, N, H, W = x.shape
         Ho, Wo = self.check(x.transpose(1, 0, 2, 3))
         O = self.out_channels
+        check_out(self, out, (O, N, Ho, Wo), x)
         algorithm = self.algorithm
         if algorithm == "shift":
-            y = self._shift_forward(x, Ho, Wo)                               # (O, N, Ho, Wo)
-        else:
-            w2 = self.weight.data.reshape(O, -1)                             # (O, C*kh*kw)
-            if algorithm == "pointwise":
-                cols = x.reshape(C, N * H * W)                               # the input is the matrix
-            else:
-                cols = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)  # (C*kh*kw, N*Ho*Wo)
-            y = matmul(w2, cols).reshape(O, N, Ho, Wo)
+            y = self._shift_forward(x, Ho, Wo, out)                          # (O, N, Ho, Wo)
+        elif algorithm == "im2col":
+            y = self._im2col_forward(x, Ho, Wo, out)
+        else:                                                                # the input is the matrix
+            y = matmul(self.weight.data.reshape(O, C), x.reshape(C, N * H * W),
+                       out=None if out is None else out.reshape(O, -1)).reshape(O, N, Ho, Wo)
         if self.bias is not None:
             y += self.bias.data[:, None, None, None]
         # Cache the input, not the patch matrix: cols is kh*kw times larger; backward rebuilds it.
         self._cache = saved((x.shape, x if keep_input else None))
-        return y
+        return y if out is None else out
 
     def backward_cnhw(self, dout, x=None, out=None):
         """dout: (C_out, N, Ho, Wo) -> dx: (C_in, N, H, W); adds into weight.grad and bias.grad.
 
         ``x`` is the forward input, needed only if forward ran with ``keep_input=False``. ``out``, an array of
-        dx's shape and dtype, receives dx instead of a new array (a workspace reused by a dense block).
+        dx's shape and dtype, receives dx instead of a new array; it may be the forward input itself (every
+        algorithm reads a piece of the input before it writes that piece of dx), as a dense layer does.
         """
         shape, cached = take_cache(self)
         if cached is None:
@@ -202,16 +217,54 @@ class Conv2d(ChannelMajor, plain.Conv2d):
         algorithm = self.algorithm
         if algorithm == "shift":
             return self._shift_backward(x, dout, out)
-        d2 = dout.reshape(O, -1)                                             # (O, N*Ho*Wo)
-        cols = x.reshape(C, N * H * W) if algorithm == "pointwise" else \
-            im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)    # (C*kh*kw, N*Ho*Wo)
-        # dW = d2 @ cols.T, computed as (cols @ d2.T).T: OpenBLAS runs this long-K product ~3x faster that way.
-        self.weight.grad += matmul(cols, d2.T, split_inner=True).T.reshape(self.weight.shape)  # (O, C*kh*kw)
-        if algorithm == "pointwise":                                         # dx = W^T @ d2, (C, N*H*W)
-            dx = matmul(self.weight.data.reshape(O, C).T, d2, out=None if out is None else out.reshape(C, -1))
-            return dx.reshape(x.shape) if out is None else out
-        dcols = matmul(self.weight.data.reshape(O, -1).T, d2)               # (C*kh*kw, N*Ho*Wo)
-        return _into(out, col2im(dcols, x.shape, self.kernel_size, self.stride, self.padding, self.dilation))
+        if algorithm == "im2col":
+            return self._im2col_backward(x, dout, out)
+        d2 = dout.reshape(O, -1)                                             # (O, N*H*W)
+        # dW = d2 @ x2.T, computed as (x2 @ d2.T).T: OpenBLAS runs this long-K product ~3x faster that way.
+        self.weight.grad += matmul(x.reshape(C, -1), d2.T, split_inner=True).T.reshape(self.weight.shape)
+        dx = matmul(self.weight.data.reshape(O, C).T, d2, out=None if out is None else out.reshape(C, -1))
+        return dx.reshape(x.shape) if out is None else out                  # dx = W^T @ d2, (C, N*H*W)
+
+    # -- the im2col algorithm ----------------------------------------------------------------------------------
+    def _im2col_forward(self, x, Ho, Wo, out=None):
+        """y = W2 @ cols, W2 the weight as (O, C*kh*kw), cols the patch matrix of a few images at a time (the
+        chunks shared out between the threads: the patch matrix, kh*kw times the input, never exists for the
+        whole batch). y is written into ``out`` if given."""
+        C, N = x.shape[:2]
+        O = self.out_channels
+        w2 = self.weight.data.reshape(O, -1)                                 # (O, C*kh*kw)
+        y = np.empty((O, N, Ho, Wo), dtype=x.dtype) if out is None else out
+        chunks = image_chunks(N, w2.shape[1] * Ho * Wo, IM2COL_CHUNK_ELEMENTS)
+        geometry = (self.kernel_size, self.stride, self.padding, self.dilation)
+
+        def images(n):                                                       # images n: columns of y's (O, N*Ho*Wo)
+            matmul(w2, im2col(x[:, n], *geometry), out=y.reshape(O, -1)[:, n.start * Ho * Wo:n.stop * Ho * Wo])
+
+        _chunkwise(images, chunks)
+        return y
+
+    def _im2col_backward(self, x, dout, out=None):
+        """dW = dout2 @ cols^T and dcols = W2^T @ dout2, then dx = col2im(dcols); a few images at a time, as
+        forward, the chunks' shares of dW summed in a fixed order. dx is written into ``out`` if given, which
+        may be x (a chunk's patch matrix is built before its dx is written)."""
+        C, N, H, W = x.shape
+        O, Ho, Wo = dout.shape[0], *dout.shape[2:]
+        w2 = self.weight.data.reshape(O, -1)                                 # (O, C*kh*kw)
+        dx = np.empty(x.shape, dtype=x.dtype) if out is None else out
+        geometry = (self.kernel_size, self.stride, self.padding, self.dilation)
+        dout2 = dout.reshape(O, -1)                                          # (O, N*Ho*Wo)
+
+        def images(n):                                                       # images n
+            cols = im2col(x[:, n], *geometry)                               # (C*kh*kw, n*Ho*Wo)
+            d2 = dout2[:, n.start * Ho * Wo:n.stop * Ho * Wo]                # (O, n*Ho*Wo), its columns
+            # dW = d2 @ cols.T, computed as (cols @ d2.T).T: OpenBLAS runs this long-K product ~3x faster so.
+            dW = matmul(cols, d2.T, split_inner=True)                        # this chunk's: (C*kh*kw, O)
+            dx[:, n] = col2im(matmul(w2.T, d2), (C, n.stop - n.start, H, W), *geometry)
+            return dW
+
+        dW = sum(_chunkwise(images, image_chunks(N, w2.shape[1] * Ho * Wo, IM2COL_CHUNK_ELEMENTS)))
+        self.weight.grad += dW.T.reshape(self.weight.shape)
+        return dx
 
     # -- the shift algorithm (stride 1) ------------------------------------------------------------------------
     def _offset_weights(self):
@@ -258,21 +311,20 @@ class Conv2d(ChannelMajor, plain.Conv2d):
 
     def _image_chunks(self, N, H, W):
         """Slices of a few images each, so that one chunk's (kh*kw*O, images*H*W) offset matrix fits in cache
-        (the offsets never reach across images); a single slice of all N if that gives fewer chunks than
-        threads, whose products are then split between the threads instead."""
-        per_image = self.kernel_size[0] * self.kernel_size[1] * self.out_channels * H * W
-        chunks = split(N, max(1, N * per_image // SHIFT_CHUNK_ELEMENTS))
-        return chunks if len(chunks) >= get_num_threads() else [slice(0, N)]
+        (the offsets never reach across images): see :func:`image_chunks`."""
+        return image_chunks(N, self.kernel_size[0] * self.kernel_size[1] * self.out_channels * H * W,
+                            SHIFT_CHUNK_ELEMENTS)
 
-    def _shift_forward(self, x, Ho, Wo):
+    def _shift_forward(self, x, Ho, Wo, out=None):
         """y[o, p] = sum over (i, j) of Y[(i, j, o), p + offset(i, j)], with Y = W_offsets @ x.
 
         A few images at a time, the chunks shared out between the threads: Y never exists for the whole batch.
+        y is written into ``out`` if given.
         """
         C, N, H, W = x.shape
         O, kh, kw = self.out_channels, *self.kernel_size
         w_offsets = self._offset_weights()                                   # (kh*kw*O, C)
-        y = np.empty((O, N, Ho, Wo), dtype=x.dtype)
+        y = np.empty((O, N, Ho, Wo), dtype=x.dtype) if out is None else out
 
         def images(n):                                                       # images n
             Y = matmul(w_offsets, x[:, n].reshape(C, -1))                    # (kh*kw*O, images*H*W)
@@ -300,7 +352,7 @@ class Conv2d(ChannelMajor, plain.Conv2d):
         """G[(i, j, o), q] = dout[o, q - offset(i, j)]; then dW = G @ x^T and dx = W_offsets^T @ G.
 
         A few images at a time, as forward; the chunks' shares of dW are summed in a fixed order. dx is written
-        into ``out`` if given.
+        into ``out`` if given, which may be x (a chunk's images of x are read before their dx is written).
         """
         C, N, H, W = x.shape
         O, kh, kw = self.out_channels, *self.kernel_size
@@ -325,8 +377,9 @@ class Conv2d(ChannelMajor, plain.Conv2d):
                 for i, j, (rows, cols), (in_rows, in_cols) in self._offset_ranges(H, W, Ho, Wo):
                     G[i, j][:, :, in_rows, in_cols] = dout[:, n, rows, cols]  # dout shifted by offset (i, j)
             G = G.reshape(kh * kw * O, -1)                                   # (kh*kw*O, images*H*W)
-            dx[:, n] = matmul(w_offsets.T, G).reshape(C, -1, H, W)
-            return matmul(G, x[:, n].reshape(C, -1).T, split_inner=True)    # this chunk's dW: (kh*kw*O, C)
+            dW = matmul(G, x[:, n].reshape(C, -1).T, split_inner=True)      # this chunk's: (kh*kw*O, C)
+            dx[:, n] = matmul(w_offsets.T, G).reshape(C, -1, H, W)           # after x[:, n] was read: out may be x
+            return dW
 
         dW = sum(_chunkwise(images, self._image_chunks(N, H, W)))
         self.weight.grad += dW.reshape(kh, kw, O, C).transpose(2, 3, 0, 1)

@@ -32,6 +32,7 @@ from .layout import ChannelMajor, Sequential, swap01
 from .linear import Linear
 from .norm import BatchNorm2d, BatchNormReLU2d, channel_statistics
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .reuse import ReusedArrays, release_memory
 from .threads import add_into, blas_single_threaded, get_num_threads, parallel_for, split
 
 
@@ -71,50 +72,66 @@ class DenseLayer(ChannelMajor, model.DenseLayer):
         if self.drop_rate > 0:
             self.dropout = Dropout(self.drop_rate, seed=rng.integers(2**63))
         self._recompute = None
+        self._kept = ReusedArrays()                     # the bottleneck's two feature maps, step after step
 
-    def forward_cnhw(self, x, stats=None, workspace=None):
+    def forward_cnhw(self, x, stats=None, workspace=None, out=None):
         """x: (C_in, N, H, W), [x0, ..., x(l-1)] as a view of the block buffer -> (k, N, H, W).
 
         ``stats``: the batch (mean, var, count) of x's channels, if the block already has them (train mode).
         ``workspace``: with ``memory_efficient``, an array of x's shape shared by the block's layers, where the
         first BN -> ReLU output is written (forward) and recomputed (backward) instead of a new array each.
+        ``out``: a C-contiguous (k, N, H, W) array (the block buffer's slice) that receives the new features.
         """
         t = self.norm1.forward_cnhw(x, stats, out=workspace)                  # BN -> ReLU: (C_in, N, H, W)
-        h = self.conv1.forward_cnhw(t, keep_input=not self.memory_efficient)  # (4k or k, N, H, W)
+        last = out if self.drop_rate == 0 else None                          # where the last conv writes
+        first = self._kept.empty("conv1", (self.conv1.out_channels,) + t.shape[1:], t.dtype) if self.bottleneck \
+            else last
+        h = self.conv1.forward_cnhw(t, keep_input=not self.memory_efficient, out=first)  # (4k or k, N, H, W)
         if self.memory_efficient:
             self.norm1.clear_cache()                                        # drop t; keep what recomputes it
             self._recompute = saved((x, stats, workspace))
-        if self.bottleneck:
-            h = self.conv2.forward_cnhw(self.norm2.forward_cnhw(h))          # BN -> ReLU -> conv: (k, N, H, W)
+        if self.bottleneck:                                                  # BN -> ReLU -> conv: (k, N, H, W)
+            t2 = self.norm2.forward_cnhw(h, out=self._kept.empty("norm2", h.shape, h.dtype), keep_output=False)
+            self._cache = saved(t2)                                          # backward writes conv2's dx over it
+            h = self.conv2.forward_cnhw(t2, out=last)
         if self.drop_rate > 0:
             h = swap01(self.dropout(swap01(h)))                          # masks drawn in NCHW order, as plain
+        if out is not None and h is not out:                                 # after dropout
+            out[...] = h
+            return out
         return h
 
     def clear_cache(self):
-        """Also drop what a memory-efficient layer keeps to recompute its first BN -> ReLU (a cache too)."""
+        """Also drop what a memory-efficient layer keeps to recompute its first BN -> ReLU (a cache too), and
+        the arrays it keeps for the next step."""
         super().clear_cache()
         self._recompute = None
+        self._kept.clear()
 
     def backward_cnhw(self, dout, workspace=None):
         """dout: (k, N, H, W), the gradient of the new features -> gradient of the input (C_in, N, H, W).
 
-        ``workspace``: a C-contiguous array of the input's shape where the input gradient is computed and
-        returned, instead of new arrays (the block shares one between its layers).
+        Each convolution's input gradient is written over its input once it has used it for its weight
+        gradient, and each BatchNorm's backward runs in place there (both BN -> ReLU pairs find their ReLU mask
+        again from their input): conv2's over the second BN -> ReLU output; a memory-efficient layer's conv1's
+        over the recomputed first BN -> ReLU output, in the block's workspace. A layer that is not
+        memory-efficient computes its input gradient in ``workspace`` if given, a C-contiguous array of the
+        input's shape (the block shares one between its layers), else in a new array.
         """
         d = swap01(self.dropout.backward(swap01(dout))) if self.drop_rate > 0 else dout
         if self.bottleneck:
-            d = self.norm2.backward_cnhw(self.conv2.backward_cnhw(d))
-        dinput = workspace
+            d = self.conv2.backward_cnhw(d, out=take_cache(self))            # over its input, after its dW
+            d = self.norm2.backward_cnhw(d, out=d)                           # in place
         if self.memory_efficient:
             if not isinstance(self._recompute, tuple):
                 raise RuntimeError("DenseLayer.backward called before forward, or after a forward inside no_grad()")
-            x, stats, workspace = self._recompute
+            x, stats, t = self._recompute
             self._recompute = None
-            t = self.norm1.forward_cnhw(x, stats, update_stats=False, out=workspace)  # BN -> ReLU again
-            d = self.conv1.backward_cnhw(d, x=t, out=dinput)
+            t = self.norm1.forward_cnhw(x, stats, update_stats=False, out=t, keep_output=False)  # BN -> ReLU again
+            d = self.conv1.backward_cnhw(d, x=t, out=t)                      # dx written over t, after dW
         else:
-            d = self.conv1.backward_cnhw(d, out=dinput)
-        return self.norm1.backward_cnhw(d, out=dinput)                      # in place when dinput is given
+            d = self.conv1.backward_cnhw(d, out=workspace)
+        return self.norm1.backward_cnhw(d, out=d)                            # in place
 
 
 class DenseBlock(ChannelMajor, model.DenseBlock):
@@ -141,6 +158,12 @@ class DenseBlock(ChannelMajor, model.DenseBlock):
         del self.concat                             # the buffer's slices are the concatenations
         self.memory_efficient = memory_efficient
         self._cache = None
+        self._kept = ReusedArrays()                 # its buffers, workspaces and gradient buffers, step after step
+
+    def clear_cache(self):
+        """Drop the forward cache and the arrays kept for the next step."""
+        super().clear_cache()
+        self._kept.clear()
 
     @property
     def memory_efficient(self):
@@ -164,7 +187,7 @@ class DenseBlock(ChannelMajor, model.DenseBlock):
         """
         x0 = self.checked(x0)
         k0, N, H, W = x0.shape
-        buffer = np.empty((self.num_output_features, N, H, W), dtype=x0.dtype)  # [x0 | x1 | ... | xL]
+        buffer = self._kept.empty("buffer", (self.num_output_features, N, H, W), x0.dtype)  # [x0 | ... | xL]
         buffer[:k0] = x0
         # Each feature map's batch statistics are computed once, when it is written, and shared by all of
         # its consumers' first BatchNorm: O(L) statistics instead of O(L^2).
@@ -173,11 +196,12 @@ class DenseBlock(ChannelMajor, model.DenseBlock):
         if share:
             mean[:k0], var[:k0], count = self.feature_statistics(x0)
         # Memory-efficient layers write their first BN -> ReLU output into one workspace shared by all.
-        shared = np.empty((self.offsets[-2], N, H, W), dtype=x0.dtype) if self.memory_efficient else None
+        shared = self._kept.empty("workspace", (self.offsets[-2], N, H, W), x0.dtype) if self.memory_efficient \
+            else None
         for l, (layer, start, stop) in enumerate(zip(self.layers(), self.offsets[1:-1], self.offsets[2:]), 1):
             stats = (mean[:start], var[:start], count) if share else None
             workspace = shared[:start] if shared is not None else None
-            buffer[start:stop] = layer.forward_cnhw(buffer[:start], stats, workspace)  # reads [x0..x(l-1)], writes x_l
+            layer.forward_cnhw(buffer[:start], stats, workspace, out=buffer[start:stop])  # reads x0..x(l-1), writes x_l
             if share:
                 mean[start:stop], var[start:stop], count = self.feature_statistics(buffer[start:stop])
             if each_layer is not None:
@@ -185,16 +209,29 @@ class DenseBlock(ChannelMajor, model.DenseBlock):
         self._cache = saved((buffer.shape, buffer.dtype))
         return buffer
 
-    def backward_cnhw(self, dout):
-        """dout: (k0 + L*k, N, H, W), gradient of the block output -> gradient of x0, (k0, N, H, W)."""
+    def backward_cnhw(self, dout, out=None):
+        """dout: (k0 + L*k, N, H, W), gradient of the block output -> gradient of x0, (k0, N, H, W).
+
+        ``out``: a C-contiguous array of dout's shape and dtype in which the gradients of all the feature maps
+        are accumulated, instead of a copy of dout; it may be dout itself (the network hands its blocks
+        gradients that nothing else holds). The result is then a view of it.
+        """
         shape, dtype = take_cache(self)
-        grad = check_grad(self, dout, shape, dtype).copy()  # grad[c] collects every consumer of channel c
+        dout = check_grad(self, dout, shape, dtype)
+        if out is not None and (out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous):
+            raise ValueError(f"DenseBlock.backward: out must be a C-contiguous array of shape {shape} and dtype "
+                             f"{dtype}, got {out.shape} {out.dtype}")
+        grad = dout.copy() if out is None else out         # grad[c] collects every consumer of channel c
+        if out is not None and out is not dout:
+            grad[...] = dout
         layers = self.layers()
-        shared = np.empty((self.offsets[-2],) + grad.shape[1:], dtype=grad.dtype)  # each layer's input gradient
+        # Each layer's input gradient: memory-efficient layers compute it in the forward workspace, others here.
+        shared = None if self.memory_efficient else np.empty((self.offsets[-2],) + shape[1:], dtype=dtype)
         for j in reversed(range(self.num_layers)):
             start, stop = self.offsets[j + 1], self.offsets[j + 2]
             # x_j+1's gradient is complete: the block output and every later layer have added their slices.
-            dinput = layers[j].backward_cnhw(grad[start:stop], shared[:start])  # (start, N, H, W): d[x0..x_j]
+            workspace = None if shared is None else shared[:start]
+            dinput = layers[j].backward_cnhw(grad[start:stop], workspace)  # (start, N, H, W): d[x0..x_j]
             add_into(grad[:start], dinput)                          # concat backward: split, then add
         return grad[:self.offsets[1]]
 
@@ -217,6 +254,28 @@ class Transition(Sequential, model.Transition):
             ("conv", Conv2d(num_input_features, num_output_features, 1, bias=False, dtype=dtype, generator=rng)),
             ("pool", AvgPool2d(2, stride=2)),
         ]))
+        self._kept = ReusedArrays()                 # the BN -> ReLU output, step after step
+
+    def forward_cnhw(self, x):
+        """x: (C, N, H, W) -> (num_output_features, N, H//2, W//2); the BN -> ReLU output (the largest array,
+        kept for backward) is written into memory kept from the previous step when it is free."""
+        x = self.norm.checked(x)
+        t = self.norm.forward_cnhw(x, out=self._kept.empty("norm", x.shape, x.dtype), keep_output=False)
+        self._cache = saved(t)
+        return self.pool.forward_cnhw(self.conv.forward_cnhw(t))
+
+    def backward_cnhw(self, dout):
+        """dout: (num_output_features, N, H//2, W//2) -> dx: (C, N, H, W). The conv's input gradient is written
+        over the BN -> ReLU output (once the conv has used it for its weight gradient) and BatchNorm's backward
+        runs in place there: no new array of the input's size."""
+        t = take_cache(self)
+        d = self.conv.backward_cnhw(self.pool.backward_cnhw(dout), out=t)
+        return self.norm.backward_cnhw(d, out=d)
+
+    def clear_cache(self):
+        """Drop the forward cache and the arrays kept for the next step."""
+        super().clear_cache()
+        self._kept.clear()
 
 
 class DenseNet(model.DenseNet):
@@ -255,6 +314,14 @@ class DenseNet(model.DenseNet):
     def memory_efficient(self, value):
         for block in self.blocks():
             block.memory_efficient = value
+
+    def train(self, mode=True):
+        """Train mode (or eval mode with ``mode=False``, which also lets go of the memory the layers keep from
+        one train step to the next: see :mod:`.reuse`)."""
+        super().train(mode)
+        if not mode:
+            release_memory(self)
+        return self
 
     def forward(self, x):
         """x: (N, C, H, W) -> logits (N, num_classes).
@@ -300,7 +367,12 @@ class DenseNet(model.DenseNet):
         dh = self.classifier.backward(dout)                      # (N, C)
         dh = np.ascontiguousarray(dh.T).reshape(C, N, 1, 1)
         dh = self.relu.backward(self.pool.backward_cnhw(dh))
-        return swap01(self.features.backward_cnhw(dh))
+        for stage in reversed(list(self.features.children())):
+            # dh is an array nothing else holds: a block accumulates its gradient in it, BatchNorm and ReLU
+            # write theirs over it
+            in_place = isinstance(stage, (DenseBlock, BatchNorm2d, ReLU))
+            dh = stage.backward_cnhw(dh, out=dh) if in_place else stage.backward_cnhw(dh)
+        return swap01(dh)
 
     def forward_stages(self, x):
         """:meth:`numpy_densenet.model.DenseNet.forward_stages`, the outputs as NCHW views."""

@@ -12,7 +12,7 @@ import numpy as np
 from ..nn import norm as plain
 from ..nn.checks import check_grad, check_input, take_cache
 from ..nn.module import saved
-from .activation import relu_into
+from .activation import relu_backward, relu_into
 from .layout import ChannelMajor
 from .threads import MIN_ELEMENTS_TO_SPLIT, get_num_threads, parallel_for
 
@@ -50,7 +50,7 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
         channel (:func:`channel_statistics`)."""
         return (*channel_statistics(x), x.size // x.shape[0])
 
-    def forward_cnhw(self, x, stats=None, update_stats=True, out=None):
+    def forward_cnhw(self, x, stats=None, update_stats=True, out=None, keep_output=True):
         """x: (C, N, H, W) -> y: (C, N, H, W).
 
         Parameters
@@ -64,6 +64,10 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
             (the memory-efficient dense layer recomputes BN in backward).
         out : ndarray of x's shape and dtype, optional
             Where to write y (a shared workspace); never x itself, which backward needs.
+        keep_output : bool
+            With the fused ReLU: False if the caller may overwrite y before backward (a dense layer writes its
+            1x1 convolution's input gradient over it); backward then finds the ReLU's mask again from x, with
+            the same two operations, so bit for bit the same mask.
         """
         x = self.checked(x, out)
         C = x.shape[0]
@@ -88,8 +92,10 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
 
         parallel_for(block, channel_blocks(C, M))
         # Cache the input (usually alive anyway: in a dense block it is a view of the block buffer), not xhat;
-        # with the fused ReLU also the output, whose zeros mask the gradient (the next conv keeps it anyway).
-        self._cache = saved((x, np.asarray(mean, dtype=np.float64), invstd, count, y if self.relu else None))
+        # with the fused ReLU also the output, whose zeros mask the gradient (the next conv keeps it anyway), or
+        # what recomputes that mask from x.
+        mask = (y if keep_output else (scale, shift)) if self.relu else None
+        self._cache = saved((x, np.asarray(mean, dtype=np.float64), invstd, count, mask))
         return y.reshape(x.shape)
 
     def backward_cnhw(self, dout, out=None, reduce_sums=None):
@@ -111,13 +117,13 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
         their sum over the processes (2C values), then dx with the whole batch's sums and count. Otherwise one
         pass: each block of channels' sums, then its dx, while in cache.
         """
-        x, mean, invstd, M, y = take_cache(self)                            # M: values per channel, whole batch
+        x, mean, invstd, M, mask = take_cache(self)                         # M: values per channel, whole batch
         training = M is not None
         dout = check_grad(self, dout, x.shape, self.weight.dtype)
         C = x.shape[0]
         m = x.size // C                                                      # values per channel here
         dout2, x2 = dout.reshape(C, m), x.reshape(C, m)
-        y2 = y.reshape(C, m) if y is not None else None
+        y2 = mask.reshape(C, m) if isinstance(mask, np.ndarray) else None    # the output, if kept
         if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous):
             raise ValueError(f"{type(self).__name__}.backward: out must be a C-contiguous array of the input's "
                              f"shape {x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
@@ -127,7 +133,14 @@ class BatchNorm2d(ChannelMajor, plain.BatchNorm2d):
         a = self.weight.data * invstd                                        # (C,)
 
         def prepare(c):                                                      # channels c: cache-sized
-            dy = dout2[c] if y2 is None else dout2[c] * (y2[c] > 0)          # (c, m); ReLU backward if fused
+            if y2 is not None:                                               # ReLU backward if fused: (c, m)
+                dy = relu_backward(dout2[c], y2[c], np.empty_like(y2[c]))
+            elif mask is not None:                                           # y again, as forward computed it
+                v = x2[c] * mask[0][c, None]
+                v += mask[1][c, None]
+                dy = relu_backward(dout2[c], v, v)
+            else:
+                dy = dout2[c]
             return dy, x2[c] - mean_x[c, None]                               # and x - mean, (c, m)
 
         def sums(c, dy, centred):                                            # this process's, into .grad
