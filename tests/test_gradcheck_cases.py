@@ -33,6 +33,10 @@ EXCEPTIONS = {
     ("training/distributed.py", "backward", "dlogits = dlogits * (self.world_size * self._count / counts.sum())"):
         "DataParallel's weighting of unequal slices needs two ranks: tests/test_distributed.py runs it (7 images "
         "on 2 ranks)",
+    ("fast/densenet.py", "backward_cnhw", "grad[...] = dout"):
+        "a caller's own out array that is not dout: no backward of the package passes one (the network passes dout "
+        "itself), so no check of a module reaches it; tests/test_fast_reuse.py::"
+        "test_dense_block_accumulating_into_its_upstream_gradient_is_the_same runs it",
 }
 
 
