@@ -54,7 +54,8 @@ def time_cases(gradcheck, modes, seed_):
         for mode in modes:
             rng = np.random.default_rng(seed_)
             start = time.perf_counter()
-            passed = sum(gradcheck(m, x, mode=mode, seed=seed_).passed for _, m, x in cases(rng))
+            passed = sum(gradcheck(c.module, c.x, mode=c.options.get("mode", mode), seed=seed_).passed
+                         for c in cases(rng))
             out[(what, mode)] = (time.perf_counter() - start, passed, len(cases(np.random.default_rng(0))))
     return out
 

@@ -565,6 +565,381 @@ def random_case(pkg, rng):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The study's kinds (issue 23): targeted source edits, their default-case and test-suite verdicts
+# ----------------------------------------------------------------------------------------------------------
+# (kind, file under numpy_densenet/, what the bug does, text, replacement, which occurrence of the text): bugs of
+# the kinds an independent mutation study wrote by hand, none of which the AST operators above generate. An
+# operator whose text is no longer in the file (the code changed) is reported as stale, never applied elsewhere.
+CROP = "ph:ph + H, pw:pw + W"
+STUDY_OPERATORS = [
+    ("asymmetric padding", "fast/conv.py", "col2im crops the rows at pw", "dx[:, n] = dxp[:, :, " + CROP,
+     "dx[:, n] = dxp[:, :, pw:pw + H, pw:pw + W", 0),
+    ("asymmetric padding", "nn/conv.py", "col2im crops the rows at pw", "return dxp[:, :, " + CROP,
+     "return dxp[:, :, pw:pw + H, pw:pw + W", 0),
+    ("asymmetric padding", "nn/pooling.py", "MaxPool2d crops the rows at pw", "return dxp[:, :, " + CROP,
+     "return dxp[:, :, pw:pw + H, pw:pw + W", 0),
+    ("asymmetric padding", "nn/pooling.py", "AvgPool2d crops the rows at pw", "return dxp[:, :, " + CROP,
+     "return dxp[:, :, pw:pw + H, pw:pw + W", 1),
+    ("asymmetric padding", "fast/pooling.py", "fast MaxPool2d crops the rows at pw", "dtype)[:, :, " + CROP,
+     "dtype)[:, :, pw:pw + H, pw:pw + W", 0),
+    ("asymmetric padding", "fast/pooling.py", "fast AvgPool2d crops the rows at pw",
+     "ascontiguousarray(dxp[:, :, " + CROP, "ascontiguousarray(dxp[:, :, pw:pw + H, pw:pw + W", 0),
+    ("dilation", "fast/conv.py", "col2im adds back without dilation", "window_slices(i, j, (Ho, Wo), stride, dilation)",
+     "window_slices(i, j, (Ho, Wo), stride, (1, 1))", 1),
+    ("dilation", "nn/conv.py", "col2im starts kernel row i at i * dw", "rows = slice(i * dh, i * dh + sh",
+     "rows = slice(i * dw, i * dw + sh", 1),
+    ("stride", "fast/pooling.py", "the stride phases interleaved back transposed", "dxp[:, :, a::sh, b::sw] = d",
+     "dxp[:, :, b::sh, a::sw] = d", 0),
+    ("split offset", "fast/densenet.py", "a layer's input gradient added one channel up",
+     "add_into(grad[:start], dinput)", "add_into(grad[1:start + 1], dinput)", 0),
+    ("split offset", "fast/densenet.py", "a layer reads the gradient one channel down",
+     "backward_cnhw(grad[start:stop], workspace)", "backward_cnhw(grad[start - 1:stop - 1], workspace)", 0),
+    ("split offset", "fast/densenet.py", "the block returns the channels from 1", "return grad[:self.offsets[1]]",
+     "return grad[1:self.offsets[1] + 1]", 0),
+    ("Bessel's correction", "nn/norm.py", "dx divided by M - 1", "return scale / M * (M * dout",
+     "return scale / (M - 1) * (M * dout", 0),
+    ("Bessel's correction", "fast/norm.py", "the variance path divided by M - 1", "dgamma / M",
+     "dgamma / (M - 1)", 0),
+    ("Bessel's correction", "fast/norm.py", "the mean path divided by M - 1", "a[c] * dbeta / M)",
+     "a[c] * dbeta / (M - 1))", 0),
+    ("eval BN with batch statistics", "nn/norm.py", "eval mode backward by the batch formula",
+     "self.running_mean, self.running_var, None",
+     "self.running_mean, self.running_var, x.size // self.num_features", 0),
+    ("eval BN with batch statistics", "fast/norm.py", "eval mode backward by the batch formula",
+     "self.running_mean, self.running_var, None", "self.running_mean, self.running_var, M", 0),
+    ("thread chunk", "fast/conv.py", "col2im: every chunk adds the first chunk's images",
+     "+= cols[:, i, j, n]", "+= cols[:, i, j, :n.stop - n.start]", 0),
+    ("thread chunk", "fast/conv.py", "shift backward: every chunk reads the first chunk's gradient",
+     "df = dout[:, n].reshape(O, L)", "df = dout[:, :n.stop - n.start].reshape(O, L)", 0),
+    ("thread chunk", "fast/conv.py", "shift backward: every chunk's dW from the first chunk's input",
+     "matmul(G, x[:, n].reshape(C, -1).T", "matmul(G, x[:, :n.stop - n.start].reshape(C, -1).T", 0),
+    ("thread chunk", "fast/pooling.py", "every block of channels routes the first block's gradient",
+     "+= dout[c] * (argmax[c] == k)", "+= dout[:c.stop - c.start] * (argmax[c] == k)", 0),
+    ("thread chunk", "fast/norm.py", "every block of channels reads the first block's gradient",
+     "dy = dout2[c]\n", "dy = dout2[:c.stop - c.start]\n", 0),
+    ("thread chunk", "fast/norm.py", "every block's dx written into the first block", "out=dx[c])",
+     "out=dx[:c.stop - c.start])", 0),
+    ("thread chunk", "fast/threads.py", "element-wise pieces all written into the first piece",
+     "function(*(f[s] for f in flat))", "function(*(f[s] for f in flat[:-1]), flat[-1][:flat[0][s].size])", 0),
+    ("in-place upstream gradient", "nn/activation.py", "ReLU masks its upstream gradient in place",
+     "return dout * (y > 0)", "return np.multiply(dout, y > 0, out=dout)", 0),
+    ("in-place upstream gradient", "fast/activation.py", "fast ReLU masks its upstream gradient in place",
+     "dx = np.empty_like(dout) if out is None else out", "dx = dout", 0),
+    ("in-place upstream gradient", "nn/activation.py", "Dropout masks its upstream gradient in place",
+     "dx = dout * keep", "dx = np.multiply(dout, keep, out=dout)", 0),
+    ("in-place upstream gradient", "model.py", "the plain DenseBlock adds into the split views of its gradient",
+     "grads[i] = grads[i] + g", "grads[i] += g", 0),
+    ("in-place upstream gradient", "fast/densenet.py", "the fast DenseBlock works in its upstream gradient",
+     "grad = dout.copy() if out is None else out", "grad = dout", 0),
+    ("narrow argmax", "fast/pooling.py", "max pooling's argmax in 8 bits", "dtype=np.uint16) if is_grad_enabled()",
+     "dtype=np.uint8) if is_grad_enabled()", 0),
+    ("float32 precision", "fast/norm.py", "d weight without the mean's rounding correction", " + rounding[c] * dbeta)",
+     ")", 0),
+    ("float32 precision", "fast/norm.py", "the mean path without the rounding correction", "(b * rounding[c] - a[c]",
+     "(-a[c]", 0),
+    ("float32 precision", "fast/norm.py", "the statistics without their second pass's correction",
+     "mean[c] = first.astype(np.float64) + s1", "mean[c] = first.astype(np.float64)", 0),
+    ("an option's branch", "nn/loss.py", "reduction='sum' divided by N",
+     'scale = dout / N if self.reduction == "mean" else dout', "scale = dout / N", 0),
+    ("an option's branch", "nn/loss.py", "label smoothing's uniform share over N", "grad -= e / K", "grad -= e / N", 0),
+    ("an option's branch", "model.py", "the plain dense layer's backward skips its dropout",
+     "d = self.dropout.backward(dout) if self.drop_rate > 0 else dout", "d = dout", 0),
+    ("an option's branch", "fast/densenet.py", "the fast dense layer's backward skips its dropout",
+     "d = swap01(self.dropout.backward(swap01(dout))) if self.drop_rate > 0 else dout", "d = dout", 0),
+    ("an option's branch", "nn/pooling.py", "AvgPool2d backward ignores count_include_pad=False",
+     "share = dout / self.divisor(H, W, dtype)",
+     "share = dout / dtype.type(self.kernel_size[0] * self.kernel_size[1])", 0),
+    ("an option's branch", "fast/pooling.py", "fast AvgPool2d backward ignores count_include_pad=False",
+     "share = dout / divisor", "share = dout / dtype.type(self.kernel_size[0] * self.kernel_size[1])", 0),
+    ("an option's branch", "nn/pooling.py", "AdaptiveAvgPool2d backward assumes divisible sizes",
+     "area = (rows.stop - rows.start) * (cols.stop - cols.start)",
+     "area = max(1, H // self.output_size[0]) * max(1, W // self.output_size[1])", 0),
+    ("an option's branch", "fast/pooling.py", "fast AdaptiveAvgPool2d backward assumes divisible sizes",
+     "area = (rows.stop - rows.start) * (cols.stop - cols.start)",
+     "area = max(1, H // self.output_size[0]) * max(1, W // self.output_size[1])", 0),
+    ("ties to the last maximum", "fast/pooling.py", "ties routed to the last maximum",
+     "for k, phase, rows, cols in reversed(windows):", "for k, phase, rows, cols in windows:", 0),
+    ("ties to the last maximum", "nn/pooling.py", "ties routed to the last maximum",
+     "for k, rows, cols in reversed(list(self.windows(Ho, Wo))):", "for k, rows, cols in self.windows(Ho, Wo):", 0),
+    ("chunk bounds", "fast/activation.py", "relu_into skips the first value of every 65,536",
+     "piece = slice(i, i + zeros.size)", "piece = slice(i + 1, i + zeros.size)", 0),
+    ("synchronised BatchNorm", "training/distributed.py", "the plain synchronised backward swaps its two sums",
+     "np.stack([dbias, dweight])", "np.stack([dweight, dbias])", 0),
+    ("synchronised BatchNorm", "fast/norm.py", "the second pass takes the whole batch's sums swapped",
+     "total[0, c], total[1, c])", "total[1, c], total[0, c])", 0),
+    ("synchronised BatchNorm", "fast/norm.py", "the first pass stores its sums swapped",
+     "local[0, c], local[1, c] = sums(", "local[1, c], local[0, c] = sums(", 0),
+]
+
+#: the test files the suite's column runs: first those of the mutated file's folder (-x stops at the first failure),
+#: then, if they all pass, the others
+STUDY_TEST_FILES = {
+    "nn/": ("test_layers.py", "test_fast_tier.py", "test_torch_parity_layers.py", "test_gradcheck_cases.py"),
+    "fast/": ("test_fast_tier.py", "test_gradcheck_cases.py", "test_threads.py", "test_layers.py",
+              "test_torch_parity_layers.py"),
+    "model.py": ("test_model.py", "test_fast_tier.py", "test_gradcheck_cases.py"),
+    "training/": ("test_gradcheck_cases.py", "test_distributed.py"),
+    "": ("test_fast_tier.py", "test_layers.py", "test_torch_parity_layers.py", "test_gradcheck_cases.py",
+         "test_model.py", "test_model_parity.py", "test_threads.py", "test_performance_paths.py",
+         "test_distributed.py", "test_state_dict.py", "test_flow.py", "test_gradcheck.py",
+         "test_gradcheck_hardening.py"),
+}
+
+
+def study_mutants(pkg_dir):
+    """The STUDY_OPERATORS applied one at a time: (mutants as dicts with their source, stale operators)."""
+    mutants, stale = [], []
+    for kind, file, desc, old, new, nth in STUDY_OPERATORS:
+        source = open(os.path.join(pkg_dir, file)).read()
+        at = -1
+        for _ in range(nth + 1):
+            at = source.find(old, at + 1)
+            if at < 0:
+                break
+        if at < 0:
+            stale.append(f"{file}: {desc}")
+            continue
+        mutants.append(dict(kind=kind, file=file, cls=kind, method="", desc=desc,
+                            source=source[:at] + new + source[at + len(old):]))
+    return mutants, stale
+
+
+def default_cases(pkg):
+    """The package's own default cases (layers, models with --thorough, tests/sync_cases.py's synchronised
+    BatchNorm): [(oracle mode, Case)], built from a fixed seed, so every import of a mutant builds the same."""
+    cases_module = sys.modules[PACKAGE + ".gradcheck.cases"]
+    rng = np.random.default_rng(0)
+    out = [("full", c) for c in cases_module.layer_cases(rng)]
+    out += [("directional", c) for c in cases_module.model_cases(rng, thorough=True)]
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    try:
+        sys.modules.pop("sync_cases", None)
+        out += [("directional", c) for c in importlib.import_module("sync_cases").sync_cases(rng)]
+    finally:
+        sys.path.remove(os.path.join(ROOT, "tests"))
+    return out
+
+
+def _on_threads(pkg, threads, fn, *args):
+    """fn(*args) with the package copy's thread count set to ``threads`` (if given), restored after."""
+    fast = sys.modules[PACKAGE + ".fast"]
+    before = fast.get_num_threads()
+    if threads:
+        fast.set_num_threads(threads)
+    try:
+        return fn(*args)
+    finally:
+        fast.set_num_threads(before)
+
+
+def _float32_copy(module, x):
+    xs = tuple(a.astype(np.float32) if a.dtype.kind == "f" else a for a in (x if isinstance(x, tuple) else (x,)))
+    return copy.deepcopy(module).float(), xs if isinstance(x, tuple) else xs[0]
+
+
+def default_behaviours(pkg, case_list):
+    """{label: (g, behaviour in float64, behaviour in float32)} of every default case."""
+    out = {}
+    for _, case in case_list:
+        module, x = copy.deepcopy(case.module).double(), case.x
+        g = _g_for(module, x)
+        m32, x32 = _float32_copy(case.module, x)
+        out[case.label] = (g, _on_threads(pkg, case.threads, behaviour, module, x, g),
+                           _on_threads(pkg, case.threads, behaviour, m32, x32, g.astype(np.float32)))
+    return out
+
+
+def default_case_verdict(pkg, case_list, applicable, timeout):
+    """"caught" if a default case whose behaviour the mutant changed (any, for ``applicable`` None) fails its
+    check (as the command line runs it, with float32=True) or raises; else "passed". Also the label of the case
+    that caught it."""
+    run_case = sys.modules[PACKAGE + ".gradcheck.cases"].run_case
+    for mode, case in case_list:
+        if applicable is not None and case.label not in applicable:
+            continue
+        signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(timeout)
+        try:
+            passed = run_case(case, mode=mode, float32=True).passed
+        except Exception:  # noqa: BLE001 - raising on a mutant is catching it (a timeout too)
+            passed = False
+        finally:
+            signal.alarm(0)
+        if not passed:
+            return "caught", case.label
+    return "passed", ""
+
+
+def test_suite_verdict(tmp, mutated_file, timeout):
+    """Run STUDY_TEST_FILES against the package copy in ``tmp``, stopping at the first failure: the files of the
+    mutated file's folder, then the others. ("caught" or "passed", the first failing test, the seconds taken)."""
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=tmp, PYTHONDONTWRITEBYTECODE="1", HYPOTHESIS_PROFILE="ci")
+    first = next(files for prefix, files in STUDY_TEST_FILES.items() if prefix and mutated_file.startswith(prefix))
+    start = time.perf_counter()
+    for files in (first, [f for f in STUDY_TEST_FILES[""] if f not in first]):
+        try:
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-n", "2", "-p", "no:cacheprovider",
+                                   *[os.path.join(ROOT, "tests", f) for f in files]],
+                                  cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return "caught", "timeout", time.perf_counter() - start
+        if proc.returncode != 0:
+            failed = [line.split(" - ")[0] for line in proc.stdout.splitlines()
+                      if line.startswith(("FAILED ", "ERROR ")) and "::" in line]
+            return "caught", (failed or proc.stdout.strip().splitlines()[-1:] or [""])[0], time.perf_counter() - start
+    return "passed", "", time.perf_counter() - start
+
+
+def study(a, modes):
+    """--study: every STUDY_OPERATORS mutant; valid when it changes a result of the benchmark's cases or of the
+    default cases (float64 or float32); its verdicts: gradcheck's modes on the benchmark's cases, the default
+    cases as the command line runs them (float32=True), and, with --tests, the test suite."""
+    tmp = tempfile.mkdtemp(prefix="mutation-study-")
+    records = []
+    try:
+        pkg_dir = os.path.join(tmp, PACKAGE)
+        shutil.copytree(os.path.join(ROOT, PACKAGE), pkg_dir, ignore=shutil.ignore_patterns("__pycache__"))
+        sys.path.insert(0, tmp)
+        start = time.perf_counter()
+        mutants, stale = study_mutants(pkg_dir)
+        pkg = _fresh(tmp)
+        bench = {label: (g_, behaviour(m, x, g_)) for label, build in cases(pkg)
+                 for m, x in [build()] for g_ in [_g_for(m, x)]}
+        defaults = default_behaviours(pkg, default_cases(pkg))
+        for k, mut in enumerate(mutants):
+            records.append(study_one(a, modes, tmp, pkg_dir, mut, bench, defaults))
+            r = records[-1]
+            print(f"[{k + 1}/{len(mutants)}] {r['kind']}: {r['file']} {r['desc']}: {r['status']}"
+                  + (f", {r['verdicts']}" if r["status"] == "valid" else ""), flush=True)
+        seconds = time.perf_counter() - start
+    finally:
+        sys.path.remove(tmp) if tmp in sys.path else None
+        shutil.rmtree(tmp, ignore_errors=True)
+    summary = study_summary(records, stale, modes, a, seconds)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out + ".json", "w") as f:
+        json.dump(dict(args=vars(a), modes=modes, stale=stale, mutants=records, seconds=seconds), f, indent=1,
+                  default=float)
+    with open(a.out + ".md", "w") as f:
+        f.write(summary)
+    print(summary)
+
+
+def study_one(a, modes, tmp, pkg_dir, mut, bench, defaults):
+    """One study mutant written into the copy: its status and verdicts (the file is restored after)."""
+    path = os.path.join(pkg_dir, mut["file"])
+    original = open(path).read()
+    rec = {k: v for k, v in mut.items() if k != "source"}
+    with open(path, "w") as f:
+        f.write(mut["source"])
+    try:
+        mpkg = _fresh(tmp)
+        changed, worst = _changed_cases(mpkg, a, bench, defaults)
+        if not changed["bench"] and not changed["default"]:
+            rec.update(status="equivalent or crash", error=worst)
+            return rec
+        rec.update(status="valid", error=worst, cases=sorted(changed["default"])[:5])
+        verdicts = {m: "passed" for m in modes}
+        for label, build in cases(mpkg):
+            pending = [m for m in modes if verdicts[m] == "passed"]
+            if label in changed["bench"] and pending:
+                module, x = build()
+                verdicts.update(oracle_verdicts(mpkg, module, x, pending, a.timeout))
+        verdicts["default cases"], rec["caught by"] = default_case_verdict(mpkg, default_cases(mpkg),
+                                                                           changed["default"], a.timeout)
+        if a.tests:
+            verdicts["test suite"], rec["test"], rec["test seconds"] = test_suite_verdict(tmp, mut["file"],
+                                                                                          a.tests_timeout)
+        rec["verdicts"] = verdicts
+        return rec
+    except Exception as e:  # noqa: BLE001 - an import that fails: the mutant crashes everywhere
+        rec.update(status="equivalent or crash", error=float("nan"), why=f"{type(e).__name__}: {e}")
+        return rec
+    finally:
+        with open(path, "w") as f:
+            f.write(original)
+
+
+def _changed_cases(mpkg, a, bench, defaults):
+    """The labels of the benchmark's and the default cases whose results the imported mutant changes, and its
+    largest relative error."""
+    changed, worst = {"bench": set(), "default": set()}, 0.0
+    for label, build in cases(mpkg):
+        module, x = build()
+        err = _difference_or_nan(lambda: behaviour(module, x, bench[label][0]), bench[label][1], a.timeout)
+        if err != 0:
+            changed["bench"].add(label)
+            worst = max(worst, err) if err == err else worst
+    for _, case in default_cases(mpkg):
+        g, ref64, ref32 = defaults[case.label]
+        m32, x32 = _float32_copy(case.module, case.x)
+        for module, x, gg, ref in ((copy.deepcopy(case.module).double(), case.x, g, ref64),
+                                   (m32, x32, g.astype(np.float32), ref32)):
+            err = _difference_or_nan(lambda: _on_threads(mpkg, case.threads, behaviour, module, x, gg), ref,
+                                     a.timeout)
+            if err != 0:
+                changed["default"].add(case.label)
+                worst = max(worst, err) if err == err else worst
+    return changed, worst
+
+
+def _difference_or_nan(run, reference, timeout):
+    """difference(reference, run()); 0 for a wrong shape or a crash (a loud failure: not a silent wrong result)."""
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(timeout)
+    try:
+        return difference(reference, run())
+    except Exception:  # noqa: BLE001
+        return 0.0
+    finally:
+        signal.alarm(0)
+
+
+def study_summary(records, stale, modes, a, seconds):
+    valid = [r for r in records if r["status"] == "valid"]
+    oracles = list(modes) + ["default cases"] + (["test suite"] if a.tests else [])
+    lines = [f"Study kinds (issue 23): {len(records)} mutants from {len(STUDY_OPERATORS)} operators "
+             f"({len(stale)} stale), {len(valid)} valid (they change a result of the benchmark's or the default "
+             f"cases, in float64 or float32). {seconds:.0f} s.", "",
+             "Command: `python benchmarks/bench_mutation.py --study" + (" --tests" if a.tests else "") + "`", "",
+             "| kind | valid | " + " | ".join(oracles) + " |", "|---|---|" + "---|" * len(oracles)]
+    kinds = {}
+    for r in valid:
+        kinds.setdefault(r["kind"], []).append(r)
+    for kind, rs in list(kinds.items()) + [("**all**", valid)]:
+        cells = [f"{sum(r['verdicts'][m] != 'passed' for r in rs)}/{len(rs)}" for m in oracles]
+        lines.append(f"| {kind} | {len(rs)} | " + " | ".join(cells) + " |")
+    lines += ["", "Mutants (verdicts: caught / passed):", ""]
+    for r in records:
+        if r["status"] != "valid":
+            lines.append(f"- {r['file']}: {r['desc']}: {r['status']}")
+            continue
+        missed = [m for m in oracles if r["verdicts"][m] == "passed"]
+        lines.append(f"- {r['file']}: {r['desc']} (error {r['error']:.1e}): "
+                     + ("caught by every oracle" if not missed else "missed by " + ", ".join(missed))
+                     + (f"; default case: {r['caught by']}" if r.get("caught by") else "")
+                     + (f"; test: {r['test']} ({r['test seconds']:.0f} s)" if a.tests else ""))
+    lines += [f"- stale operator: {s}" for s in stale]
+    return "\n".join(lines) + "\n"
+
+
+def bn_relu_tie_case(pkg, k):
+    """A BatchNorm -> ReLU whose output is exactly 0 at tied entries (issue 23's false alarm): integer inputs
+    symmetric around an exact batch mean of 0, bias 0, weights of either sign; the plain pair and the fast fused
+    layer in turn."""
+    rng = np.random.default_rng([k, 23])
+    n, c, h, w = int(rng.integers(1, 3)), int(rng.integers(1, 4)), int(rng.integers(2, 4)), int(rng.integers(2, 4))
+    half = rng.integers(-2, 3, (n, c, h, w)).astype(np.float64)
+    x = np.concatenate([half, -half])
+    fused = getattr(getattr(pkg, "fast", None), "BatchNormReLU2d", None)
+    bn = fused(c, dtype=np.float64) if k % 2 and fused is not None else pkg.nn.BatchNorm2d(c, dtype=np.float64)
+    bn.weight.data[...] = rng.uniform(0.5, 1.5, c) * rng.choice([-1.0, 1.0], c)
+    module = bn if isinstance(bn, fused or ()) else pkg.nn.Sequential(bn, pkg.nn.ReLU())
+    return "bn_relu_ties", module, x
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------------------
 def main():
@@ -574,11 +949,22 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layers", default="", help="comma-separated class names (default: every class)")
     p.add_argument("--modes", default="full,sampled,directional,torch,check_torch",
-                   help="oracles: gradcheck modes, 'torch' and 'check_torch' (both skipped when PyTorch is missing)")
+                   help="oracles: gradcheck modes, 'torch' and 'check_torch' (both skipped when PyTorch is missing) "
+                        "and 'default' (the package's default cases, as in --study)")
     p.add_argument("--trials", type=int, default=40, help="random correct-layer cases for the false alarms")
+    p.add_argument("--tie-trials", type=int, default=20,
+                   help="BatchNorm -> ReLU cases at tied exact zeros added to the false alarms (after --trials)")
     p.add_argument("--timeout", type=int, default=60, help="seconds per oracle run")
-    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "mutation"))
+    p.add_argument("--out", default=None, help="results file stem (default benchmarks/results/mutation, "
+                                                "or mutation_study with --study)")
+    p.add_argument("--study", action="store_true", help="the study's kinds (STUDY_OPERATORS) instead of the AST "
+                                                        "mutants: benchmark cases, default cases, and with --tests "
+                                                        "the test suite")
+    p.add_argument("--tests", action="store_true", help="--study: also run the test suite against each mutant "
+                                                        "(STUDY_TEST_FILES; hours on 2 busy cores)")
+    p.add_argument("--tests-timeout", type=int, default=1200, help="seconds per test-suite run")
     a = p.parse_args()
+    a.out = a.out or os.path.join(ROOT, "benchmarks", "results", "mutation_study" if a.study else "mutation")
 
     modes = [m for m in a.modes.split(",") if m]
     if "torch" in modes or "check_torch" in modes:
@@ -588,6 +974,8 @@ def main():
         except ImportError:
             print("PyTorch is not installed: the torch oracles are skipped", flush=True)
             modes = [m for m in modes if m not in ("torch", "check_torch")]
+    if a.study:
+        return study(a, modes)
     layers = {s for s in a.layers.split(",") if s}
 
     tmp = tempfile.mkdtemp(prefix="mutation-")
@@ -654,10 +1042,12 @@ def main():
                 rec.update(status="valid", error=worst, cases=[c[0] for c in applicable])
                 verdicts = {m: "passed" for m in modes}
                 for label, module, x, _ in applicable:      # an oracle that caught it skips the other cases
-                    pending = [m for m in modes if verdicts[m] == "passed"]
+                    pending = [m for m in modes if verdicts[m] == "passed" and m != "default"]
                     if not pending:
                         break
                     verdicts.update(oracle_verdicts(mpkg, module, x, pending, a.timeout))
+                if "default" in modes:                      # the package's own default cases, all of them
+                    verdicts["default"] = default_case_verdict(mpkg, default_cases(mpkg), None, a.timeout)[0]
                 rec["verdicts"] = verdicts
             records.append(rec)
             with open(path, "w") as f:
@@ -672,15 +1062,20 @@ def main():
         rng = np.random.default_rng([a.seed, 99])
         alarms = {m: [] for m in modes}
         kinds = {}
-        for t in range(a.trials):
-            kind, module, x = random_case(pkg, rng)
+        for t in range(a.trials + a.tie_trials):
+            kind, module, x = random_case(pkg, rng) if t < a.trials else bn_relu_tie_case(pkg, t - a.trials)
             kinds[kind] = kinds.get(kind, 0) + 1
             details = {}
-            for mode, v in oracle_verdicts(pkg, module, x, modes, a.timeout, details).items():
+            for mode, v in oracle_verdicts(pkg, module, x, [m for m in modes if m != "default"], a.timeout,
+                                           details).items():
                 if v != "passed":
                     alarms[mode].append(dict(trial=t, kind=kind, verdict=v, module=repr(module),
                                              detail=details.get(mode, "")))
                     print(f"false alarm, {mode}, trial {t} ({kind}):\n{details.get(mode, '')}", flush=True)
+        if "default" in modes:                              # the default cases themselves, on the correct code
+            verdict, label = default_case_verdict(pkg, default_cases(pkg), None, a.timeout)
+            if verdict != "passed":
+                alarms["default"].append(dict(trial=-1, kind="default case", verdict=verdict, module=label, detail=""))
         seconds = time.perf_counter() - start
     finally:
         sys.path.remove(tmp) if tmp in sys.path else None
@@ -734,7 +1129,7 @@ def summarise(records, modes, alarms, kinds, a, seconds):
     if small:
         lines.append(f"| below {THRESHOLD:g} (not targeted) | {len(small)} | "
                      + " | ".join(cell(small, m)[0] for m in modes) + " |")
-    lines.append(f"| false alarms on {a.trials} random correct cases | - | "
+    lines.append(f"| false alarms on {a.trials} random correct cases and {a.tie_trials} BN-ReLU tie cases | - | "
                  + " | ".join(str(len(alarms[m])) for m in modes) + " |")
     lines += ["", "Random correct cases: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) + "."]
     missed = [(r, m) for r in target for m in modes if r["verdicts"].get(m) == "passed"]

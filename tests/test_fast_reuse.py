@@ -184,7 +184,7 @@ def test_conv_input_gradient_written_over_its_input_is_the_same(conv, threads):
 
 def test_dense_block_accumulating_into_its_upstream_gradient_is_the_same():
     blocks = [fast.DenseBlock(3, 4, 2, bn_size=2, dtype=np.float64, rng=np.random.default_rng(0),
-                              memory_efficient=True) for _ in range(3)]
+                              memory_efficient=True) for _ in range(4)]
     x0 = np.random.default_rng(4).standard_normal((4, 2, 3, 3))
     dy = np.random.default_rng(5).standard_normal((10, 2, 3, 3))
     for block in blocks:
@@ -196,6 +196,10 @@ def test_dense_block_accumulating_into_its_upstream_gradient_is_the_same():
     np.testing.assert_array_equal(got, expected)
     with pytest.raises(ValueError, match=r"DenseBlock.backward: out must be a C-contiguous array of shape"):
         blocks[2].backward_cnhw(dy, out=np.empty((10, 2, 3, 3), dtype=np.float32))
+    other = np.full_like(dy, np.nan)                  # a caller's own array, not dout: dout is copied into it
+    got = blocks[3].backward_cnhw(dy, out=other)
+    assert np.shares_memory(got, other)
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

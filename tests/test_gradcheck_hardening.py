@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from numpy_densenet import gradcheck, nn
+from numpy_densenet import check_backward, fast, gradcheck, nn
 from numpy_densenet.nn.module import Module
 
 MODES = ("full", "sampled", "directional")
@@ -261,10 +261,22 @@ def test_float32_rows_pass_on_correct_modules_with_dropout_and_batchnorm():
     assert all(p.dtype == np.float32 for p in model.parameters())
 
 
-def test_float32_batchnorm_on_a_large_offset_passes():
+@pytest.mark.parametrize("layer", [fast.BatchNorm2d, fast.BatchNormReLU2d])
+def test_float32_batchnorm_on_a_large_offset_passes(layer):
+    """The fast tier keeps its mean's rounding correction: float32 keeps float32's precision on 1e4 + N(0, 1)."""
+    x = (1e4 + _rng(13).standard_normal((4, 3, 5, 5))).astype(np.float32)
+    result = gradcheck(layer(3), x, mode="sampled", float32=True)
+    assert result.passed, result.table()
+
+
+def test_float32_textbook_batchnorm_on_a_large_offset_fails_its_float32_rows():
+    """The plain tier's textbook BatchNorm computes its mean in float32: off by up to half a unit in its last place
+    (5e-4 at 1e4), which shifts every xhat; its float64 rows pass, its float32 rows of d input and d weight say so
+    (d bias = sum(dy) does not depend on the mean)."""
     x = (1e4 + _rng(13).standard_normal((4, 3, 5, 5))).astype(np.float32)
     result = gradcheck(nn.BatchNorm2d(3), x, mode="sampled", float32=True)
-    assert result.passed, result.table()
+    assert failing(result) == set(), result.table()
+    assert failing32(result) == {"input (float32)", "weight (float32)"}, result.table()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -340,6 +352,70 @@ class MaxPoolDoubledAtTies(nn.MaxPool2d):
 
     def backward(self, dout):
         return super().backward(dout * np.where(self._tied, 2.0, 1.0))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tie_convention_first_requires_pytorchs_first_maximum(mode):
+    """tie_convention="first": any valid subgradient is no longer enough at a tie; the gradient must go to the
+    first maximum, as PyTorch routes it (the checker-level counterpart of the parity tests)."""
+    x = _relu_output((1, 2, 6, 6), 3)
+    assert gradcheck(MaxPoolLastTie(2), x, mode=mode).passed
+    result = gradcheck(MaxPoolLastTie(2), x, mode=mode, tie_convention="first")
+    assert failing(result) == {"input"}, result.table()
+    assert "tie_convention='first'" in row(result, "input").note, result.table()
+    for pool in (nn.MaxPool2d(2), nn.MaxPool2d(3, 2, 1), fast.MaxPool2d(2), fast.MaxPool2d(3, 2, 1)):
+        result = gradcheck(pool, x, mode=mode, tie_convention="first")
+        assert result.passed, result.table()
+
+
+def test_tie_convention_is_validated():
+    with pytest.raises(ValueError, match="tie_convention must be one of"):
+        gradcheck(nn.ReLU(), np.ones((2, 2)), tie_convention="last")
+    with pytest.raises(ValueError, match="check_backward: tie_convention must be one of"):
+        check_backward(lambda x: (x, None), lambda d, c: d, np.ones(3), tie_convention="last")
+
+
+def _row_max(first):
+    """A NumPy max over the last axis whose backward routes to the first (or the last) maximum of a row."""
+    def forward(x):
+        return x.max(axis=-1), x
+
+    def backward(dout, x):
+        at = np.argmax(x, axis=-1) if first else x.shape[-1] - 1 - np.argmax(x[..., ::-1], axis=-1)
+        dx = np.zeros_like(x)
+        np.put_along_axis(dx, at[..., None], dout[..., None], axis=-1)
+        return dx
+    return forward, backward
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tie_convention_reaches_check_backward(mode):
+    """The front doors take tie_convention too: a NumPy max routed to the last of tied maxima passes "any" and
+    fails "first"; routed to the first, it passes both."""
+    x = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, -1.0], [0.5, 4.0, 1.0, 4.0]])
+    assert check_backward(*_row_max(first=False), x, mode=mode).passed
+    assert not check_backward(*_row_max(first=False), x, mode=mode, tie_convention="first").passed
+    assert check_backward(*_row_max(first=True), x, mode=mode, tie_convention="first").passed
+
+
+def _symmetric_integers(seed):
+    """Integer BatchNorm inputs whose batch mean is exactly 0: the BN output is exactly 0 at every tied 0."""
+    x = _rng(seed).integers(-2, 3, (3, 2, 3, 3)).astype(np.float64)
+    return np.concatenate([x, -x])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("mode", MODES)
+def test_batchnorm_then_relu_at_tied_exact_zeros_passes(mode, seed):
+    """A BatchNorm ignores a uniform shift of its input, so tie-breaking points that move every coordinate the
+    same way leave its tied zeros at the ReLU's kink; the points that move the tied entries only do not."""
+    x = _symmetric_integers(seed)
+    for module in (fast.BatchNormReLU2d(2, dtype=F64), nn.Sequential(nn.BatchNorm2d(2, dtype=F64), nn.ReLU())):
+        result = gradcheck(module, x, mode=mode, seed=seed)
+        assert result.passed, result.table()
+        assert row(result, "input").kinks > 0, result.table()
+    wrong = nn.Sequential(nn.BatchNorm2d(2, dtype=F64), ReLUTwiceAtZero())
+    assert "input" in failing(gradcheck(wrong, x, mode=mode, seed=seed))
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -5,7 +5,7 @@ import pytest
 from numpy_densenet import DenseNet, fast, gradcheck, nn
 from numpy_densenet.cli import main
 from numpy_densenet.fast import densenet as fast_densenet
-from numpy_densenet.fast.norm import BatchNormReLU2d
+from numpy_densenet.gradcheck.cases import Case
 from numpy_densenet.gradcheck.locate import record_inputs, standalone
 from numpy_densenet.model import DenseNet as PlainDenseNet
 
@@ -29,16 +29,17 @@ class WrongFastConv(fast.Conv2d):
 class WrongBlock(fast_densenet.DenseBlock):
     """The block's own code wrong (its layers are right)."""
 
-    def backward_cnhw(self, dout):
-        return super().backward_cnhw(dout) * 1.001
-
-
-class WrongInWorkspace(BatchNormReLU2d):
-    """Wrong only when backward writes into a workspace its block hands it: a fused path no piece runs alone."""
-
     def backward_cnhw(self, dout, out=None):
-        dx = super().backward_cnhw(dout, out=out)
-        return dx * 1.001 if out is not None else dx
+        return super().backward_cnhw(dout, out=out) * 1.001
+
+
+class WrongInWorkspace(fast.Conv2d):
+    """Wrong only when backward writes its input gradient into a workspace its block hands its layer (``out``
+    without ``x``: a layer that is not memory-efficient, inside its block): a path no piece runs alone."""
+
+    def backward_cnhw(self, dout, x=None, out=None):
+        dx = super().backward_cnhw(dout, x=x, out=out)
+        return dx * 1.001 if out is not None and x is None else dx
 
 
 class WrongDenseNet(PlainDenseNet):
@@ -76,8 +77,9 @@ def test_a_wrong_block_with_right_layers_is_named():
 
 
 def test_a_fused_piece_that_is_wrong_only_inside_its_block_is_answered_for_by_the_block():
-    name = "features.denseblock1.denselayer2.norm1"
-    result = gradcheck(planted(tiny(True), name, WrongInWorkspace), X, mode="directional", locate=True)
+    name = "features.denseblock1.denselayer2.conv1"
+    model = tiny(True, memory_efficient=False)
+    result = gradcheck(planted(model, name, WrongInWorkspace), X, mode="directional", locate=True)
     assert result.located[name].passed and result.located["features.denseblock1.denselayer2"].passed
     assert result.culprits == ["features.denseblock1"]
 
@@ -145,8 +147,8 @@ def test_a_bad_locate_is_a_value_error(locate):
 
 def test_cli_locate_names_the_wrong_layer(monkeypatch, capsys):
     name = "features.denseblock1.denselayer1.conv1"
-    cases = [("a tiny DenseNet with a wrong layer", planted(tiny(False), name, WrongConv), X)]
-    monkeypatch.setattr("numpy_densenet.cli.gradcheck.model_cases", lambda rng: cases)
+    cases = [Case("a tiny DenseNet with a wrong layer", planted(tiny(False), name, WrongConv), X, {})]
+    monkeypatch.setattr("numpy_densenet.cli.gradcheck.model_cases", lambda rng, thorough: cases)
     assert main(["gradcheck", "--model", "--locate"]) == 1
     out = capsys.readouterr().out
     assert f"located: the wrong backward is in '{name}'" in out

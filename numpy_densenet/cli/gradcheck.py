@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from ..gradcheck import MODES, executor_for, gradcheck, layer_cases, model_cases
+from ..gradcheck import MODES, executor_for, layer_cases, model_cases, run_case
 from .common import UserError, nonneg_int, positive_int
 
 
@@ -20,6 +20,9 @@ def register(sub):
                    help="full (every coordinate; default for layers), sampled, directional (default for --model)")
     p.add_argument("--seed", type=nonneg_int, default=0,
                    help="seed of the inputs, weights and probe directions (default 0)")
+    p.add_argument("--thorough", action="store_true",
+                   help="also the large-input paths that cost more (--model: a dense block whose backward splits "
+                        "its concatenation adds between threads)")
     p.add_argument("--float32", action="store_true",
                    help="also run each module in float32 and compare its gradients with float64's at the same "
                         "point (float32 rows reported separately)")
@@ -38,7 +41,7 @@ def register(sub):
 def cmd_gradcheck(args):
     """Check every case's backward pass; exit status 1 when one fails."""
     rng = np.random.default_rng(args.seed)
-    cases = model_cases(rng) if args.model else layer_cases(rng)
+    cases = (model_cases if args.model else layer_cases)(rng, thorough=args.thorough)
     mode = args.mode or ("directional" if args.model else "full")
     failed = []
     start = time.perf_counter()
@@ -47,15 +50,17 @@ def cmd_gradcheck(args):
     except (ImportError, ValueError, OSError) as e:
         raise UserError(str(e)) from None
     with executor as pool:                    # None: serial; else the probes run on the pool's workers
-        for label, module, x in cases:
+        for case in cases:
             t0 = time.perf_counter()
-            result = gradcheck(module, x, mode=mode, seed=args.seed, executor=pool, float32=args.float32,
-                               locate=args.locate)
-            print(f"== {label}  ({time.perf_counter() - t0:.2f} s)")
+            result = run_case(case, mode=mode, seed=args.seed, executor=pool, float32=args.float32,
+                              locate=args.locate)
+            extra = ", ".join(f"{k}={v}" for k, v in case.options.items())
+            print(f"== {case.label}{f' ({extra})' if extra else ''}  ({time.perf_counter() - t0:.2f} s)")
             print(result.table())
             print()
             if not result.passed:
-                failed.append(label + (f" (in {', '.join(repr(c) for c in result.culprits)})" if result.culprits else ""))
+                culprits = f" (in {', '.join(repr(c) for c in result.culprits)})" if result.culprits else ""
+                failed.append(case.label + culprits)
     what = "models" if args.model else "layers"
     print(f"{len(cases) - len(failed)} passed, {len(failed)} failed: {len(cases)} {what} checked in float64"
           f"{' and float32' if args.float32 else ''}, "

@@ -3,7 +3,7 @@ layers of :mod:`numpy_densenet.nn`, which are its specification.
 
 Each fast layer subclasses the plain layer it speeds up (same parameters, initialisation, ``state_dict``
 keys and results) and names it in its docstring; ``tests/test_fast_tier.py`` proves every pair equal
-(output, input gradient and parameter gradients; float64 to 1e-12, float32 to 1e-5) on hypothesis-drawn
+(output, input gradient and parameter gradients, to 16 eps sqrt(K) of their scale) on hypothesis-drawn
 geometries. What the fast tier adds:
 
 * channel-major layout, (C, N, H, W), inside the network (:mod:`.layout` holds the one NCHW adapter);

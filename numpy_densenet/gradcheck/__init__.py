@@ -14,13 +14,14 @@ anyone's code: a NumPy forward/backward pair (:func:`check_backward`), a PyTorch
 * :mod:`.float32` - the float32 rows;
 * :mod:`.report` - :class:`GradcheckResult`, its rows and its table;
 * :mod:`.parallel` - the probes on any ``concurrent.futures`` executor;
-* :mod:`.cases` - the layer and model cases ``numpy-densenet gradcheck`` checks.
+* :mod:`.cases` - the layer and model cases ``numpy-densenet gradcheck`` checks, from covering designs over each
+  layer's options.
 """
 import inspect
 import sys
 import types
 
-from .cases import layer_cases, model_cases
+from .cases import Case, large_cases, layer_cases, model_cases, pairwise, run_case
 from .engine import MODES, gradcheck
 from .frameworks import check_jax, check_torch
 from .functions import check_backward
@@ -28,7 +29,8 @@ from .parallel import executor_for, one_thread
 from .report import GradcheckError, GradcheckResult, TensorReport
 
 __all__ = ["gradcheck", "check_backward", "check_torch", "check_jax", "GradcheckResult", "GradcheckError",
-           "TensorReport", "MODES", "layer_cases", "model_cases", "executor_for", "one_thread"]
+           "TensorReport", "MODES", "Case", "pairwise", "layer_cases", "large_cases", "model_cases", "run_case",
+           "executor_for", "one_thread"]
 
 
 class _CallablePackage(types.ModuleType):

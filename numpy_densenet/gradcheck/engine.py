@@ -48,11 +48,13 @@ from .probing import check_coordinates, coordinate_requests, directional_row, me
 from .report import GradcheckError, GradcheckResult
 
 MODES = ("full", "sampled", "directional")
+TIE_CONVENTIONS = ("any", "first")
 
 
 def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8, samples=16, directions=3,
               sampled_directions=1, locate_samples=64, exhaustive_limit=4096, clear_limit=20000, float32=False,
-              raise_exception=False, check_inputs=True, check_params=True, executor=None, locate=False):
+              raise_exception=False, check_inputs=True, check_params=True, executor=None, tie_convention="any",
+              locate=False):
     """Check ``module.backward`` against central finite differences in float64.
 
     Parameters
@@ -93,6 +95,12 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
         Raise :class:`GradcheckError` (with the report) instead of returning a failed result.
     check_inputs, check_params : bool
         Which gradients to check.
+    tie_convention : {"any", "first"}
+        At tied values of a checked tensor, ``"any"`` accepts any valid subgradient (the gradient sent to any of
+        tied maxima, or shared between them); ``"first"`` also requires PyTorch's choice: the value where every
+        tie breaks towards the first element in index order (the first maximum of a max-pooling window). Applied
+        to coordinate probes (modes full and sampled, and directional mode's coordinate pass); behind a layer
+        that couples the entries (a BatchNorm before a ReLU) ties are not broken by index, so keep "any" there.
     executor : concurrent.futures.Executor, optional
         Evaluate the perturbed losses on this executor's workers (a process pool, loky, Dask's
         ``Client.get_executor()``; see :mod:`numpy_densenet.gradcheck.parallel`), in coarse tasks, each worker on
@@ -132,10 +140,12 @@ def gradcheck(module, x, *, mode="full", seed=0, eps=1e-6, rtol=1e-6, atol=1e-8,
 
 
 def check_probe(probe, label, module=None, *, mode, seed, eps, rtol, atol, samples, directions, sampled_directions,
-                locate_samples, exhaustive_limit, clear_limit, float32, check_inputs, check_params, executor):
+                locate_samples, exhaustive_limit, clear_limit, float32, check_inputs, check_params, executor,
+                tie_convention):
     """The decision logic every front door shares: one row per checked tensor in the given mode, the protocol
     checks and the float32 rows of ``probe`` (a :class:`~.probe.BaseProbe`; ``module`` for the float32 copies
     of a :class:`~.probe.Probe`) -> GradcheckResult, not raised. The options are gradcheck's, checked."""
+    probe.tie_convention = tie_convention
     if executor is not None:
         probe.parallel = ParallelLosses(executor, probe)
     result = GradcheckResult(label, mode, eps, seed)
@@ -215,6 +225,8 @@ def check_options(door, options):
         v, low = options[name], (1 if name in ("samples", "directions") else 0)
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
             raise ValueError(f"{door}: {name} must be a {'positive' if low else 'non-negative'} int, got {v!r}")
+    if options["tie_convention"] not in TIE_CONVENTIONS:
+        raise ValueError(f"{door}: tie_convention must be one of {TIE_CONVENTIONS}, got {options['tie_convention']!r}")
     for name in ("rtol", "atol"):
         if not options[name] >= 0:
             raise ValueError(f"{door}: {name} must be non-negative, got {options[name]!r}")

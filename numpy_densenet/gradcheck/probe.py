@@ -52,6 +52,7 @@ class BaseProbe:
 
     accumulates = True
     inputs_intact = None
+    tie_convention = "any"                          # or "first": see gradcheck's tie_convention (set by the engine)
 
     def start(self, seed):
         """Draw the upstream gradient g, evaluate L and the analytic gradients, and bound L's rounding error."""

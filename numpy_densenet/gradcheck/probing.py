@@ -2,11 +2,12 @@
 the kink hull, and locating the wrong coordinates after a failed direction."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 
-from .judge import Row, judge_probe
+from .judge import Row, Verdict, judge_probe
 from .probe import probe_steps
 from .report import TensorReport, fmt_index
 
@@ -38,31 +39,91 @@ def coordinate_requests(probe, name, array, analytic, eps, flat_indices):
             for flat in flat_indices for t in (1.0, -1.0)]
 
 
+def tied(array):
+    """Boolean mask, array's shape: the entries whose value some other entry of the tensor shares (exact ties)."""
+    flat = array.ravel()
+    order = np.argsort(flat, kind="stable")
+    equal = flat[order][1:] == flat[order][:-1]
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[order[1:][equal]] = mask[order[:-1][equal]] = True
+    return mask.reshape(array.shape)
+
+
+MAX_TIE_GROUPS = 8          # hull points move at most this many groups of tied entries, the largest first
+
+
+def tie_groups(array):
+    """Boolean masks, array's shape, of the groups of entries sharing one value (at least two entries each): the
+    largest MAX_TIE_GROUPS groups, largest first (then by first occurrence)."""
+    values, first, inverse, counts = np.unique(array.ravel(), return_index=True, return_inverse=True,
+                                               return_counts=True)
+    order = sorted((g for g in range(values.size) if counts[g] > 1), key=lambda g: (-counts[g], first[g]))
+    return [(inverse == g).reshape(array.shape) for g in order[:MAX_TIE_GROUPS]]
+
+
+def axis_patterns(shape):
+    """Sign patterns that depend on one axis of ``shape`` (one per index along it), non-constant: every one for an
+    axis of at most 3 entries, else three seeded ones and their negatives. Each is broadcastable to ``shape``."""
+    patterns = []
+    for axis, n in enumerate(shape):
+        if n < 2:
+            continue
+        if n <= 3:
+            signs = [np.array(bits) for bits in itertools.product((-1.0, 1.0), repeat=n) if len(set(bits)) > 1]
+        else:
+            drawn = np.random.default_rng([n, axis]).choice((-1.0, 1.0), (3, n))
+            signs = [s for d in drawn for s in (d, -d) if len(set(s)) > 1]
+        patterns += [s.reshape([n if a == axis else 1 for a in range(len(shape))]) for s in signs]
+    return patterns
+
+
+def _slopes_at(probe, array, idx, step, push, sweep):
+    """A hull point: the one-sided slopes along coordinate ``idx`` (moves of +-``sweep`` steps) at
+    ``array + push``; ``array`` is restored."""
+    def slopes():
+        original = array.copy()
+        np.add(original, push, out=array)
+        base = float(array[idx])
+        values = []
+        for t in (-sweep, 0.0, sweep):
+            array[idx] = base + t * step
+            values.append((probe.loss(), (array[idx] - base)))
+        array[...] = original
+        (lm, om), (l0, _), (lp, op) = values
+        return [(l0 - lm) / -om, (lp - l0) / op], 2.0 * probe.noise / (sweep * step)
+    return slopes
+
+
 def _tie_break_points(probe, array, flat, step, steps):
-    """Two hull points for coordinate ``flat``: the other coordinates of the same tensor moved by one step of
-    their own, earlier ones up and later ones down (so that ties break towards the first element, as
-    PyTorch's max pooling does, and values at a kink fall to one side) and the mirror image; at each, the
-    one-sided slopes along the coordinate with half a step."""
+    """Hull points for coordinate ``flat``: the other coordinates of the same tensor moved by one step of their
+    own, earlier ones up and later ones down (so that ties break towards the first element, as PyTorch's max
+    pooling does, and values at a kink fall to one side) and the mirror image; at each, the one-sided slopes
+    along the coordinate with half a step. When the tensor has exact ties, two more per group of tied entries
+    (:func:`tie_groups`): the group (this entry too, if in it) a step down, and a step up, the others left alone.
+    A layer that ignores a uniform shift (a BatchNorm before a ReLU) undoes the first two on tied values at its
+    kink, but not these."""
     idx = np.unravel_index(int(flat), array.shape)
-    original = array.copy()
     order = np.arange(array.size).reshape(array.shape)
-    push = np.where(order < flat, 1.0, -1.0) * steps.reshape(array.shape)
+    steps = steps.reshape(array.shape)
+    push = np.where(order < flat, 1.0, -1.0) * steps
     push[idx] = 0.0
+    points = [_slopes_at(probe, array, idx, step, push, 0.5), _slopes_at(probe, array, idx, step, -push, 0.5)]
+    points += [_slopes_at(probe, array, idx, step, sign * np.where(group, steps, 0.0), 0.25)
+               for group in tie_groups(array) for sign in (-1.0, 1.0)]
+    return points
 
-    def point(sign):
-        def slopes():
-            np.add(original, sign * push, out=array)
-            base = float(array[idx])
-            values = []
-            for t in (-0.5, 0.0, 0.5):
-                array[idx] = base + t * step
-                values.append((probe.loss(), (array[idx] - base)))
-            array[...] = original
-            (lm, om), (l0, _), (lp, op) = values
-            return [(l0 - lm) / -om, (lp - l0) / op], 4.0 * probe.noise / step
-        return slopes
 
-    return point(1.0), point(-1.0)
+def first_tie_verdict(probe, array, flat, step, steps, ana, rtol, atol):
+    """``tie_convention="first"`` at a tied coordinate: None if ``ana`` lies between the one-sided slopes at the
+    point that breaks every tie towards the first element (earlier coordinates a step up, later ones a step
+    down: PyTorch's choice among tied maxima), else the failing Verdict."""
+    slopes, floor = _tie_break_points(probe, array, flat, step, steps)[0]()
+    lo, hi = min(slopes), max(slopes)
+    tol = atol + floor + rtol * max(abs(lo), abs(hi))
+    if lo - tol <= ana <= hi + tol:
+        return None
+    nearest = lo if ana < lo else hi
+    return Verdict(False, True, abs(ana - nearest), tol, nearest)
 
 
 def check_coordinates(probe, name, array, analytic, eps, rtol, atol, flat_indices):
@@ -73,12 +134,20 @@ def check_coordinates(probe, name, array, analytic, eps, rtol, atol, flat_indice
     if probe.parallel is not None:                  # L(+h), L(-h) of every probe, on the executor's workers
         values = probe.parallel.losses(coordinate_requests(probe, name, array, analytic, eps, flat_indices))
         firsts = [values[2 * k:2 * k + 2] for k in range(len(flat_indices))]
+    ties = tied(array) if probe.tie_convention == "first" else None
     for k, flat in enumerate(flat_indices):
         idx, line = coordinate_line(probe, array, flat, float(steps[flat]),
                                      firsts[k] if firsts is not None else None)
         ana = float(analytic[idx])
         v = judge_probe(probe, line, ana, rtol, atol,
                          hull_points=_LazyPoints(probe, array, flat, float(steps[flat]), steps))
+        if ties is not None and v.ok and ties[idx]:             # a valid subgradient; PyTorch's choice?
+            wrong = first_tie_verdict(probe, array, flat, float(steps[flat]), steps, ana, rtol, atol)
+            if wrong is not None:
+                v = wrong
+                if not row.notes:
+                    row.notes.append("(tie_convention='first': at tied entries the analytic value is not the one "
+                                     "where ties go to the first element; 'numeric' shows that one)")
         row.add(idx, ana, v, rtol)
     return row.report()
 
@@ -132,7 +201,11 @@ def _directional_probes(probe, array, analytic, eps, count, rng):
 def _direction_hull_points(probe, array, d, steps, eps):
     """Hull points for a direction d: the slopes along d at four tie-breaking perturbations of the whole
     tensor (earlier coordinates raised and later ones lowered, by up to a step; the mirror image; everything
-    a step down; everything a step up), measured with moves small enough not to undo the tie-breaking."""
+    a step down; everything a step up), and, for each group of tied entries (:func:`tie_groups`), the group a step
+    down and a step up (the others left alone: a layer that ignores a uniform shift cannot undo these) and the
+    group moved by sign patterns along one axis (:func:`axis_patterns`: a BatchNorm's channels with weights of
+    either sign need their tied zeros moved each its own way), measured with moves small enough not to undo the
+    tie-breaking."""
     original = array.copy()
     n = array.size
     order = (np.arange(n, dtype=np.float64).reshape(array.shape) + 0.5) / n
@@ -153,7 +226,9 @@ def _direction_hull_points(probe, array, d, steps, eps):
             return [(l0 - lm) / (tau * eps), (lp - l0) / (tau * eps)], 2.0 * probe.noise / (tau * eps)
         return slopes
 
-    return [point(rank), point(-rank), point(-steps), point(steps)]
+    points = [point(rank), point(-rank), point(-steps), point(steps)]
+    signs = [-1.0, 1.0] + axis_patterns(array.shape)
+    return points + [point(sign * np.where(group, steps, 0.0)) for group in tie_groups(array) for sign in signs]
 
 
 class _LazyDirectionPoints:
@@ -193,7 +268,7 @@ def directional_row(probe, name, array, analytic, eps, rtol, atol, directions, l
             report.note = f"(directions cross kinks; every coordinate checked: {located.kinks} kinks)"
             return report
         located.note = (f"(directions cross kinks and pass within the hull of nearby derivatives; located "
-                        f"over all {located.probes} coordinates)")
+                        f"over all {located.probes} coordinates)" + (f" {located.note}" if located.note else ""))
         return located
     if not locate_samples:              # gradcheck(..., locate=True): the culprits' own rows locate it
         report.note = "(a failing direction, not located coordinate by coordinate)"
