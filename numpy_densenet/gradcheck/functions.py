@@ -40,7 +40,9 @@ def check_backward(forward, backward, *inputs, **options):
     **options
         :func:`~numpy_densenet.gradcheck.gradcheck`'s: ``mode``, ``seed``, ``eps``, ``rtol``, ``atol``,
         ``samples``, ``directions``, ``float32``, ``raise_exception``, ``executor`` (the functions must then be
-        picklable: defined at module level), and the rest.
+        picklable: defined at module level), ``tie_convention`` (``"any"``, the default: any valid subgradient
+        passes at a tie; ``"first"``: also PyTorch's choice, every tie broken towards the first element in index
+        order), and the rest.
 
     Returns
     -------
