@@ -32,11 +32,11 @@ from .layout import ChannelMajor, Sequential, swap01
 from .linear import Linear
 from .norm import BatchNorm2d, BatchNormReLU2d, channel_statistics
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
-from .reuse import ReusedArrays, release_memory
+from .reuse import KeepsArrays, ReusedArrays, release_memory
 from .threads import add_into, blas_single_threaded, get_num_threads, parallel_for, split
 
 
-class DenseLayer(ChannelMajor, model.DenseLayer):
+class DenseLayer(KeepsArrays, ChannelMajor, model.DenseLayer):
     """The fast :class:`numpy_densenet.model.DenseLayer` (its specification), channel-major.
 
     H_l: BN -> ReLU -> 1x1 conv to bn_size*k -> BN -> ReLU -> 3x3 conv to k (-> dropout).
@@ -103,10 +103,9 @@ class DenseLayer(ChannelMajor, model.DenseLayer):
 
     def clear_cache(self):
         """Also drop what a memory-efficient layer keeps to recompute its first BN -> ReLU (a cache too), and
-        the arrays it keeps for the next step."""
+        the arrays it keeps for the next step (:class:`KeepsArrays`)."""
         super().clear_cache()
         self._recompute = None
-        self._kept.clear()
 
     def backward_cnhw(self, dout, workspace=None):
         """dout: (k, N, H, W), the gradient of the new features -> gradient of the input (C_in, N, H, W).
@@ -134,7 +133,7 @@ class DenseLayer(ChannelMajor, model.DenseLayer):
         return self.norm1.backward_cnhw(d, out=d)                            # in place
 
 
-class DenseBlock(ChannelMajor, model.DenseBlock):
+class DenseBlock(KeepsArrays, ChannelMajor, model.DenseBlock):
     """The fast :class:`numpy_densenet.model.DenseBlock` (its specification): one buffer, channel-major.
 
     L dense layers; layer l (1-based) sees [x0, ..., x(l-1)] (k0 + (l-1)*k channels); the block outputs
@@ -159,11 +158,6 @@ class DenseBlock(ChannelMajor, model.DenseBlock):
         self.memory_efficient = memory_efficient
         self._cache = None
         self._kept = ReusedArrays()                 # its buffers, workspaces and gradient buffers, step after step
-
-    def clear_cache(self):
-        """Drop the forward cache and the arrays kept for the next step."""
-        super().clear_cache()
-        self._kept.clear()
 
     @property
     def memory_efficient(self):
@@ -243,7 +237,7 @@ class DenseBlock(ChannelMajor, model.DenseBlock):
         return x0
 
 
-class Transition(Sequential, model.Transition):
+class Transition(KeepsArrays, Sequential, model.Transition):
     """The fast :class:`numpy_densenet.model.Transition` (its specification): BN -> ReLU -> 1x1 conv to
     ``num_output_features`` -> 2x2 average pool, stride 2 (torchvision's names; its norm -> relu pair is one
     :class:`BatchNormReLU2d` named norm, so state_dict keys match)."""
@@ -271,11 +265,6 @@ class Transition(Sequential, model.Transition):
         t = take_cache(self)
         d = self.conv.backward_cnhw(self.pool.backward_cnhw(dout), out=t)
         return self.norm.backward_cnhw(d, out=d)
-
-    def clear_cache(self):
-        """Drop the forward cache and the arrays kept for the next step."""
-        super().clear_cache()
-        self._kept.clear()
 
 
 class DenseNet(model.DenseNet):

@@ -78,6 +78,15 @@ class ReusedArrays:
         return type(self), ()
 
 
+class KeepsArrays:
+    """Mixin of a layer that keeps arrays from one train step to the next in ``self._kept`` (a
+    :class:`ReusedArrays`): ``clear_cache`` lets them go along with the forward cache."""
+
+    def clear_cache(self):
+        super().clear_cache()
+        self._kept.clear()
+
+
 def _kept(module):
     """The ReusedArrays of ``module`` and of every layer inside it."""
     return [value for m in module.modules() for value in vars(m).values() if isinstance(value, ReusedArrays)]
